@@ -1,0 +1,110 @@
+"""The one storage interface every target implements (local disk, S3, GCS).
+
+Keys are ``/``-separated paths relative to the target's root (bucket + prefix, or directory). Writers are
+atomic: an object becomes visible only when its writer commits, so a crash never leaves a half object
+under its final key.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class ObjectWriter(abc.ABC):
+    """Streams one object. Use as a context manager: commits on success, aborts on error."""
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Make the object visible under its key (replacing any previous one)."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Discard everything written; the key keeps whatever it had before."""
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class Storage(abc.ABC):
+    """A backup target.
+
+    ``name`` is its role in the policy (primary, secondary, offsite), ``medium`` the kind of media it is
+    on (for the 3-2-1 rule: disk, object-storage, tape...), ``site`` where it physically is.
+    """
+
+    kind: str = "abstract"
+
+    def __init__(self, *, name: str, medium: str, site: str) -> None:
+        self.name = name
+        self.medium = medium
+        self.site = site
+
+    # --- writing -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def writer(self, key: str) -> ObjectWriter:
+        """Return an atomic streaming writer for ``key``."""
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self.writer(key) as w:
+            w.write(data)
+
+    # --- reading -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def read(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        """Stream the object's bytes; raises StorageError if it does not exist."""
+
+    def get_bytes(self, key: str) -> bytes:
+        return b"".join(self.read(key))
+
+    @abc.abstractmethod
+    def size(self, key: str) -> int | None:
+        """Size in bytes, or None when the object does not exist."""
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in no particular order."""
+
+    # --- deleting ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def delete(self, keys: list[str]) -> None:
+        """Delete the objects; keys that do not exist are ignored."""
+
+    # --- describing ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def url(self, key: str = "") -> str:
+        """Human-readable location, e.g. ``s3://bucket/prefix/key``; recorded in the catalog."""
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Prove the target is reachable and writable; raise StorageError naming what to fix."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.url()}>"
