@@ -79,9 +79,21 @@ class Cluster:
         self._chown(self.datadir)
         os.chmod(self.datadir, 0o700)
         subprocess.run(
-            [*self._as_owner(), str(self.bindir / "initdb"), "-D", str(self.datadir),
-             "-U", self.user, "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
-            check=True, capture_output=True,
+            [
+                *self._as_owner(),
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                self.user,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
         )
         if os.geteuid() == 0:
             os.chmod(self.datadir.parent, 0o755)
@@ -106,9 +118,22 @@ class Cluster:
         log.touch()
         self._chown(log)
         subprocess.run(
-            [*self._as_owner(), str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(log),
-             "-o", optstr, "-w", "-t", "60", "start"],
-            check=True, capture_output=True,
+            [
+                *self._as_owner(),
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(log),
+                "-o",
+                optstr,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
         )
         wait_for_port(self.port)
         return self
@@ -116,8 +141,16 @@ class Cluster:
     def stop(self) -> None:
         if (self.datadir / "postmaster.pid").exists():
             subprocess.run(
-                [*self._as_owner(), str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast",
-                 "-w", "stop"],
+                [
+                    *self._as_owner(),
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.datadir),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "stop",
+                ],
                 capture_output=True,
             )
 
@@ -131,7 +164,10 @@ class Cluster:
         env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(self.port), "PGUSER": self.user}
         res = subprocess.run(
             [str(self.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dbname, *args],
-            input=input, capture_output=True, text=True, env=env,
+            input=input,
+            capture_output=True,
+            text=True,
+            env=env,
         )
         if res.returncode != 0:
             raise RuntimeError(f"psql failed: {res.stderr.strip()}")

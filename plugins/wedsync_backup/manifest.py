@@ -1,0 +1,142 @@
+"""The manifest: one JSON document per backup that makes the repository self-describing.
+
+It is written last, on every target, and is the commit marker: objects of a backup without a manifest are
+incomplete and ignored. Everything needed to verify and restore a backup (and to rebuild the catalog) is
+in here; nothing in it is table data. It is authenticated with a MAC keyed from the backup's data key, so
+a manifest edited on one target is detected at restore time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from wedsync_backup import FORMAT_VERSION
+from wedsync_backup.errors import IntegrityError
+
+BACKUP_TYPES = ("full", "incremental", "archive", "manual", "wedding")
+
+
+def backup_prefix(backup_id: str) -> str:
+    return f"backups/{backup_id}/"
+
+
+def manifest_key(backup_id: str) -> str:
+    return f"backups/{backup_id}/manifest.json"
+
+
+@dataclass
+class StoredObject:
+    """One encrypted object of a backup; ``key`` is relative to the target root."""
+
+    key: str
+    stored_bytes: int
+    stored_sha256: str
+    plain_bytes: int
+    plain_sha256: str
+
+
+@dataclass
+class TableEntry:
+    schema: str
+    name: str
+    priority: str  # critical | high | standard
+    columns: list[str]
+    row_count: int
+    object: StoredObject
+    relkind: str = "r"  # r ordinary, p partition leaf (its parent is partitioned)
+    parent: str | None = None
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass
+class SequenceEntry:
+    schema: str
+    name: str
+    last_value: int
+    is_called: bool
+
+
+@dataclass
+class Manifest:
+    backup_id: str
+    backup_type: str
+    created_at: str  # ISO 8601 UTC: when the consistent snapshot was taken
+    source: dict[str, Any]  # server_version, database, system_identifier
+    consistent_point: dict[str, Any]  # snapshot, lsn, txid_snapshot, time
+    encryption: dict[str, Any]  # algorithm, key_id, wrapped_key, chunk_size
+    compression: dict[str, Any]  # algorithm, level
+    schema: dict[str, Any]  # object (StoredObject as dict), format, schemas, pg_dump_version
+    tables: list[TableEntry] = field(default_factory=list)
+    sequences: list[SequenceEntry] = field(default_factory=list)
+    parent_backup_id: str | None = None
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+    mac: str | None = None
+
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def schema_object(self) -> StoredObject:
+        return StoredObject(**self.schema["object"])
+
+    def objects(self) -> list[StoredObject]:
+        """Every stored object of the backup except the manifest itself."""
+        return [self.schema_object, *(t.object for t in self.tables)]
+
+    @property
+    def total_rows(self) -> int:
+        return sum(t.row_count for t in self.tables)
+
+    @property
+    def plain_bytes(self) -> int:
+        return sum(o.plain_bytes for o in self.objects())
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(o.stored_bytes for o in self.objects())
+
+    # --- serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def body_bytes(self) -> bytes:
+        """Canonical JSON of everything but the MAC: what the MAC and the checksum cover."""
+        d = self.to_dict()
+        d.pop("mac", None)
+        return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=1).encode() + b"\n"
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        d = dict(d)
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise IntegrityError(
+                f"Manifest of backup {d.get('backup_id')} has format version {version}",
+                f"this WedSync Backup reads version {FORMAT_VERSION}",
+                "restore it with the WedSync Backup release that wrote it",
+            )
+        d["tables"] = [
+            TableEntry(**{**t, "object": StoredObject(**t["object"])}) for t in d.get("tables", [])
+        ]
+        d["sequences"] = [SequenceEntry(**s) for s in d.get("sequences", [])]
+        return cls(**d)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "manifest") -> Manifest:
+        try:
+            return cls.from_dict(json.loads(data))
+        except (ValueError, TypeError, KeyError) as e:
+            raise IntegrityError(
+                f"The {source} is not a valid WedSync manifest", str(e), "restore from another target"
+            ) from e
