@@ -40,18 +40,43 @@ class StoredObject:
 
 @dataclass
 class TableEntry:
+    """One table's data: one or more parts (large tables are split by block range and exported in parallel).
+
+    ``content_sha256`` is the table's content checksum: sha256 over its parts' plaintext checksums, in order.
+    """
+
     schema: str
     name: str
     priority: str  # critical | high | standard
     columns: list[str]
     row_count: int
-    object: StoredObject
-    relkind: str = "r"  # r ordinary, p partition leaf (its parent is partitioned)
-    parent: str | None = None
+    parts: list[StoredObject]
+    content_sha256: str
+    relkind: str = "r"  # r ordinary table or partition leaf
+    parent: str | None = None  # the partitioned table a leaf belongs to
 
     @property
     def qualified(self) -> str:
         return f"{self.schema}.{self.name}"
+
+    @property
+    def plain_bytes(self) -> int:
+        return sum(p.plain_bytes for p in self.parts)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(p.stored_bytes for p in self.parts)
+
+    @property
+    def plain_sha256(self) -> str:
+        return self.content_sha256
+
+
+def content_checksum(parts: list[StoredObject]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.plain_sha256.encode() + b"\n")
+    return h.hexdigest()
 
 
 @dataclass
@@ -86,7 +111,7 @@ class Manifest:
 
     def objects(self) -> list[StoredObject]:
         """Every stored object of the backup except the manifest itself."""
-        return [self.schema_object, *(t.object for t in self.tables)]
+        return [self.schema_object, *(p for t in self.tables for p in t.parts)]
 
     @property
     def total_rows(self) -> int:
@@ -127,7 +152,7 @@ class Manifest:
                 "restore it with the WedSync Backup release that wrote it",
             )
         d["tables"] = [
-            TableEntry(**{**t, "object": StoredObject(**t["object"])}) for t in d.get("tables", [])
+            TableEntry(**{**t, "parts": [StoredObject(**p) for p in t["parts"]]}) for t in d.get("tables", [])
         ]
         d["sequences"] = [SequenceEntry(**s) for s in d.get("sequences", [])]
         return cls(**d)

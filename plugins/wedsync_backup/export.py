@@ -1,0 +1,352 @@
+"""Prioritized, parallel export of a whole database from one consistent snapshot.
+
+One transaction exports a snapshot; ``pg_dump`` (schema: pre-data and post-data sections) and every COPY
+worker import it, so schema, data and sequence values all describe the same instant. Every table of the
+included schemas is exported: the policy's priority lists only decide the order. Large tables are split by
+block range into parts that workers export side by side (and that a restore loads side by side).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from wedsync_backup.crypto import DataKey, Keyring
+from wedsync_backup.errors import WedSyncError
+from wedsync_backup.manifest import (
+    Manifest,
+    SequenceEntry,
+    StoredObject,
+    TableEntry,
+    backup_prefix,
+    content_checksum,
+    manifest_key,
+)
+from wedsync_backup.pg import PgTarget, find_tool, qualified, quote_ident, server_major
+from wedsync_backup.pipeline import EncodeResult, encode_to_storage
+from wedsync_backup.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+PRIORITY_ORDER = {"critical": 0, "high": 1, "standard": 2}
+COPY_BATCH = 1 << 20
+SYSTEM_SCHEMA_FILTER = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%%' "
+    "AND n.nspname NOT LIKE 'pg\\_temp\\_%%' AND n.nspname <> ALL(%(exclude)s) "
+    "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass "
+    "AND d.objid = c.oid AND d.deptype = 'e')"
+)
+
+
+def pending_manifest_key(backup_id: str) -> str:
+    """Where the export leaves the manifest until every copy is verified and it can be committed."""
+    return f"{backup_prefix(backup_id)}manifest.pending.json"
+
+
+@dataclass(frozen=True)
+class ConsistentPoint:
+    snapshot: str
+    lsn: str
+    txid_snapshot: str
+    time: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"snapshot": self.snapshot, "lsn": self.lsn, "txid_snapshot": self.txid_snapshot, "time": self.time}
+
+
+@dataclass
+class TableInfo:
+    schema: str
+    name: str
+    relkind: str
+    parent: str | None
+    columns: list[str]
+    pages: int
+    priority: str = "standard"
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass
+class Part:
+    table_index: int
+    part_no: int
+    first_page: int | None  # None: the whole table
+    last_page: int | None  # exclusive; None: to the end
+    key: str = ""
+
+
+@dataclass
+class ExportOptions:
+    workers: int = 2
+    zstd_level: int = 3
+    split_pages: int = 32768  # 256 MiB of 8 kB pages per part
+    exclude_schemas: tuple[str, ...] = ()
+    priority_of: Callable[[str, str], str] = field(default=lambda schema, table: "standard")
+
+
+@contextmanager
+def exported_snapshot(source: PgTarget) -> Iterator[tuple[psycopg.Connection, ConsistentPoint]]:
+    """Hold a REPEATABLE READ transaction whose snapshot the other sessions import.
+
+    The hourly incremental tier swaps this for a replication slot's exported snapshot, which pins the
+    exact LSN the change stream starts from.
+    """
+    conn = source.connect(autocommit=False)
+    try:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snap, lsn, txs, at = conn.execute(
+            "SELECT pg_export_snapshot(), pg_current_wal_lsn()::text, txid_current_snapshot()::text, now()"
+        ).fetchone()
+        yield conn, ConsistentPoint(snap, lsn, txs, at.astimezone(UTC).isoformat())
+    finally:
+        conn.close()
+
+
+def discover_tables(conn: psycopg.Connection, options: ExportOptions) -> list[TableInfo]:
+    """Every table that holds rows in the included schemas, in export order (priority, then size)."""
+    rows = conn.execute(
+        f"""
+        SELECT n.nspname, c.relname, c.relkind::text,
+               (SELECT pn.nspname || '.' || pc.relname FROM pg_inherits i
+                  JOIN pg_class pc ON pc.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+                 WHERE i.inhrelid = c.oid AND c.relispartition LIMIT 1),
+               ARRAY(SELECT a.attname::text FROM pg_attribute a
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                        AND a.attgenerated = '' ORDER BY a.attnum),
+               (pg_relation_size(c.oid) / current_setting('block_size')::int)::bigint
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND {SYSTEM_SCHEMA_FILTER}
+        """,
+        {"exclude": list(options.exclude_schemas)},
+    ).fetchall()
+    tables = [TableInfo(s, n, k, p, list(cols), int(pages)) for s, n, k, p, cols, pages in rows]
+    for t in tables:
+        t.priority = options.priority_of(t.schema, t.name)
+        if t.parent and t.priority == "standard":
+            ps, pn = t.parent.split(".", 1)
+            t.priority = options.priority_of(ps, pn)  # a partition inherits its parent's priority
+    tables.sort(key=lambda t: (PRIORITY_ORDER[t.priority], -t.pages, t.schema, t.name))
+    return tables
+
+
+def read_sequences(conn: psycopg.Connection, options: ExportOptions) -> list[SequenceEntry]:
+    seqs = conn.execute(
+        f"""SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'S' AND {SYSTEM_SCHEMA_FILTER} ORDER BY 1, 2""",
+        {"exclude": list(options.exclude_schemas)},
+    ).fetchall()
+    out = []
+    for schema, name in seqs:
+        last, called = conn.execute(f"SELECT last_value, is_called FROM {qualified(schema, name)}").fetchone()
+        out.append(SequenceEntry(schema, name, int(last), bool(called)))
+    return out
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
+
+
+def plan_parts(backup_id: str, tables: list[TableInfo], split_pages: int) -> list[Part]:
+    parts: list[Part] = []
+    for i, t in enumerate(tables):
+        n = max(1, -(-t.pages // split_pages)) if split_pages > 0 else 1
+        for p in range(n):
+            first = None if n == 1 else p * split_pages
+            last = None if p == n - 1 else (p + 1) * split_pages
+            key = f"{backup_prefix(backup_id)}data/{i:05d}-{_safe(t.qualified)}-{p:03d}.wsb"
+            parts.append(Part(i, p, first, last, key))
+    return parts
+
+
+def _copy_sql(t: TableInfo, part: Part) -> str:
+    cols = ", ".join(quote_ident(c) for c in t.columns)
+    if part.first_page is None and part.last_page is None:
+        return f"COPY {qualified(t.schema, t.name)} ({cols}) TO STDOUT"
+    cond = []
+    if part.first_page is not None:
+        cond.append(f"ctid >= '({part.first_page},0)'::tid")
+    if part.last_page is not None:
+        cond.append(f"ctid < '({part.last_page},0)'::tid")
+    return f"COPY (SELECT {cols} FROM ONLY {qualified(t.schema, t.name)} WHERE {' AND '.join(cond)}) TO STDOUT"
+
+
+def _copy_chunks(conn: psycopg.Connection, sql: str) -> Iterator[bytes]:
+    buf = bytearray()
+    with conn.cursor() as cur, cur.copy(sql) as copy:
+        for data in copy:
+            buf += data
+            if len(buf) >= COPY_BATCH:
+                yield bytes(buf)
+                buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
+def _dump_schema(
+    source: PgTarget, storage: Storage, key: str, data_key: DataKey, snapshot: str, options: ExportOptions,
+    major: int,
+) -> tuple[EncodeResult, str]:
+    pg_dump = find_tool("pg_dump", major)
+    cmd = [str(pg_dump), "--format=custom", "--compress=0", "--section=pre-data", "--section=post-data",
+           f"--snapshot={snapshot}", "--no-sync"]
+    cmd += [f"--exclude-schema={s}" for s in options.exclude_schemas]
+    version = subprocess.run([str(pg_dump), "--version"], capture_output=True, text=True).stdout.strip()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=source.env())
+    assert proc.stdout is not None and proc.stderr is not None
+
+    def chunks() -> Iterator[bytes]:
+        while piece := proc.stdout.read(COPY_BATCH):
+            yield piece
+
+    try:
+        result = encode_to_storage(chunks(), storage, key, data_key, zstd_level=options.zstd_level)
+    finally:
+        err = proc.stderr.read().decode(errors="replace")
+        code = proc.wait()
+    if code != 0:
+        raise WedSyncError(
+            f"pg_dump of the schema of {source.label} failed (exit {code})",
+            err.strip()[-2000:],
+            "fix the cause above and re-run the backup",
+        )
+    return result, version
+
+
+def run_export(
+    source: PgTarget,
+    storage: Storage,
+    keyring: Keyring,
+    *,
+    backup_id: str,
+    backup_type: str = "full",
+    options: ExportOptions | None = None,
+    parent_backup_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Manifest:
+    """Export the database to ``storage`` and leave the (pending) manifest beside the objects.
+
+    Idempotent: a retry first clears what an earlier attempt of the same backup left behind, and a backup
+    that is already committed is returned as it is.
+    """
+    options = options or ExportOptions()
+    committed = manifest_key(backup_id)
+    if storage.exists(committed):
+        log.info("Backup %s is already committed on %s; nothing to export", backup_id, storage.name)
+        return Manifest.from_bytes(storage.get_bytes(committed), source=f"manifest on {storage.name}")
+    leftovers = [o.key for o in storage.list(backup_prefix(backup_id))]
+    if leftovers:
+        log.info("Removing %d objects of an earlier attempt of %s", len(leftovers), backup_id)
+        storage.delete(leftovers)
+
+    data_key = keyring.new_data_key(backup_id)
+    with exported_snapshot(source) as (holder, point):
+        major = server_major(holder)
+        tables = discover_tables(holder, options)
+        sequences = read_sequences(holder, options)
+        info = holder.execute(
+            "SELECT current_database(), current_setting('server_version'), "
+            "(SELECT system_identifier::text FROM pg_control_system())"
+        ).fetchone()
+        parts = plan_parts(backup_id, tables, options.split_pages)
+        log.info(
+            "Exporting %d tables (%d parts, %d sequences) of %s at LSN %s with %d workers",
+            len(tables), len(parts), len(sequences), info[0], point.lsn, options.workers,
+        )
+        schema_result, pg_dump_version = _dump_schema(
+            source, storage, f"{backup_prefix(backup_id)}schema.wsb", data_key, point.snapshot, options, major
+        )
+        results = _export_parts(source, storage, data_key, point.snapshot, tables, parts, options)
+
+    entries = []
+    for i, t in enumerate(tables):
+        mine = sorted((p for p in parts if p.table_index == i), key=lambda p: p.part_no)
+        objs = [results[p.key].stored_object() for p in mine]
+        entries.append(
+            TableEntry(
+                schema=t.schema, name=t.name, priority=t.priority, columns=t.columns,
+                row_count=sum(results[p.key].newlines for p in mine), parts=objs,
+                content_sha256=content_checksum(objs), relkind=t.relkind, parent=t.parent,
+            )
+        )
+    manifest = Manifest(
+        backup_id=backup_id,
+        backup_type=backup_type,
+        created_at=point.time,
+        source={"database": info[0], "server_version": info[1], "system_identifier": info[2],
+                "label": source.label},
+        consistent_point=point.as_dict(),
+        encryption={"algorithm": "AES-256-GCM", "key_id": data_key.key_id, "wrapped_key": data_key.wrapped,
+                    "chunk_size": 1 << 20},
+        compression={"algorithm": "zstd", "level": options.zstd_level},
+        schema={"object": schema_result.stored_object().__dict__, "format": "pg_dump-custom",
+                "sections": ["pre-data", "post-data"], "pg_dump_version": pg_dump_version,
+                "exclude_schemas": list(options.exclude_schemas)},
+        tables=entries,
+        sequences=sequences,
+        parent_backup_id=parent_backup_id,
+        extra=dict(extra or {}),
+    )
+    manifest.mac = data_key.mac(manifest.body_bytes())
+    storage.put_bytes(pending_manifest_key(backup_id), manifest.to_bytes())
+    log.info(
+        "Exported %s: %d rows, %d bytes plaintext, %d bytes stored",
+        backup_id, manifest.total_rows, manifest.plain_bytes, manifest.stored_bytes,
+    )
+    return manifest
+
+
+def _export_parts(
+    source: PgTarget,
+    storage: Storage,
+    data_key: DataKey,
+    snapshot: str,
+    tables: list[TableInfo],
+    parts: list[Part],
+    options: ExportOptions,
+) -> dict[str, EncodeResult]:
+    """Workers each hold a connection in the shared snapshot and take parts off one queue, in order."""
+    queue = list(parts)
+    lock = threading.Lock()
+    results: dict[str, EncodeResult] = {}
+    stop = threading.Event()
+
+    def worker() -> None:
+        with source.connect(autocommit=False) as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            while not stop.is_set():
+                with lock:
+                    if not queue:
+                        return
+                    part = queue.pop(0)
+                t = tables[part.table_index]
+                res = encode_to_storage(
+                    _copy_chunks(conn, _copy_sql(t, part)), storage, part.key, data_key,
+                    zstd_level=options.zstd_level,
+                )
+                with lock:
+                    results[part.key] = res
+
+    n = max(1, min(options.workers, len(parts)))
+    with ThreadPoolExecutor(n, thread_name_prefix="export") as pool:
+        futures = [pool.submit(worker) for _ in range(n)]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in done:
+            if f.exception():
+                stop.set()
+        for f in futures:
+            f.result()
+    return results

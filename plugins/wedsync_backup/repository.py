@@ -1,0 +1,38 @@
+"""Reading a target as a self-describing repository: committed backups are the ones with a manifest."""
+
+from __future__ import annotations
+
+import re
+
+from wedsync_backup.errors import IntegrityError, StorageError
+from wedsync_backup.manifest import Manifest, manifest_key
+from wedsync_backup.storage.base import Storage
+
+_MANIFEST = re.compile(r"^backups/([^/]+)/manifest\.json$")
+
+
+def committed_backup_ids(storage: Storage) -> list[str]:
+    """Ids of every backup whose manifest (its commit marker) is on ``storage``, oldest first."""
+    ids = [m.group(1) for o in storage.list("backups/") if (m := _MANIFEST.match(o.key))]
+    return sorted(ids)
+
+
+def read_manifest(storage: Storage, backup_id: str) -> Manifest:
+    key = manifest_key(backup_id)
+    if not storage.exists(key):
+        raise StorageError(
+            f"Backup {backup_id} has no manifest on target {storage.name} ({storage.url(key)})",
+            "it does not exist there or was never completed",
+            "pick a completed backup (see the backup_operations table) or another target",
+        )
+    return Manifest.from_bytes(storage.get_bytes(key), source=f"manifest of {backup_id} on {storage.name}")
+
+
+def committed_manifests(storage: Storage) -> list[Manifest]:
+    out = []
+    for backup_id in committed_backup_ids(storage):
+        try:
+            out.append(read_manifest(storage, backup_id))
+        except IntegrityError:
+            continue  # an unreadable manifest does not hide the others
+    return out

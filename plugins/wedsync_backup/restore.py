@@ -1,0 +1,324 @@
+"""Restore engine: a backup into an empty database, all or nothing.
+
+Order: pre-data DDL -> table data in priority order (parts in parallel, each authenticated chunk by chunk
+and checked against its checksum before it commits) -> post-data (indexes, constraints, triggers, policies,
+materialized view refresh) -> sequence values. Everything is checked before the target is touched (the
+manifest's MAC, the key, every object's presence and size, the target being empty); if anything fails
+afterwards the target is put back as it was: empty.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from wedsync_backup.crypto import Keyring
+from wedsync_backup.errors import IntegrityError, RestoreError, WedSyncError
+from wedsync_backup.manifest import Manifest, StoredObject, TableEntry
+from wedsync_backup.pg import PgTarget, find_tool, qualified, quote_ident, server_major
+from wedsync_backup.pipeline import decode_from_storage
+from wedsync_backup.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
+
+
+@dataclass
+class RestorePlan:
+    """What a restore will do; a dry run reports it and stops."""
+
+    backup_id: str
+    from_target: str
+    target: str
+    tables: int
+    rows: int
+    stored_bytes: int
+    plain_bytes: int
+    consistent_time: str
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RestoreResult:
+    backup_id: str
+    tables: int
+    rows: int
+    seconds: float
+    verified_tables: int
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def verify_manifest_mac(manifest: Manifest, keyring: Keyring) -> None:
+    data_key = keyring.unwrap(manifest.encryption["wrapped_key"], manifest.backup_id)
+    expected = data_key.mac(manifest.body_bytes())
+    if not manifest.mac or not hmac.compare_digest(expected, manifest.mac):
+        raise IntegrityError(
+            f"The manifest of backup {manifest.backup_id} failed authentication",
+            "it was edited or damaged after the backup wrote it",
+            "restore from another target",
+        )
+
+
+def check_objects_present(manifest: Manifest, storage: Storage) -> None:
+    for obj in manifest.objects():
+        size = storage.size(obj.key)
+        if size != obj.stored_bytes:
+            state = "missing" if size is None else f"{size} bytes instead of {obj.stored_bytes}"
+            raise IntegrityError(
+                f"Object {obj.key} of backup {manifest.backup_id} on target {storage.name} is {state}",
+                "this copy is incomplete or damaged",
+                "restore from another target (from_target)",
+            )
+
+
+def target_contents(target: PgTarget) -> list[str]:
+    """User objects already in the target database (relations, functions, types, extra schemas)."""
+    with target.connect(autocommit=True) as conn:
+        rows = conn.execute(
+            f"""
+            SELECT 'relation ' || n.nspname || '.' || c.relname FROM pg_class c
+              JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg\\_%'
+            UNION ALL
+            SELECT 'function ' || n.nspname || '.' || p.proname FROM pg_proc p
+              JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg\\_%'
+            UNION ALL
+            SELECT 'type ' || n.nspname || '.' || t.typname FROM pg_type t
+              JOIN pg_namespace n ON n.oid = t.typnamespace
+             WHERE n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg\\_%'
+               AND t.typrelid = 0 AND t.typelem = 0
+            UNION ALL
+            SELECT 'schema ' || nspname FROM pg_namespace
+             WHERE nspname NOT IN {SYSTEM_SCHEMAS} AND nspname NOT LIKE 'pg\\_%' AND nspname <> 'public'
+            UNION ALL
+            SELECT 'extension ' || extname FROM pg_extension WHERE extname <> 'plpgsql'
+            ORDER BY 1 LIMIT 20
+            """
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def plan_restore(manifest: Manifest, storage: Storage, keyring: Keyring, target: PgTarget) -> RestorePlan:
+    """Every check that can be made without touching the target; raises with the fix on the first fault."""
+    verify_manifest_mac(manifest, keyring)
+    check_objects_present(manifest, storage)
+    found = target_contents(target)
+    if found:
+        raise RestoreError(
+            f"Restore target {target.label} (database {target.dbname}) is not empty",
+            f"it already holds {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}",
+            "restore into a new empty database (CREATE DATABASE ...) and point the target connection at it",
+        )
+    with target.connect(autocommit=True) as conn:
+        major = server_major(conn)
+    find_tool("pg_restore", major)
+    return RestorePlan(
+        backup_id=manifest.backup_id,
+        from_target=storage.name,
+        target=f"{target.label} ({target.host}:{target.port}/{target.dbname})",
+        tables=len(manifest.tables),
+        rows=manifest.total_rows,
+        stored_bytes=manifest.stored_bytes,
+        plain_bytes=manifest.plain_bytes,
+        consistent_time=manifest.consistent_point.get("time", manifest.created_at),
+    )
+
+
+def _pg_restore(
+    manifest: Manifest, storage: Storage, keyring: Keyring, target: PgTarget, section: str
+) -> None:
+    with target.connect(autocommit=True) as conn:
+        major = server_major(conn)
+    cmd = [str(find_tool("pg_restore", major)), f"--section={section}", "--exit-on-error",
+           "--single-transaction", f"--dbname={target.dbname}"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=target.env())
+    assert proc.stdin is not None and proc.stderr is not None
+    err_chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    try:
+        for piece in decode_from_storage(storage, manifest.schema_object, keyring, backup_id=manifest.backup_id):
+            proc.stdin.write(piece)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    code = proc.wait()
+    reader.join()
+    if code != 0:
+        raise RestoreError(
+            f"pg_restore of the {section} section of backup {manifest.backup_id} failed",
+            b"".join(err_chunks).decode(errors="replace").strip()[-2000:],
+            "see the error above (a missing role or extension on the target server is the usual cause)",
+        )
+
+
+def _load_part(
+    conn: psycopg.Connection, table: TableEntry, obj: StoredObject, storage: Storage, keyring: Keyring,
+    backup_id: str,
+) -> int:
+    cols = ", ".join(quote_ident(c) for c in table.columns)
+    sql = f"COPY {qualified(table.schema, table.name)} ({cols}) FROM STDIN"
+    with conn.transaction(), conn.cursor() as cur:
+        with cur.copy(sql) as copy:
+            for piece in decode_from_storage(storage, obj, keyring, backup_id=backup_id):
+                copy.write(piece)
+        # decode_from_storage has verified sizes and checksums when the loop ends; only then commit
+        return cur.rowcount
+
+
+def _load_data(
+    manifest: Manifest, storage: Storage, keyring: Keyring, target: PgTarget, workers: int
+) -> dict[str, int]:
+    queue = [(t, obj) for t in manifest.tables for obj in t.parts]  # manifest order is priority order
+    lock = threading.Lock()
+    loaded: dict[str, int] = {}
+    stop = threading.Event()
+
+    def worker() -> None:
+        with target.connect(autocommit=True) as conn:
+            conn.execute("SET synchronous_commit = off")
+            while not stop.is_set():
+                with lock:
+                    if not queue:
+                        return
+                    table, obj = queue.pop(0)
+                n = _load_part(conn, table, obj, storage, keyring, manifest.backup_id)
+                with lock:
+                    loaded[table.qualified] = loaded.get(table.qualified, 0) + n
+
+    n = max(1, min(workers, len(queue)))
+    with ThreadPoolExecutor(n, thread_name_prefix="restore") as pool:
+        futures = [pool.submit(worker) for _ in range(n)]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        if any(f.exception() for f in done):
+            stop.set()
+        for f in futures:
+            f.result()
+    for t in manifest.tables:
+        if loaded.get(t.qualified, 0) != t.row_count:
+            raise IntegrityError(
+                f"Table {t.qualified} received {loaded.get(t.qualified, 0)} rows, the backup holds {t.row_count}",
+                "the restore did not load what the manifest promises",
+                "restore from another target",
+            )
+    return loaded
+
+
+def _set_sequences(manifest: Manifest, target: PgTarget) -> None:
+    with target.connect(autocommit=False) as conn:
+        for s in manifest.sequences:
+            conn.execute(
+                "SELECT setval(%s::regclass, %s, %s)", (qualified(s.schema, s.name), s.last_value, s.is_called)
+            )
+        conn.commit()
+
+
+PublicState = tuple[str, list[tuple[str, str]], str | None]
+
+
+def _public_schema_state(target: PgTarget) -> PublicState | None:
+    """Owner, grants and comment of schema public, to put it back exactly if a restore fails."""
+    with target.connect(autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_get_userbyid(nspowner), obj_description(oid, 'pg_namespace'), "
+            "ARRAY(SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END"
+            "      || ':' || a.privilege_type FROM aclexplode(nspacl) a) "
+            "FROM pg_namespace WHERE nspname = 'public'"
+        ).fetchone()
+    if row is None:
+        return None
+    grants = [tuple(g.split(":", 1)) for g in row[2]]
+    return row[0], grants, row[1]  # type: ignore[return-value]
+
+
+def reset_target(target: PgTarget, public_state: PublicState | None) -> None:
+    """Put an (originally empty) target back as it was: drop everything the restore created."""
+    with target.connect(autocommit=False) as conn:
+        schemas = [r[0] for r in conn.execute(
+            f"SELECT nspname FROM pg_namespace WHERE nspname NOT IN {SYSTEM_SCHEMAS} "
+            "AND nspname NOT LIKE 'pg\\_%'"
+        ).fetchall()]
+        for ext in conn.execute("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'").fetchall():
+            conn.execute(f"DROP EXTENSION IF EXISTS {quote_ident(ext[0])} CASCADE")
+        for s in schemas:
+            conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(s)} CASCADE")
+        if public_state is not None:
+            owner, grants, comment = public_state
+            conn.execute(f"CREATE SCHEMA public AUTHORIZATION {quote_ident(owner)}")
+            for grantee, privilege in grants:
+                who = "PUBLIC" if grantee == "PUBLIC" else quote_ident(grantee)
+                if grantee != owner:
+                    conn.execute(f"GRANT {privilege} ON SCHEMA public TO {who}")
+            if comment is not None:
+                conn.execute(sql.SQL("COMMENT ON SCHEMA public IS {}").format(sql.Literal(comment)))
+        conn.commit()
+
+
+def restore_backup(
+    manifest: Manifest,
+    storage: Storage,
+    keyring: Keyring,
+    target: PgTarget,
+    *,
+    workers: int = 2,
+) -> RestoreResult:
+    """Restore ``manifest``'s backup from ``storage`` into the empty database ``target``; all or nothing."""
+    started = time.monotonic()
+    plan_restore(manifest, storage, keyring, target)
+    public_state = _public_schema_state(target)
+    log.info("Restoring %s from %s into %s", manifest.backup_id, storage.name, target.label)
+    try:
+        _pg_restore(manifest, storage, keyring, target, "pre-data")
+        loaded = _load_data(manifest, storage, keyring, target, workers)
+        _pg_restore(manifest, storage, keyring, target, "post-data")
+        _set_sequences(manifest, target)
+    except BaseException as e:
+        log.error("Restore of %s failed, putting %s back as it was: %s", manifest.backup_id, target.label, e)
+        try:
+            reset_target(target, public_state)
+        except Exception as cleanup_error:  # report both: the cause first
+            raise RestoreError(
+                f"Restore of backup {manifest.backup_id} failed ({e}) and so did the clean-up",
+                str(cleanup_error),
+                f"drop and re-create database {target.dbname} by hand before trying again",
+            ) from e
+        if isinstance(e, WedSyncError):
+            raise
+        raise RestoreError(
+            f"Restore of backup {manifest.backup_id} into {target.label} failed",
+            str(e), "the target was put back as it was; fix the cause and run the restore again",
+        ) from e
+    return RestoreResult(
+        backup_id=manifest.backup_id,
+        tables=len(manifest.tables),
+        rows=sum(loaded.values()),
+        seconds=round(time.monotonic() - started, 3),
+        verified_tables=len(manifest.tables),
+    )
+
+
+def iter_parts(manifest: Manifest) -> Iterator[tuple[TableEntry, StoredObject]]:
+    for t in manifest.tables:
+        for p in t.parts:
+            yield t, p
