@@ -107,8 +107,9 @@ CREATE TABLE backup_table_stats (
     row_count      bigint NOT NULL CHECK (row_count >= 0),
     plain_bytes    bigint NOT NULL CHECK (plain_bytes >= 0),
     stored_bytes   bigint NOT NULL CHECK (stored_bytes >= 0),
-    plain_sha256   text NOT NULL,
-    stored_sha256  text NOT NULL,
+    plain_sha256   text NOT NULL,   -- the table's content checksum (over its parts' plaintext sha256s)
+    stored_sha256  text NOT NULL,   -- sha256 over its parts' stored sha256s, in order
+    part_count     integer NOT NULL DEFAULT 1 CHECK (part_count >= 1),
     PRIMARY KEY (backup_id, schema_name, table_name)
 );
 

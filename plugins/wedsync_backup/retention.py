@@ -1,0 +1,48 @@
+"""Retention: which backups may go, and removing them from a target safely.
+
+The newest complete full backup is never pruned, whatever its age. A backup is removed manifest first, so
+a prune that stops half way leaves an incomplete backup (ignored and removed next time), never a committed
+one with objects missing. Objects of attempts that never committed are removed once they are old.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import datetime, timedelta
+
+from wedsync_backup.manifest import Manifest, backup_prefix, manifest_key
+from wedsync_backup.storage.base import Storage
+
+log = logging.getLogger(__name__)
+_ID = re.compile(r"^backups/([^/]+)/")
+
+
+def _time(m: Manifest) -> datetime:
+    return datetime.fromisoformat(m.consistent_point.get("time") or m.created_at)
+
+
+def select_prunable(
+    manifests: list[Manifest], *, now: datetime, retention_days: int, backup_type: str = "full"
+) -> list[str]:
+    """Ids of ``backup_type`` backups older than the retention window, never the newest of that type."""
+    mine = sorted((m for m in manifests if m.backup_type == backup_type), key=_time)
+    if not mine:
+        return []
+    newest = mine[-1].backup_id
+    cutoff = now - timedelta(days=retention_days)
+    return [m.backup_id for m in mine if _time(m) < cutoff and m.backup_id != newest]
+
+
+def delete_backup(storage: Storage, backup_id: str) -> int:
+    """Remove one backup from ``storage``: its manifest first, then its objects. Returns objects removed."""
+    storage.delete([manifest_key(backup_id)])
+    keys = [o.key for o in storage.list(backup_prefix(backup_id))]
+    storage.delete(keys)
+    return len(keys) + 1
+
+
+def incomplete_backup_ids(storage: Storage, committed: set[str], in_progress: set[str]) -> list[str]:
+    """Backup prefixes with objects but no manifest that no running backup owns."""
+    ids = {m.group(1) for o in storage.list("backups/") if (m := _ID.match(o.key))}
+    return sorted(ids - committed - in_progress)

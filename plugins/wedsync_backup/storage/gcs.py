@@ -1,0 +1,259 @@
+"""A Google Cloud Storage bucket as a backup target.
+
+Writes use a resumable upload session sent in fixed-size chunks (memory stays bounded by one chunk); the
+object only appears when the session is finalised on commit, and abort cancels the session. Reads are
+ranged requests of one chunk each. Both work the same against real GCS and gcp-storage-emulator.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.auth.exceptions import GoogleAuthError
+from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+from google.cloud.storage.retry import DEFAULT_RETRY
+from requests.exceptions import RequestException
+
+from wedsync_backup.errors import StorageError
+from wedsync_backup.storage.base import READ_CHUNK, ObjectInfo, ObjectWriter, Storage
+
+CHUNK_SIZE = 16 << 20  # must be a multiple of 256 KiB
+DELETE_BATCH = 100  # the GCS batch API takes at most 100 calls per request
+BUCKET_ENV = "WEDSYNC_BACKUP_GCS_BUCKET"
+PROBE_PREFIX = ".wedsync-check-"
+# Everything the client raises for a failed call: API errors, raw upload/download errors, network.
+_ERRORS = (gexc.GoogleAPIError, InvalidResponse, DataCorruption, RequestException, GoogleAuthError, ConnectionError)
+
+
+class GCSWriter(ObjectWriter):
+    def __init__(self, storage: GCSStorage, key: str) -> None:
+        self._s = storage
+        self._full = storage._full(key)
+        blob = storage._bucket.blob(self._full, chunk_size=storage.chunk_size)
+        # Retrying resumable chunks is safe: the session knows how many bytes it has.
+        self._w: Any = blob.open("wb", ignore_flush=True, retry=DEFAULT_RETRY)
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        if self._done:
+            raise StorageError(f"Writer for {self._s.url()}{self._full} is already closed", fix="open a new one")
+        try:
+            self._w.write(data)
+        except BaseException as e:
+            self.abort()
+            if isinstance(e, _ERRORS):
+                raise self._s._error("upload", self._full, e) from e
+            raise
+
+    def commit(self) -> None:
+        if self._done:
+            return
+        try:
+            self._w.close()  # uploads the last chunk and finalises the session
+        except BaseException as e:
+            self.abort()
+            if isinstance(e, _ERRORS):
+                raise self._s._error("finish uploading", self._full, e) from e
+            raise
+        self._done = True
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            # Cancels the resumable session (a DELETE on its URL) and closes the buffer, so neither
+            # this call nor garbage collection can ever finalise a partial object.
+            self._w.terminate()
+        except Exception:
+            try:
+                self._w._buffer.close()
+            except Exception:
+                pass
+
+
+    def __del__(self) -> None:
+        # A writer dropped without commit() must never publish anything; without this, the
+        # BlobWriter's own __del__ (io.IOBase) would close() and so finalise a partial object.
+        try:
+            if not self._done:
+                self.abort()
+        except Exception:
+            pass
+
+
+class GCSStorage(Storage):
+    """Objects live in ``bucket`` under ``prefix/``; ``client`` is a google.cloud.storage.Client."""
+
+    kind = "gcs"
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        *,
+        name: str,
+        medium: str,
+        site: str,
+        conn_id: str = "",
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        super().__init__(name=name, medium=medium, site=site)
+        if chunk_size <= 0 or chunk_size % (256 << 10):
+            raise ValueError("GCS chunk_size must be a positive multiple of 256 KiB")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.conn_id = conn_id
+        self.chunk_size = chunk_size
+        self._bucket = client.bucket(bucket)
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _full(self, key: str) -> str:
+        if not key or key.startswith("/"):
+            raise StorageError(
+                f"Invalid object key '{key}' for target {self.name}",
+                "keys are non-empty relative '/'-separated paths",
+                "this is a bug in the caller; report it",
+            )
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    def _where(self) -> str:
+        conn = f", connection {self.conn_id}" if self.conn_id else ""
+        return f"target {self.name}{conn}"
+
+    @property
+    def endpoint(self) -> str:
+        conn = getattr(self.client, "_connection", None)
+        return str(getattr(conn, "API_BASE_URL", "") or "https://storage.googleapis.com")
+
+    def _no_bucket(self) -> StorageError:
+        return StorageError(
+            f"GCS bucket '{self.bucket}' does not exist ({self._where()})",
+            f"endpoint {self.endpoint}",
+            f"create the bucket, or set {BUCKET_ENV} (or targets.{self.name}.bucket) to an existing one",
+        )
+
+    def _bucket_exists(self) -> bool:
+        try:
+            return self.client.lookup_bucket(self.bucket) is not None
+        except Exception:
+            return True  # unknown: report the original error instead
+
+    def _error(self, what: str, full_key: str, e: BaseException) -> StorageError:
+        conn = self.conn_id or "the GCS connection"
+        status = getattr(getattr(e, "response", None), "status_code", 0)
+        if isinstance(e, InvalidResponse) and status:
+            e = gexc.from_http_status(status, str(e))
+        where = f"Cannot {what} gs://{self.bucket}/{full_key} ({self._where()})"
+        if isinstance(e, gexc.NotFound) and not self._bucket_exists():
+            return self._no_bucket()
+        if isinstance(e, gexc.Unauthorized | gexc.Forbidden | GoogleAuthError):
+            return StorageError(
+                where,
+                f"GCS at {self.endpoint} refused the credentials ({e})",
+                f"check the key file / service account and its bucket permissions in connection {conn}",
+            )
+        if isinstance(e, gexc.GoogleAPIError):
+            return StorageError(
+                where, f"GCS at {self.endpoint} answered: {e}", "retry; if it persists check the service status"
+            )
+        return StorageError(
+            where,
+            f"GCS endpoint {self.endpoint} is unreachable ({e})",
+            f"check the network, connection {conn} and STORAGE_EMULATOR_HOST if you use an emulator",
+        )
+
+    # --- writing ---------------------------------------------------------------------------------
+    def writer(self, key: str) -> ObjectWriter:
+        return GCSWriter(self, key)
+
+    # --- reading ---------------------------------------------------------------------------------
+    def read(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        full = self._full(key)
+        try:
+            blob = self._bucket.get_blob(full)
+        except _ERRORS as e:
+            raise self._error("read", full, e) from e
+        if blob is None:
+            raise StorageError(
+                f"Backup object {self.url(key)} does not exist ({self._where()})",
+                fix="check the key, or whether retention already deleted it",
+            )
+        return self._chunks(blob, full, chunk_size)
+
+    def _chunks(self, blob: Any, full: str, chunk_size: int) -> Iterator[bytes]:
+        # Ranged reads of one chunk each, pinned to the generation we looked up, so an object
+        # overwritten mid-read fails instead of mixing two versions.
+        try:
+            with blob.open(
+                "rb", chunk_size=chunk_size, if_generation_match=blob.generation, retry=DEFAULT_RETRY
+            ) as f:
+                while data := f.read(chunk_size):
+                    yield data
+        except _ERRORS as e:
+            raise self._error("read", full, e) from e
+
+    def size(self, key: str) -> int | None:
+        full = self._full(key)
+        try:
+            blob = self._bucket.get_blob(full)
+        except _ERRORS as e:
+            raise self._error("look up", full, e) from e
+        return None if blob is None else int(blob.size)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        try:
+            for blob in self.client.list_blobs(self._bucket, prefix=full or None):
+                key = self._rel(blob.name)
+                if not key.startswith(PROBE_PREFIX):
+                    yield ObjectInfo(key, int(blob.size))
+        except _ERRORS as e:
+            raise self._error("list", full, e) from e
+
+    # --- deleting --------------------------------------------------------------------------------
+    def delete(self, keys: list[str]) -> None:
+        fulls = [self._full(k) for k in keys]
+        for i in range(0, len(fulls), DELETE_BATCH):
+            batch = fulls[i : i + DELETE_BATCH]
+            try:
+                with self.client.batch(raise_exception=False) as b:
+                    for full in batch:
+                        self._bucket.delete_blob(full)
+            except _ERRORS as e:
+                raise self._error("delete objects under", batch[0], e) from e
+            responses = getattr(b, "_responses", [])  # set by Batch.finish() on exit
+            failed = [r for r in responses if not r.ok and r.status_code != 404]
+            if failed:
+                raise StorageError(
+                    f"Could not delete {len(failed)} object(s) from gs://{self.bucket} ({self._where()})",
+                    f"first answer: {failed[0].status_code} {failed[0].text[:200]}",
+                    "check the connection's delete permission and any retention policy on the bucket",
+                )
+
+    # --- describing ------------------------------------------------------------------------------
+    def url(self, key: str = "") -> str:
+        path = "/".join(p for p in (self.prefix, key) if p)
+        return f"gs://{self.bucket}/{path}"
+
+    def check(self) -> None:
+        try:
+            found = self.client.lookup_bucket(self.bucket, retry=DEFAULT_RETRY.with_timeout(10))
+        except _ERRORS as e:
+            raise self._error("reach", "", e) from e
+        if found is None:
+            raise self._no_bucket()
+        probe = self._full(f"{PROBE_PREFIX}{secrets.token_hex(6)}")
+        try:
+            self._bucket.blob(probe).upload_from_string(b"wedsync")
+            self._bucket.blob(probe).delete()
+        except _ERRORS as e:
+            raise self._error("write a probe object to", probe, e) from e
