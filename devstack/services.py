@@ -7,6 +7,7 @@ to start both by hand and print the environment variables that point Airflow at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -143,10 +144,8 @@ class MotoServer(_Service):
     def create_bucket(self, name: str) -> None:
         """Create the bucket; fine if it already exists."""
         c = self.client()
-        try:
+        with contextlib.suppress(c.exceptions.BucketAlreadyOwnedByYou):
             c.create_bucket(Bucket=name)
-        except c.exceptions.BucketAlreadyOwnedByYou:
-            pass
 
     def airflow_conn_json(self) -> str:
         """Value for ``AIRFLOW_CONN_<ID>``: an aws connection pointing at this server."""
@@ -237,13 +236,13 @@ def main() -> None:
             "WEDSYNC_BACKUP_GCS_BUCKET": args.gcs_bucket,
             **gcs.env(),
         }
+        # A plain `kill` must still run the with-blocks above, which stop both servers.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         for k, v in env.items():
             print(f"export {k}='{v}'")
         print("# S3 and GCS are running; Ctrl-C to stop.", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":

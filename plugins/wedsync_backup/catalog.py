@@ -600,6 +600,13 @@ class Catalog:
                 {"type": backup_type, "limit": limit},
             ).fetchall()
 
+    def list_in_progress(self) -> list[dict[str, Any]]:
+        """Backups being written now (pending or in progress): their objects must not be pruned."""
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT * FROM backup_operations WHERE status IN ('pending', 'in_progress') ORDER BY started_at"
+            ).fetchall()
+
     def backups_past_retention(self, now: datetime, *, include_failed: bool = False) -> list[dict[str, Any]]:
         """Unpruned backups whose retention ended, oldest first.
 

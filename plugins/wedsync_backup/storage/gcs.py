@@ -7,6 +7,7 @@ ranged requests of one chunk each. Both work the same against real GCS and gcp-s
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -21,11 +22,19 @@ from wedsync_backup.errors import StorageError
 from wedsync_backup.storage.base import READ_CHUNK, ObjectInfo, ObjectWriter, Storage
 
 CHUNK_SIZE = 16 << 20  # must be a multiple of 256 KiB
+READ_AHEAD = 8 << 20  # one ranged request fetches this much; read() hands it out in chunk_size pieces
 DELETE_BATCH = 100  # the GCS batch API takes at most 100 calls per request
 BUCKET_ENV = "WEDSYNC_BACKUP_GCS_BUCKET"
 PROBE_PREFIX = ".wedsync-check-"
 # Everything the client raises for a failed call: API errors, raw upload/download errors, network.
-_ERRORS = (gexc.GoogleAPIError, InvalidResponse, DataCorruption, RequestException, GoogleAuthError, ConnectionError)
+_ERRORS = (
+    gexc.GoogleAPIError,
+    InvalidResponse,
+    DataCorruption,
+    RequestException,
+    GoogleAuthError,
+    ConnectionError,
+)
 
 
 class GCSWriter(ObjectWriter):
@@ -39,7 +48,9 @@ class GCSWriter(ObjectWriter):
 
     def write(self, data: bytes) -> None:
         if self._done:
-            raise StorageError(f"Writer for {self._s.url()}{self._full} is already closed", fix="open a new one")
+            raise StorageError(
+                f"Writer for gs://{self._s.bucket}/{self._full} is already closed", fix="open a new one"
+            )
         try:
             self._w.write(data)
         except BaseException as e:
@@ -69,11 +80,8 @@ class GCSWriter(ObjectWriter):
             # this call nor garbage collection can ever finalise a partial object.
             self._w.terminate()
         except Exception:
-            try:
+            with contextlib.suppress(Exception):
                 self._w._buffer.close()
-            except Exception:
-                pass
-
 
     def __del__(self) -> None:
         # A writer dropped without commit() must never publish anything; without this, the
@@ -163,7 +171,9 @@ class GCSStorage(Storage):
             )
         if isinstance(e, gexc.GoogleAPIError):
             return StorageError(
-                where, f"GCS at {self.endpoint} answered: {e}", "retry; if it persists check the service status"
+                where,
+                f"GCS at {self.endpoint} answered: {e}",
+                "retry; if it persists check the service status",
             )
         return StorageError(
             where,
@@ -190,11 +200,14 @@ class GCSStorage(Storage):
         return self._chunks(blob, full, chunk_size)
 
     def _chunks(self, blob: Any, full: str, chunk_size: int) -> Iterator[bytes]:
-        # Ranged reads of one chunk each, pinned to the generation we looked up, so an object
+        # Ranged reads of READ_AHEAD bytes each, pinned to the generation we looked up, so an object
         # overwritten mid-read fails instead of mixing two versions.
         try:
             with blob.open(
-                "rb", chunk_size=chunk_size, if_generation_match=blob.generation, retry=DEFAULT_RETRY
+                "rb",
+                chunk_size=max(chunk_size, READ_AHEAD),
+                if_generation_match=blob.generation,
+                retry=DEFAULT_RETRY,
             ) as f:
                 while data := f.read(chunk_size):
                     yield data

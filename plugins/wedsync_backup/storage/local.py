@@ -6,6 +6,7 @@ crash leaves at most a ``.partial-`` file that :meth:`LocalStorage.list` never s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -85,12 +86,9 @@ class LocalWriter(ObjectWriter):
     def _discard(self, f: BinaryIO | None) -> None:
         self._done = True
         if f is not None:
-            try:
+            with contextlib.suppress(OSError):
                 f.close()
-            except OSError:
-                pass
         self._tmp.unlink(missing_ok=True)
-
 
     def __del__(self) -> None:
         # A writer dropped without commit() must never publish anything.
@@ -106,9 +104,7 @@ class LocalStorage(Storage):
 
     kind = "local"
 
-    def __init__(
-        self, root: Path | str, *, name: str, medium: str, site: str, conn_id: str = ""
-    ) -> None:
+    def __init__(self, root: Path | str, *, name: str, medium: str, site: str, conn_id: str = "") -> None:
         super().__init__(name=name, medium=medium, site=site)
         self.root = Path(root).expanduser().absolute()
         self.conn_id = conn_id

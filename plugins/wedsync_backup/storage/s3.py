@@ -7,6 +7,7 @@ orphan parts) remains.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +18,9 @@ from wedsync_backup.errors import StorageError
 from wedsync_backup.storage.base import READ_CHUNK, ObjectInfo, ObjectWriter, Storage
 
 PART_SIZE = 16 << 20
+# Every part carries a CRC32 that S3 verifies, declared up front as s3transfer does (an upload whose
+# parts carry checksums the upload did not declare can be refused by the Complete call).
+CHECKSUM = "CRC32"
 MAX_PARTS = 10_000
 DELETE_BATCH = 1000
 BUCKET_ENV = "WEDSYNC_BACKUP_S3_BUCKET"
@@ -47,7 +51,9 @@ class S3Writer(ObjectWriter):
 
     def write(self, data: bytes) -> None:
         if self._done:
-            raise StorageError(f"Writer for {self._s.url(self._key)} is already closed", fix="open a new one")
+            raise StorageError(
+                f"Writer for s3://{self._s.bucket}/{self._key} is already closed", fix="open a new one"
+            )
         view = memoryview(data)
         while view:
             room = self._part_size() - len(self._buf)
@@ -61,13 +67,17 @@ class S3Writer(ObjectWriter):
         try:
             if self._upload_id is None:
                 resp = s._call(
-                    "start uploading", self._key, s.client.create_multipart_upload, Key=self._key
+                    "start uploading",
+                    self._key,
+                    s.client.create_multipart_upload,
+                    Key=self._key,
+                    ChecksumAlgorithm=CHECKSUM,
                 )
                 self._upload_id = resp["UploadId"]
             number = len(self._parts) + 1
             if number > MAX_PARTS:
                 raise StorageError(
-                    f"Object {s.url(self._key)} is too large for one S3 multipart upload",
+                    f"Object s3://{s.bucket}/{self._key} is too large for one S3 multipart upload",
                     f"more than {MAX_PARTS} parts",
                     "split the data into several objects or raise the part size",
                 )
@@ -79,14 +89,14 @@ class S3Writer(ObjectWriter):
                 UploadId=self._upload_id,
                 PartNumber=number,
                 Body=bytes(self._buf),
+                ChecksumAlgorithm=CHECKSUM,
             )
         except BaseException:
             self.abort()
             raise
         part: dict[str, Any] = {"PartNumber": number, "ETag": resp["ETag"]}
-        for k in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1", "ChecksumSHA256", "ChecksumCRC64NVME"):
-            if resp.get(k):
-                part[k] = resp[k]
+        if resp.get(f"Checksum{CHECKSUM}"):
+            part[f"Checksum{CHECKSUM}"] = resp[f"Checksum{CHECKSUM}"]
         self._parts.append(part)
         self._buf = bytearray()
 
@@ -121,15 +131,12 @@ class S3Writer(ObjectWriter):
         self._buf = bytearray()
         if self._upload_id is not None:
             upload_id, self._upload_id = self._upload_id, None
-            try:
+            # Never hide the error that made us abort; a bucket lifecycle rule
+            # (AbortIncompleteMultipartUpload) cleans up what we could not.
+            with contextlib.suppress(ClientError, BotoCoreError):
                 self._s.client.abort_multipart_upload(
                     Bucket=self._s.bucket, Key=self._key, UploadId=upload_id
                 )
-            except (ClientError, BotoCoreError):
-                # Never hide the error that made us abort; a bucket lifecycle rule
-                # (AbortIncompleteMultipartUpload) cleans up what we could not.
-                pass
-
 
     def __del__(self) -> None:
         # A writer dropped without commit() must never publish anything.

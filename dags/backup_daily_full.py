@@ -1,0 +1,62 @@
+"""Daily full backup: one consistent snapshot of the whole platform database, three verified copies.
+
+preflight -> export (to primary) -> replicate (secondary, offsite; mapped) -> verify (every copy; mapped)
+-> commit (manifest on every target, catalog row 'completed') -> prune (30-day retention).
+Any failure marks the catalog row 'failed': a backup counts only when every copy is verified.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, TriggerRule
+
+from wedsync_airflow.dag_support import retry_delay, target_names
+from wedsync_airflow.operators.backup import (
+    BackupPreflightOperator,
+    CommitBackupOperator,
+    ExportOperator,
+    MarkBackupFailedOperator,
+    PruneOperator,
+    ReplicateOperator,
+    VerifyOperator,
+)
+
+with DAG(
+    dag_id="backup_daily_full",
+    description="Daily full backup: export, replicate 3-2-1, verify every copy, record, prune (30 days)",
+    schedule="0 2 * * *",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={
+        "retries": 2,
+        "retry_delay": retry_delay(),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=30),
+        "execution_timeout": timedelta(hours=6),
+    },
+    tags=["wedsync", "backup", "tier:full"],
+    doc_md=__doc__,
+) as dag:
+    preflight = BackupPreflightOperator(task_id="preflight", backup_type="full", tier="full")
+    backup_id = preflight.output["backup_id"]
+    export = ExportOperator(task_id="export", backup_id=backup_id, backup_type="full")
+    sha = export.output["manifest_sha256"]
+    replicate = ReplicateOperator.partial(
+        task_id="replicate", backup_id=backup_id, manifest_sha256=sha
+    ).expand(target_name=target_names(replicas_only=True))
+    verify = VerifyOperator.partial(
+        task_id="verify", backup_id=backup_id, manifest_sha256=sha
+    ).expand(target_name=target_names())
+    commit = CommitBackupOperator(
+        task_id="commit", backup_id=backup_id, manifest_sha256=sha, verifications=verify.output, tier="full"
+    )
+    prune = PruneOperator(task_id="prune", backup_type="full", tier="full")
+    mark_failed = MarkBackupFailedOperator(
+        task_id="mark_failed", backup_id=backup_id, trigger_rule=TriggerRule.ONE_FAILED, retries=0
+    )
+
+    export >> replicate >> verify
+    commit >> prune
+    [export, replicate, verify, commit] >> mark_failed

@@ -1,0 +1,76 @@
+"""Emergency restore: bring a backup back into an empty database. Manual trigger only.
+
+Runs as a dry run by default: the plan task checks everything (parameters, confirmation, the backup's
+manifest and key, every object on the chosen target, the target database being empty) and reports what
+would happen, touching nothing. To restore, trigger with dry_run=false and confirm='RESTORE <target_conn_id>'.
+A restore is all or nothing: on any failure the target is put back as it was.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import DAG, Param
+
+from wedsync_airflow.operators.restore import PlanRestoreOperator, RestoreOperator
+
+PARAMS = {
+    "mode": Param(
+        "latest", enum=["latest", "backup_id"], title="Mode",
+        description="latest: the newest completed full backup on from_target; backup_id: the one named below",
+    ),
+    "backup_id": Param(
+        None, type=["null", "string"], title="Backup id", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+        description="Required when mode is backup_id (see the backup_operations table)",
+    ),
+    "scope": Param("complete", enum=["complete"], title="Scope", description="complete: the whole database"),
+    "from_target": Param(
+        "primary", enum=["primary", "secondary", "offsite"], title="Restore from",
+        description="Which copy to read: primary (local), secondary (S3) or offsite (GCS)",
+    ),
+    "target_conn_id": Param(
+        type="string", minLength=1, pattern=r"^[A-Za-z0-9_.-]+$", title="Target connection id",
+        description="Airflow connection of the EMPTY database to restore into",
+    ),
+    "dry_run": Param(True, type="boolean", title="Dry run", description="true: report the plan and stop"),
+    "confirm": Param(
+        "", type="string", title="Confirmation",
+        description="With dry_run=false, type exactly: RESTORE <target_conn_id>",
+    ),
+    "reason": Param(
+        type="string", minLength=3, title="Reason", description="Why this restore is run (recorded)",
+    ),
+}
+
+COMMON = {
+    "mode": "{{ params.mode }}",
+    "backup_id": "{{ params.backup_id }}",
+    "scope": "{{ params.scope }}",
+    "from_target": "{{ params.from_target }}",
+    "target_conn_id": "{{ params.target_conn_id }}",
+    "dry_run": "{{ params.dry_run }}",
+    "confirm": "{{ params.confirm }}",
+    "reason": "{{ params.reason }}",
+}
+
+with DAG(
+    dag_id="emergency_restore",
+    description="Restore a backup into an empty database (dry run by default; confirm to apply)",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    render_template_as_native_obj=True,
+    default_args={"retries": 1},
+    tags=["wedsync", "restore", "disaster-recovery"],
+    doc_md=__doc__,
+) as dag:
+    plan = PlanRestoreOperator(task_id="plan", retries=0, **COMMON)
+    restore = RestoreOperator(
+        task_id="restore",
+        planned_backup_id="{{ ti.xcom_pull(task_ids='plan')['backup_id'] }}",
+        event_id=plan.output["event_id"],
+        **COMMON,
+    )
+    plan >> restore

@@ -1,0 +1,99 @@
+"""The environment an Airflow process of the local stack runs with: config, connections, buckets.
+
+Everything is passed by environment variables (AIRFLOW__..., AIRFLOW_CONN_...), exactly as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from devstack.postgres import Cluster
+from devstack.services import GcsEmulator, MotoServer
+
+REPO = Path(__file__).resolve().parents[1]
+ADMIN_USER = "admin"
+
+
+def pg_conn_json(cluster: Cluster, dbname: str) -> str:
+    return json.dumps(
+        {"conn_type": "postgres", "host": "127.0.0.1", "port": cluster.port, "login": cluster.user,
+         "schema": dbname}
+    )
+
+
+@dataclass
+class StackConfig:
+    home: Path
+    cluster: Cluster
+    s3: MotoServer
+    gcs: GcsEmulator
+    primary_path: Path
+    master_key: str
+    s3_bucket: str = "wedsync-backups"
+    gcs_bucket: str = "wedsync-backups-offsite"
+    source_db: str = "wedsync"
+    catalog_db: str = "backup_catalog"
+    airflow_db: str = "airflow"
+    admin_password: str = "admin"
+
+    def connections(self) -> dict[str, str]:
+        return {
+            "WEDSYNC_SOURCE": pg_conn_json(self.cluster, self.source_db),
+            "BACKUP_CATALOG": pg_conn_json(self.cluster, self.catalog_db),
+            "BACKUP_PRIMARY": json.dumps({"conn_type": "fs", "extra": {"path": str(self.primary_path)}}),
+            "BACKUP_SECONDARY_S3": self.s3.airflow_conn_json(),
+            "BACKUP_OFFSITE_GCS": self.gcs.airflow_conn_json(),
+            "BACKUP_ENCRYPTION": json.dumps({"conn_type": "generic", "password": self.master_key}),
+        }
+
+    def env(self, extra_connections: dict[str, str] | None = None) -> dict[str, str]:
+        self.home.mkdir(parents=True, exist_ok=True)
+        passwords = self.home / "simple_auth_manager_passwords.json"
+        passwords.write_text(json.dumps({ADMIN_USER: self.admin_password}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "WEDSYNC_BACKUP_"))}
+        env.update(
+            AIRFLOW_HOME=str(self.home),
+            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=self.cluster.url(self.airflow_db, "postgresql+psycopg2"),
+            AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+            AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"),
+            AIRFLOW__CORE__LOAD_EXAMPLES="False",
+            AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+            AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+            AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{ADMIN_USER}:admin",
+            AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
+            AIRFLOW__API_AUTH__JWT_SECRET="wedsync-local-stack-only",
+            AIRFLOW__CORE__FERNET_KEY="",
+            AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
+            AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK="False",
+            WEDSYNC_BACKUP_S3_BUCKET=self.s3_bucket,
+            WEDSYNC_BACKUP_GCS_BUCKET=self.gcs_bucket,
+            WEDSYNC_PG_BINDIR=str(self.cluster.bindir),
+            PYTHONPATH=os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
+            **self.gcs.env(),
+        )
+        for conn_id, value in {**self.connections(), **(extra_connections or {})}.items():
+            env[f"AIRFLOW_CONN_{conn_id.upper()}"] = value
+        return env
+
+    def create_databases(self) -> None:
+        existing = set(self.cluster.psql("-Atc", "SELECT datname FROM pg_database").split())
+        for db in (self.source_db, self.catalog_db, self.airflow_db):
+            if db not in existing:
+                self.cluster.create_database(db)
+
+    def create_buckets(self) -> None:
+        self.s3.create_bucket(self.s3_bucket)
+        self.gcs.create_bucket(self.gcs_bucket)
+
+
+def airflow_bin() -> str:
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def migrate_metadata(env: dict[str, str]) -> None:
+    subprocess.run([airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True)

@@ -1,0 +1,205 @@
+"""Operators for emergency restore: plan (every check, nothing touched) -> restore (all or nothing)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowSkipException
+
+from wedsync_airflow.connections import catalog, keyring, pg_target
+from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
+from wedsync_airflow.targets import build_storage
+from wedsync_backup.catalog import Catalog
+from wedsync_backup.errors import ConfigError, WedSyncError
+from wedsync_backup.manifest import Manifest
+from wedsync_backup.policy import Policy
+from wedsync_backup.repository import committed_manifests, read_manifest
+from wedsync_backup.restore import plan_restore, reset_target, restore_backup, target_contents
+
+MODES = ("latest", "backup_id")
+SCOPES = ("complete",)
+
+
+def expected_confirmation(target_conn_id: str) -> str:
+    return f"RESTORE {target_conn_id}"
+
+
+class _RestoreParams(WedSyncOperator):
+    template_fields = (
+        *WedSyncOperator.template_fields, "mode", "backup_id", "scope", "from_target", "target_conn_id",
+        "dry_run", "confirm", "reason",
+    )
+
+    def __init__(
+        self, *, mode: str = "latest", backup_id: str | None = None, scope: str = "complete",
+        from_target: str = "primary", target_conn_id: str, dry_run: bool | str = True, confirm: str = "",
+        reason: str = "", **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.mode = mode
+        self.backup_id = backup_id
+        self.scope = scope
+        self.from_target = from_target
+        self.target_conn_id = target_conn_id
+        self.dry_run = dry_run
+        self.confirm = confirm
+        self.reason = reason
+
+    @property
+    def is_dry_run(self) -> bool:
+        return self.dry_run not in (False, "False", "false", 0, "0")
+
+    def validate(self, policy: Policy) -> None:
+        """Cross-field checks the JSON schema cannot express; each names the parameter to fix."""
+        if self.mode not in MODES:
+            raise ConfigError(f"Unknown mode '{self.mode}'", fix=f"set mode to one of {', '.join(MODES)}")
+        if self.mode == "backup_id" and not self.backup_id:
+            raise ConfigError("mode is 'backup_id' but no backup_id was given", fix="set the backup_id parameter")
+        if self.scope not in SCOPES:
+            raise ConfigError(
+                f"Restore scope '{self.scope}' is not available", fix=f"use scope {', '.join(SCOPES)}"
+            )
+        policy.target(self.from_target)
+        if not self.target_conn_id:
+            raise ConfigError("No target_conn_id given", fix="name the Airflow connection of the empty database")
+        if self.target_conn_id in (policy.source_conn_id, policy.catalog_conn_id):
+            raise ConfigError(
+                f"target_conn_id '{self.target_conn_id}' is the backup source or catalog",
+                "a restore goes into an empty database, never over live data",
+                "create an empty database, add a connection for it and name that connection",
+            )
+        if not self.is_dry_run and (self.confirm or "").strip() != expected_confirmation(self.target_conn_id):
+            raise ConfigError(
+                "Restore not confirmed",
+                f"with dry_run=false the confirm parameter must be exactly "
+                f"'{expected_confirmation(self.target_conn_id)}' (it was '{self.confirm or ''}')",
+                "type the confirmation exactly, or run with dry_run=true to see the plan first",
+            )
+        if not (self.reason or "").strip():
+            raise ConfigError("No reason given", fix="say why this restore is run (the reason parameter)")
+
+    def try_catalog(self, policy: Policy) -> Catalog | None:
+        """The catalog, or None when it is down too: a restore must work from the repository alone."""
+        try:
+            cat = catalog(policy)
+            cat.migrate()
+            return cat
+        except WedSyncError as e:
+            self.log.warning("Catalog unavailable (%s); restoring from the repository alone", e)
+            return None
+
+    def resolve_manifest(self, policy: Policy, cat: Catalog | None) -> Manifest:
+        storage = build_storage(policy.target(self.from_target))
+        if self.mode == "backup_id":
+            return read_manifest(storage, str(self.backup_id))
+        manifests = [m for m in committed_manifests(storage) if m.backup_type in ("full", "archive", "manual")]
+        if not manifests:
+            raise ConfigError(
+                f"No completed backup on target {self.from_target} ({storage.url()})",
+                fix="pick another from_target, or run backup_daily_full first",
+            )
+        return max(manifests, key=lambda m: m.consistent_point.get("time") or m.created_at)
+
+
+class PlanRestoreOperator(_RestoreParams):
+    """Validate every parameter and the backup, record the event, and report the plan. Touches nothing."""
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        policy = self.guarded(self.policy)
+        cat = self.try_catalog(policy)
+        event_id = None
+        if cat is not None:
+            event_id = cat.start_recovery_event(
+                event_type="emergency_restore", dag_id=self.dag_id, run_id=run_id_of(context), mode=self.mode,
+                scope=self.scope, from_target=self.from_target, target_conn_id=self.target_conn_id,
+                dry_run=self.is_dry_run, reason=self.reason, triggered_by=_triggered_by(context),
+                backup_id=self.backup_id,
+            )
+        try:
+            plan = self.guarded(lambda: self._plan(policy))
+        except Exception as e:
+            if cat is not None and event_id is not None:
+                cat.finish_recovery_event(event_id, status="refused", error=str(e))
+            raise
+        context["ti"].xcom_push(key="event_id", value=event_id)
+        if cat is not None and event_id is not None and self.is_dry_run:
+            cat.finish_recovery_event(event_id, status="planned", result=plan)
+        self.log.info("Restore plan: %s", plan)
+        return plan
+
+    def _plan(self, policy: Policy) -> dict[str, Any]:
+        self.validate(policy)
+        target = pg_target(self.target_conn_id, "restore target")
+        manifest = self.resolve_manifest(policy, None)
+        storage = build_storage(policy.target(self.from_target))
+        plan = plan_restore(manifest, storage, keyring(policy.encryption_conn_id), target).as_dict()
+        plan["dry_run"] = self.is_dry_run
+        plan["data_loss_minutes"] = _minutes_since(plan["consistent_time"])
+        return plan
+
+
+class RestoreOperator(_RestoreParams):
+    """Restore the planned backup; on a dry run, stop here (skipped) having touched nothing."""
+
+    template_fields = (*_RestoreParams.template_fields, "planned_backup_id", "event_id")
+
+    def __init__(self, *, planned_backup_id: str, event_id: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.planned_backup_id = planned_backup_id
+        self.event_id = event_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        if self.is_dry_run:
+            raise AirflowSkipException(
+                f"Dry run: the plan is in the 'plan' task. To restore, trigger again with dry_run=false and "
+                f"confirm='{expected_confirmation(self.target_conn_id)}'"
+            )
+        policy = self.guarded(self.policy)
+        cat = self.try_catalog(policy)
+        event_id = int(self.event_id) if self.event_id not in (None, "", "None") else None
+        try:
+            result = self.guarded(lambda: self._restore(policy, context))
+        except Exception as e:
+            if cat is not None and event_id is not None:
+                cat.finish_recovery_event(event_id, status="failed", error=str(e))
+            raise
+        if cat is not None and event_id is not None:
+            cat.finish_recovery_event(
+                event_id, status="completed", result=result, data_loss_minutes=result["data_loss_minutes"]
+            )
+            cat.audit("emergency_restore", actor=_triggered_by(context), backup_id=result["backup_id"],
+                      details={"target_conn_id": self.target_conn_id, "from_target": self.from_target})
+        return result
+
+    def _restore(self, policy: Policy, context: Any) -> dict[str, Any]:
+        self.validate(policy)
+        storage = build_storage(policy.target(self.from_target))
+        manifest = read_manifest(storage, self.planned_backup_id)
+        target = pg_target(self.target_conn_id, "restore target")
+        if context["ti"].try_number > 1 and target_contents(target):
+            # The plan task proved this target empty at the start of this run: what is there now is
+            # this run's own interrupted attempt, so it is put back to empty before trying again.
+            self.log.warning("Retry: removing the interrupted attempt of this run from %s", self.target_conn_id)
+            reset_target(target, ("pg_database_owner", [("pg_database_owner", "USAGE"),
+                                                        ("pg_database_owner", "CREATE"), ("PUBLIC", "USAGE")],
+                                  "standard public schema"))
+        result = restore_backup(manifest, storage, keyring(policy.encryption_conn_id), target,
+                                workers=policy.export_workers).as_dict()
+        result["from_target"] = self.from_target
+        result["target_conn_id"] = self.target_conn_id
+        result["consistent_time"] = manifest.consistent_point.get("time")
+        result["data_loss_minutes"] = _minutes_since(result["consistent_time"])
+        self.log.info("Restore complete: %s", result)
+        return result
+
+
+def _minutes_since(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    return round((datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds() / 60, 1)
+
+
+def _triggered_by(context: Any) -> str:
+    dag_run = context["dag_run"]
+    return str(getattr(dag_run, "triggering_user_name", None) or getattr(dag_run, "run_type", "") or "unknown")
