@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, TriggerRule
-
 from wedsync_airflow.dag_support import retry_delay, target_names
 from wedsync_airflow.operators.backup import (
     BackupPreflightOperator,
@@ -46,9 +45,9 @@ with DAG(
     replicate = ReplicateOperator.partial(
         task_id="replicate", backup_id=backup_id, manifest_sha256=sha
     ).expand(target_name=target_names(replicas_only=True))
-    verify = VerifyOperator.partial(
-        task_id="verify", backup_id=backup_id, manifest_sha256=sha
-    ).expand(target_name=target_names())
+    verify = VerifyOperator.partial(task_id="verify", backup_id=backup_id, manifest_sha256=sha).expand(
+        target_name=target_names()
+    )
     commit = CommitBackupOperator(
         task_id="commit", backup_id=backup_id, manifest_sha256=sha, verifications=verify.output, tier="full"
     )

@@ -11,34 +11,48 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import DAG, Param
-
 from wedsync_airflow.operators.restore import PlanRestoreOperator, RestoreOperator
 
 PARAMS = {
     "mode": Param(
-        "latest", enum=["latest", "backup_id"], title="Mode",
+        "latest",
+        enum=["latest", "backup_id"],
+        title="Mode",
         description="latest: the newest completed full backup on from_target; backup_id: the one named below",
     ),
     "backup_id": Param(
-        None, type=["null", "string"], title="Backup id", pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+        None,
+        type=["null", "string"],
+        title="Backup id",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
         description="Required when mode is backup_id (see the backup_operations table)",
     ),
     "scope": Param("complete", enum=["complete"], title="Scope", description="complete: the whole database"),
     "from_target": Param(
-        "primary", enum=["primary", "secondary", "offsite"], title="Restore from",
+        "primary",
+        enum=["primary", "secondary", "offsite"],
+        title="Restore from",
         description="Which copy to read: primary (local), secondary (S3) or offsite (GCS)",
     ),
     "target_conn_id": Param(
-        type="string", minLength=1, pattern=r"^[A-Za-z0-9_.-]+$", title="Target connection id",
+        type="string",
+        minLength=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        title="Target connection id",
         description="Airflow connection of the EMPTY database to restore into",
     ),
     "dry_run": Param(True, type="boolean", title="Dry run", description="true: report the plan and stop"),
     "confirm": Param(
-        "", type="string", title="Confirmation",
+        "",
+        type="string",
+        title="Confirmation",
         description="With dry_run=false, type exactly: RESTORE <target_conn_id>",
     ),
     "reason": Param(
-        type="string", minLength=3, title="Reason", description="Why this restore is run (recorded)",
+        type="string",
+        minLength=3,
+        title="Reason",
+        description="Why this restore is run (recorded)",
     ),
 }
 

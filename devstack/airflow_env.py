@@ -21,8 +21,13 @@ ADMIN_USER = "admin"
 
 def pg_conn_json(cluster: Cluster, dbname: str) -> str:
     return json.dumps(
-        {"conn_type": "postgres", "host": "127.0.0.1", "port": cluster.port, "login": cluster.user,
-         "schema": dbname}
+        {
+            "conn_type": "postgres",
+            "host": "127.0.0.1",
+            "port": cluster.port,
+            "login": cluster.user,
+            "schema": dbname,
+        }
     )
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: real PostgreSQL, S3 (moto server) and GCS (emulator) over the wire."""
 
+from tests.fixtures.airflow import stack  # noqa: F401
 from tests.fixtures.postgres import empty_db, pg_cluster  # noqa: F401
 from tests.fixtures.storage import gcs_server, s3_server, storage_policy, storage_targets  # noqa: F401

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from wedsync_airflow.targets import get_connection
 from wedsync_backup.catalog import Catalog
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import ConfigError
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.policy import Policy
+
+from wedsync_airflow.targets import get_connection
 
 PG_CONN_TYPES = ("postgres", "postgresql")
 

@@ -116,7 +116,9 @@ class Keyring:
 
     def unwrap(self, wrapped: dict[str, str], backup_id: str) -> DataKey:
         if not isinstance(wrapped, dict):
-            raise CryptoError(f"The wrapped data key of backup {backup_id} is malformed", fix="restore from another target")
+            raise CryptoError(
+                f"The wrapped data key of backup {backup_id} is malformed", fix="restore from another target"
+            )
         key_id = wrapped.get("key_id", "?")
         master = self._key(key_id, backup_id)
         try:
@@ -301,9 +303,13 @@ class ObjectDecryptor:
         if self._aead is None:
             raise self._fail("Object is truncated", "it ends inside its header")
         if self._buf:
-            raise self._fail("Object is truncated", f"{len(self._buf)} bytes of an incomplete chunk at the end")
+            raise self._fail(
+                "Object is truncated", f"{len(self._buf)} bytes of an incomplete chunk at the end"
+            )
         if not self._final_seen:
-            raise self._fail("Object is truncated", f"it ends after chunk {self._counter - 1} without the final one")
+            raise self._fail(
+                "Object is truncated", f"it ends after chunk {self._counter - 1} without the final one"
+            )
 
 
 def decrypt_stream(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import psycopg
@@ -26,7 +26,6 @@ from wedsync_backup.errors import WedSyncError
 from wedsync_backup.manifest import (
     Manifest,
     SequenceEntry,
-    StoredObject,
     TableEntry,
     backup_prefix,
     content_checksum,
@@ -61,7 +60,12 @@ class ConsistentPoint:
     time: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"snapshot": self.snapshot, "lsn": self.lsn, "txid_snapshot": self.txid_snapshot, "time": self.time}
+        return {
+            "snapshot": self.snapshot,
+            "lsn": self.lsn,
+            "txid_snapshot": self.txid_snapshot,
+            "time": self.time,
+        }
 
 
 @dataclass
@@ -180,7 +184,9 @@ def _copy_sql(t: TableInfo, part: Part) -> str:
         cond.append(f"ctid >= '({part.first_page},0)'::tid")
     if part.last_page is not None:
         cond.append(f"ctid < '({part.last_page},0)'::tid")
-    return f"COPY (SELECT {cols} FROM ONLY {qualified(t.schema, t.name)} WHERE {' AND '.join(cond)}) TO STDOUT"
+    return (
+        f"COPY (SELECT {cols} FROM ONLY {qualified(t.schema, t.name)} WHERE {' AND '.join(cond)}) TO STDOUT"
+    )
 
 
 def _copy_chunks(conn: psycopg.Connection, sql: str) -> Iterator[bytes]:
@@ -196,12 +202,24 @@ def _copy_chunks(conn: psycopg.Connection, sql: str) -> Iterator[bytes]:
 
 
 def _dump_schema(
-    source: PgTarget, storage: Storage, key: str, data_key: DataKey, snapshot: str, options: ExportOptions,
+    source: PgTarget,
+    storage: Storage,
+    key: str,
+    data_key: DataKey,
+    snapshot: str,
+    options: ExportOptions,
     major: int,
 ) -> tuple[EncodeResult, str]:
     pg_dump = find_tool("pg_dump", major)
-    cmd = [str(pg_dump), "--format=custom", "--compress=0", "--section=pre-data", "--section=post-data",
-           f"--snapshot={snapshot}", "--no-sync"]
+    cmd = [
+        str(pg_dump),
+        "--format=custom",
+        "--compress=0",
+        "--section=pre-data",
+        "--section=post-data",
+        f"--snapshot={snapshot}",
+        "--no-sync",
+    ]
     cmd += [f"--exclude-schema={s}" for s in options.exclude_schemas]
     version = subprocess.run([str(pg_dump), "--version"], capture_output=True, text=True).stdout.strip()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=source.env())
@@ -263,7 +281,12 @@ def run_export(
         parts = plan_parts(backup_id, tables, options.split_pages)
         log.info(
             "Exporting %d tables (%d parts, %d sequences) of %s at LSN %s with %d workers",
-            len(tables), len(parts), len(sequences), info[0], point.lsn, options.workers,
+            len(tables),
+            len(parts),
+            len(sequences),
+            info[0],
+            point.lsn,
+            options.workers,
         )
         schema_result, pg_dump_version = _dump_schema(
             source, storage, f"{backup_prefix(backup_id)}schema.wsb", data_key, point.snapshot, options, major
@@ -276,24 +299,42 @@ def run_export(
         objs = [results[p.key].stored_object() for p in mine]
         entries.append(
             TableEntry(
-                schema=t.schema, name=t.name, priority=t.priority, columns=t.columns,
-                row_count=sum(results[p.key].newlines for p in mine), parts=objs,
-                content_sha256=content_checksum(objs), relkind=t.relkind, parent=t.parent,
+                schema=t.schema,
+                name=t.name,
+                priority=t.priority,
+                columns=t.columns,
+                row_count=sum(results[p.key].newlines for p in mine),
+                parts=objs,
+                content_sha256=content_checksum(objs),
+                relkind=t.relkind,
+                parent=t.parent,
             )
         )
     manifest = Manifest(
         backup_id=backup_id,
         backup_type=backup_type,
         created_at=point.time,
-        source={"database": info[0], "server_version": info[1], "system_identifier": info[2],
-                "label": source.label},
+        source={
+            "database": info[0],
+            "server_version": info[1],
+            "system_identifier": info[2],
+            "label": source.label,
+        },
         consistent_point=point.as_dict(),
-        encryption={"algorithm": "AES-256-GCM", "key_id": data_key.key_id, "wrapped_key": data_key.wrapped,
-                    "chunk_size": 1 << 20},
+        encryption={
+            "algorithm": "AES-256-GCM",
+            "key_id": data_key.key_id,
+            "wrapped_key": data_key.wrapped,
+            "chunk_size": 1 << 20,
+        },
         compression={"algorithm": "zstd", "level": options.zstd_level},
-        schema={"object": schema_result.stored_object().__dict__, "format": "pg_dump-custom",
-                "sections": ["pre-data", "post-data"], "pg_dump_version": pg_dump_version,
-                "exclude_schemas": list(options.exclude_schemas)},
+        schema={
+            "object": schema_result.stored_object().__dict__,
+            "format": "pg_dump-custom",
+            "sections": ["pre-data", "post-data"],
+            "pg_dump_version": pg_dump_version,
+            "exclude_schemas": list(options.exclude_schemas),
+        },
         tables=entries,
         sequences=sequences,
         parent_backup_id=parent_backup_id,
@@ -303,7 +344,10 @@ def run_export(
     storage.put_bytes(pending_manifest_key(backup_id), manifest.to_bytes())
     log.info(
         "Exported %s: %d rows, %d bytes plaintext, %d bytes stored",
-        backup_id, manifest.total_rows, manifest.plain_bytes, manifest.stored_bytes,
+        backup_id,
+        manifest.total_rows,
+        manifest.plain_bytes,
+        manifest.stored_bytes,
     )
     return manifest
 
@@ -334,7 +378,10 @@ def _export_parts(
                     part = queue.pop(0)
                 t = tables[part.table_index]
                 res = encode_to_storage(
-                    _copy_chunks(conn, _copy_sql(t, part)), storage, part.key, data_key,
+                    _copy_chunks(conn, _copy_sql(t, part)),
+                    storage,
+                    part.key,
+                    data_key,
                     zstd_level=options.zstd_level,
                 )
                 with lock:

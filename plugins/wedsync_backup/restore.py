@@ -145,16 +145,24 @@ def _pg_restore(
 ) -> None:
     with target.connect(autocommit=True) as conn:
         major = server_major(conn)
-    cmd = [str(find_tool("pg_restore", major)), f"--section={section}", "--exit-on-error",
-           "--single-transaction", f"--dbname={target.dbname}"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=target.env())
+    cmd = [
+        str(find_tool("pg_restore", major)),
+        f"--section={section}",
+        "--exit-on-error",
+        "--single-transaction",
+        f"--dbname={target.dbname}",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=target.env()
+    )
     assert proc.stdin is not None and proc.stderr is not None
     err_chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
     reader.start()
     try:
-        for piece in decode_from_storage(storage, manifest.schema_object, keyring, backup_id=manifest.backup_id):
+        for piece in decode_from_storage(
+            storage, manifest.schema_object, keyring, backup_id=manifest.backup_id
+        ):
             proc.stdin.write(piece)
         proc.stdin.close()
     except BrokenPipeError:
@@ -174,7 +182,11 @@ def _pg_restore(
 
 
 def _load_part(
-    conn: psycopg.Connection, table: TableEntry, obj: StoredObject, storage: Storage, keyring: Keyring,
+    conn: psycopg.Connection,
+    table: TableEntry,
+    obj: StoredObject,
+    storage: Storage,
+    keyring: Keyring,
     backup_id: str,
 ) -> int:
     cols = ", ".join(quote_ident(c) for c in table.columns)
@@ -229,7 +241,8 @@ def _set_sequences(manifest: Manifest, target: PgTarget) -> None:
     with target.connect(autocommit=False) as conn:
         for s in manifest.sequences:
             conn.execute(
-                "SELECT setval(%s::regclass, %s, %s)", (qualified(s.schema, s.name), s.last_value, s.is_called)
+                "SELECT setval(%s::regclass, %s, %s)",
+                (qualified(s.schema, s.name), s.last_value, s.is_called),
             )
         conn.commit()
 
@@ -255,10 +268,13 @@ def _public_schema_state(target: PgTarget) -> PublicState | None:
 def reset_target(target: PgTarget, public_state: PublicState | None) -> None:
     """Put an (originally empty) target back as it was: drop everything the restore created."""
     with target.connect(autocommit=False) as conn:
-        schemas = [r[0] for r in conn.execute(
-            f"SELECT nspname FROM pg_namespace WHERE nspname NOT IN {SYSTEM_SCHEMAS} "
-            "AND nspname NOT LIKE 'pg\\_%'"
-        ).fetchall()]
+        schemas = [
+            r[0]
+            for r in conn.execute(
+                f"SELECT nspname FROM pg_namespace WHERE nspname NOT IN {SYSTEM_SCHEMAS} "
+                "AND nspname NOT LIKE 'pg\\_%'"
+            ).fetchall()
+        ]
         for ext in conn.execute("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'").fetchall():
             conn.execute(f"DROP EXTENSION IF EXISTS {quote_ident(ext[0])} CASCADE")
         for s in schemas:
@@ -307,7 +323,8 @@ def restore_backup(
             raise
         raise RestoreError(
             f"Restore of backup {manifest.backup_id} into {target.label} failed",
-            str(e), "the target was put back as it was; fix the cause and run the restore again",
+            str(e),
+            "the target was put back as it was; fix the cause and run the restore again",
         ) from e
     return RestoreResult(
         backup_id=manifest.backup_id,

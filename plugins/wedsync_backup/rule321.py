@@ -43,7 +43,8 @@ def enforce_321(verdict: Rule321Verdict) -> list[str]:
     text = "; ".join(verdict.problems)
     if verdict.enforced:
         raise ConfigError(
-            "The backup targets break the 3-2-1 rule", text,
+            "The backup targets break the 3-2-1 rule",
+            text,
             "add or fix targets in include/config/backup_policy.yaml, or set rule_321.enforce: false "
             "to run anyway with a recorded warning",
         )

@@ -9,7 +9,6 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from wedsync_backup.crypto import MAGIC, Keyring, ObjectEncryptor, decrypt_stream, key_id_for
 from wedsync_backup.errors import ConfigError, CryptoError
 
@@ -133,7 +132,11 @@ def test_tampered_wrapped_key_is_refused() -> None:
 
 @pytest.mark.parametrize(
     ("secret", "message"),
-    [("not base64!!", "not valid base64"), (base64.b64encode(b"short").decode(), "is 5 bytes"), ("", "is 0 bytes")],
+    [
+        ("not base64!!", "not valid base64"),
+        (base64.b64encode(b"short").decode(), "is 5 bytes"),
+        ("", "is 0 bytes"),
+    ],
 )
 def test_bad_master_key_secret_says_how_to_make_one(secret: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as err:

@@ -7,9 +7,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from wedsync_airflow.connections import catalog, keyring, pg_target
-from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
-from wedsync_airflow.targets import build_storage, build_targets
 from wedsync_backup.errors import ConfigError, IntegrityError, StorageError
 from wedsync_backup.export import ExportOptions, pending_manifest_key, run_export
 from wedsync_backup.manifest import Manifest, manifest_key
@@ -19,6 +16,10 @@ from wedsync_backup.repository import committed_manifests
 from wedsync_backup.retention import delete_backup, incomplete_backup_ids, select_prunable
 from wedsync_backup.rule321 import check_321, enforce_321
 from wedsync_backup.verify import verify_copy
+
+from wedsync_airflow.connections import catalog, keyring, pg_target
+from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
+from wedsync_airflow.targets import build_storage, build_targets
 
 
 def make_backup_id(backup_type: str, dag_id: str, run_id: str, at: datetime) -> str:
@@ -52,8 +53,9 @@ class BackupPreflightOperator(WedSyncOperator):
 
     template_fields = (*WedSyncOperator.template_fields, "backup_type", "reason")
 
-    def __init__(self, *, backup_type: str = "full", tier: str = "full", reason: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, backup_type: str = "full", tier: str = "full", reason: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.backup_type = backup_type
         self.tier = tier
@@ -77,20 +79,32 @@ class BackupPreflightOperator(WedSyncOperator):
             conn.execute("SELECT 1")
         for storage in build_targets(policy):
             storage.check()
-            self.log.info("Target %s ok: %s (%s, %s)", storage.name, storage.url(), storage.medium, storage.site)
+            self.log.info(
+                "Target %s ok: %s (%s, %s)", storage.name, storage.url(), storage.medium, storage.site
+            )
 
         dag_run = context["dag_run"]
-        at = getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None) or datetime.now(UTC)
+        at = (
+            getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None) or datetime.now(UTC)
+        )
         backup_id = make_backup_id(self.backup_type, self.dag_id, run_id_of(context), at)
         tier = policy.tiers.get(self.tier)
         retention_until = datetime.now(UTC) + timedelta(days=tier.retention_days) if tier else None
         fresh = cat.start_backup(
-            backup_id=backup_id, backup_type=self.backup_type, created_by=f"airflow:{self.dag_id}",
-            rule_321=verdict.as_dict(), warnings=warnings, retention_until=retention_until,
-            dag_id=self.dag_id, run_id=run_id_of(context), reason=self.reason,
+            backup_id=backup_id,
+            backup_type=self.backup_type,
+            created_by=f"airflow:{self.dag_id}",
+            rule_321=verdict.as_dict(),
+            warnings=warnings,
+            retention_until=retention_until,
+            dag_id=self.dag_id,
+            run_id=run_id_of(context),
+            reason=self.reason,
         )
         if not fresh:
-            self.log.info("Backup %s is already completed; downstream tasks will find it committed", backup_id)
+            self.log.info(
+                "Backup %s is already completed; downstream tasks will find it committed", backup_id
+            )
         ti = context["ti"]
         names = [t.name for t in policy.targets]
         ti.xcom_push(key="backup_id", value=backup_id)
@@ -116,11 +130,16 @@ class ExportOperator(WedSyncOperator):
         policy = self.policy()
         primary = build_storage(policy.primary)
         manifest = run_export(
-            pg_target(policy.source_conn_id, "source"), primary, keyring(policy.encryption_conn_id),
-            backup_id=self.backup_id, backup_type=self.backup_type,
+            pg_target(policy.source_conn_id, "source"),
+            primary,
+            keyring(policy.encryption_conn_id),
+            backup_id=self.backup_id,
+            backup_type=self.backup_type,
             options=ExportOptions(
-                workers=policy.export_workers, zstd_level=policy.zstd_level,
-                exclude_schemas=policy.exclude_schemas, priority_of=policy.priority_of,
+                workers=policy.export_workers,
+                zstd_level=policy.zstd_level,
+                exclude_schemas=policy.exclude_schemas,
+                priority_of=policy.priority_of,
             ),
             extra={"dag_id": self.dag_id, "run_id": run_id_of(context)},
         )
@@ -132,10 +151,15 @@ class ExportOperator(WedSyncOperator):
         for t in manifest.tables:
             by_priority[t.priority] = by_priority.get(t.priority, 0) + 1
         return {
-            "backup_id": self.backup_id, "manifest_sha256": sha, "tables": len(manifest.tables),
-            "tables_by_priority": by_priority, "rows": manifest.total_rows,
-            "plain_bytes": manifest.plain_bytes, "stored_bytes": manifest.stored_bytes,
-            "objects": len(manifest.objects()), "lsn": manifest.consistent_point["lsn"],
+            "backup_id": self.backup_id,
+            "manifest_sha256": sha,
+            "tables": len(manifest.tables),
+            "tables_by_priority": by_priority,
+            "rows": manifest.total_rows,
+            "plain_bytes": manifest.plain_bytes,
+            "stored_bytes": manifest.stored_bytes,
+            "objects": len(manifest.objects()),
+            "lsn": manifest.consistent_point["lsn"],
         }
 
 
@@ -166,8 +190,9 @@ class VerifyOperator(WedSyncOperator):
 
     template_fields = (*WedSyncOperator.template_fields, "backup_id", "manifest_sha256", "target_name")
 
-    def __init__(self, *, backup_id: str, manifest_sha256: str, target_name: str, deep: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, backup_id: str, manifest_sha256: str, target_name: str, deep: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.backup_id = backup_id
         self.manifest_sha256 = manifest_sha256
@@ -192,8 +217,15 @@ class CommitBackupOperator(WedSyncOperator):
 
     template_fields = (*WedSyncOperator.template_fields, "backup_id", "manifest_sha256", "verifications")
 
-    def __init__(self, *, backup_id: str, manifest_sha256: str, verifications: Sequence[dict[str, Any]],
-                 tier: str = "full", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        backup_id: str,
+        manifest_sha256: str,
+        verifications: Sequence[dict[str, Any]],
+        tier: str = "full",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.backup_id = backup_id
         self.manifest_sha256 = manifest_sha256
@@ -235,10 +267,19 @@ class CommitBackupOperator(WedSyncOperator):
         catalog(policy).complete_backup(manifest, self.manifest_sha256, replicas, retention_until)
         self.log.info(
             "Backup %s completed: %d tables, %d rows, %d bytes stored x %d verified copies",
-            self.backup_id, len(manifest.tables), manifest.total_rows, manifest.stored_bytes, len(replicas),
+            self.backup_id,
+            len(manifest.tables),
+            manifest.total_rows,
+            manifest.stored_bytes,
+            len(replicas),
         )
-        return {"backup_id": self.backup_id, "status": "completed", "copies": len(replicas),
-                "rows": manifest.total_rows, "stored_bytes": manifest.stored_bytes}
+        return {
+            "backup_id": self.backup_id,
+            "status": "completed",
+            "copies": len(replicas),
+            "rows": manifest.total_rows,
+            "stored_bytes": manifest.stored_bytes,
+        }
 
 
 class MarkBackupFailedOperator(WedSyncOperator):
@@ -253,7 +294,9 @@ class MarkBackupFailedOperator(WedSyncOperator):
     def execute(self, context: Any) -> None:
         reason = "a backup step failed: see the failed task's log for what to fix"
         catalog(self.policy()).fail_backup(self.backup_id, reason)
-        self.log.error("Backup %s marked failed; no copy of it counts until a new run completes", self.backup_id)
+        self.log.error(
+            "Backup %s marked failed; no copy of it counts until a new run completes", self.backup_id
+        )
 
 
 class PruneOperator(WedSyncOperator):
@@ -261,8 +304,9 @@ class PruneOperator(WedSyncOperator):
 
     template_fields = (*WedSyncOperator.template_fields, "backup_type")
 
-    def __init__(self, *, backup_type: str = "full", tier: str = "full", abandoned_after_hours: int = 48,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, backup_type: str = "full", tier: str = "full", abandoned_after_hours: int = 48, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.backup_type = backup_type
         self.tier = tier
@@ -275,15 +319,18 @@ class PruneOperator(WedSyncOperator):
         policy = self.policy()
         tier = policy.tiers.get(self.tier)
         if tier is None:
-            raise ConfigError(f"The policy has no tier '{self.tier}'", fix=f"add tiers.{self.tier}.retention_days")
+            raise ConfigError(
+                f"The policy has no tier '{self.tier}'", fix=f"add tiers.{self.tier}.retention_days"
+            )
         cat = catalog(policy)
         now = datetime.now(UTC)
         running = {r["backup_id"] for r in cat.list_in_progress()}
         pruned: dict[str, list[str]] = {}
         for storage in build_targets(policy):
             manifests = committed_manifests(storage)
-            ids = select_prunable(manifests, now=now, retention_days=tier.retention_days,
-                                  backup_type=self.backup_type)
+            ids = select_prunable(
+                manifests, now=now, retention_days=tier.retention_days, backup_type=self.backup_type
+            )
             for backup_id in ids:
                 delete_backup(storage, backup_id)
             pruned[storage.name] = ids

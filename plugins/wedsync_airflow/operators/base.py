@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
-
 from wedsync_backup.errors import ConfigError, WedSyncError
 from wedsync_backup.policy import Policy, load_policy
 

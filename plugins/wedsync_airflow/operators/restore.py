@@ -6,16 +6,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
-
-from wedsync_airflow.connections import catalog, keyring, pg_target
-from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
-from wedsync_airflow.targets import build_storage
 from wedsync_backup.catalog import Catalog
 from wedsync_backup.errors import ConfigError, WedSyncError
 from wedsync_backup.manifest import Manifest
 from wedsync_backup.policy import Policy
 from wedsync_backup.repository import committed_manifests, read_manifest
 from wedsync_backup.restore import plan_restore, reset_target, restore_backup, target_contents
+
+from wedsync_airflow.connections import catalog, keyring, pg_target
+from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
+from wedsync_airflow.targets import build_storage
 
 MODES = ("latest", "backup_id")
 SCOPES = ("complete",)
@@ -27,14 +27,29 @@ def expected_confirmation(target_conn_id: str) -> str:
 
 class _RestoreParams(WedSyncOperator):
     template_fields = (
-        *WedSyncOperator.template_fields, "mode", "backup_id", "scope", "from_target", "target_conn_id",
-        "dry_run", "confirm", "reason",
+        *WedSyncOperator.template_fields,
+        "mode",
+        "backup_id",
+        "scope",
+        "from_target",
+        "target_conn_id",
+        "dry_run",
+        "confirm",
+        "reason",
     )
 
     def __init__(
-        self, *, mode: str = "latest", backup_id: str | None = None, scope: str = "complete",
-        from_target: str = "primary", target_conn_id: str, dry_run: bool | str = True, confirm: str = "",
-        reason: str = "", **kwargs: Any,
+        self,
+        *,
+        mode: str = "latest",
+        backup_id: str | None = None,
+        scope: str = "complete",
+        from_target: str = "primary",
+        target_conn_id: str,
+        dry_run: bool | str = True,
+        confirm: str = "",
+        reason: str = "",
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.mode = mode
@@ -55,14 +70,18 @@ class _RestoreParams(WedSyncOperator):
         if self.mode not in MODES:
             raise ConfigError(f"Unknown mode '{self.mode}'", fix=f"set mode to one of {', '.join(MODES)}")
         if self.mode == "backup_id" and not self.backup_id:
-            raise ConfigError("mode is 'backup_id' but no backup_id was given", fix="set the backup_id parameter")
+            raise ConfigError(
+                "mode is 'backup_id' but no backup_id was given", fix="set the backup_id parameter"
+            )
         if self.scope not in SCOPES:
             raise ConfigError(
                 f"Restore scope '{self.scope}' is not available", fix=f"use scope {', '.join(SCOPES)}"
             )
         policy.target(self.from_target)
         if not self.target_conn_id:
-            raise ConfigError("No target_conn_id given", fix="name the Airflow connection of the empty database")
+            raise ConfigError(
+                "No target_conn_id given", fix="name the Airflow connection of the empty database"
+            )
         if self.target_conn_id in (policy.source_conn_id, policy.catalog_conn_id):
             raise ConfigError(
                 f"target_conn_id '{self.target_conn_id}' is the backup source or catalog",
@@ -93,7 +112,9 @@ class _RestoreParams(WedSyncOperator):
         storage = build_storage(policy.target(self.from_target))
         if self.mode == "backup_id":
             return read_manifest(storage, str(self.backup_id))
-        manifests = [m for m in committed_manifests(storage) if m.backup_type in ("full", "archive", "manual")]
+        manifests = [
+            m for m in committed_manifests(storage) if m.backup_type in ("full", "archive", "manual")
+        ]
         if not manifests:
             raise ConfigError(
                 f"No completed backup on target {self.from_target} ({storage.url()})",
@@ -111,9 +132,16 @@ class PlanRestoreOperator(_RestoreParams):
         event_id = None
         if cat is not None:
             event_id = cat.start_recovery_event(
-                event_type="emergency_restore", dag_id=self.dag_id, run_id=run_id_of(context), mode=self.mode,
-                scope=self.scope, from_target=self.from_target, target_conn_id=self.target_conn_id,
-                dry_run=self.is_dry_run, reason=self.reason, triggered_by=_triggered_by(context),
+                event_type="emergency_restore",
+                dag_id=self.dag_id,
+                run_id=run_id_of(context),
+                mode=self.mode,
+                scope=self.scope,
+                from_target=self.from_target,
+                target_conn_id=self.target_conn_id,
+                dry_run=self.is_dry_run,
+                reason=self.reason,
+                triggered_by=_triggered_by(context),
                 backup_id=self.backup_id,
             )
         try:
@@ -168,8 +196,12 @@ class RestoreOperator(_RestoreParams):
             cat.finish_recovery_event(
                 event_id, status="completed", result=result, data_loss_minutes=result["data_loss_minutes"]
             )
-            cat.audit("emergency_restore", actor=_triggered_by(context), backup_id=result["backup_id"],
-                      details={"target_conn_id": self.target_conn_id, "from_target": self.from_target})
+            cat.audit(
+                "emergency_restore",
+                actor=_triggered_by(context),
+                backup_id=result["backup_id"],
+                details={"target_conn_id": self.target_conn_id, "from_target": self.from_target},
+            )
         return result
 
     def _restore(self, policy: Policy, context: Any) -> dict[str, Any]:
@@ -180,12 +212,20 @@ class RestoreOperator(_RestoreParams):
         if context["ti"].try_number > 1 and target_contents(target):
             # The plan task proved this target empty at the start of this run: what is there now is
             # this run's own interrupted attempt, so it is put back to empty before trying again.
-            self.log.warning("Retry: removing the interrupted attempt of this run from %s", self.target_conn_id)
-            reset_target(target, ("pg_database_owner", [("pg_database_owner", "USAGE"),
-                                                        ("pg_database_owner", "CREATE"), ("PUBLIC", "USAGE")],
-                                  "standard public schema"))
-        result = restore_backup(manifest, storage, keyring(policy.encryption_conn_id), target,
-                                workers=policy.export_workers).as_dict()
+            self.log.warning(
+                "Retry: removing the interrupted attempt of this run from %s", self.target_conn_id
+            )
+            reset_target(
+                target,
+                (
+                    "pg_database_owner",
+                    [("pg_database_owner", "USAGE"), ("pg_database_owner", "CREATE"), ("PUBLIC", "USAGE")],
+                    "standard public schema",
+                ),
+            )
+        result = restore_backup(
+            manifest, storage, keyring(policy.encryption_conn_id), target, workers=policy.export_workers
+        ).as_dict()
         result["from_target"] = self.from_target
         result["target_conn_id"] = self.target_conn_id
         result["consistent_time"] = manifest.consistent_point.get("time")
@@ -202,4 +242,6 @@ def _minutes_since(iso: str | None) -> float | None:
 
 def _triggered_by(context: Any) -> str:
     dag_run = context["dag_run"]
-    return str(getattr(dag_run, "triggering_user_name", None) or getattr(dag_run, "run_type", "") or "unknown")
+    return str(
+        getattr(dag_run, "triggering_user_name", None) or getattr(dag_run, "run_type", "") or "unknown"
+    )
