@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Shared set-up for the README's two commands: PostgreSQL server binaries, .venv, pinned dependencies.
+# Safe to run again: it only does what is missing.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+say() { echo "[wedsync] $*"; }
+
+# Python 3.11+
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  say "Python 3.11 or newer is needed (found: $("$PY" --version 2>&1 || echo none)). Install it, or set PYTHON=/path/to/python3.11"
+  exit 1
+fi
+
+# PostgreSQL 15+ server binaries (initdb, pg_ctl, postgres, pg_dump, pg_restore)
+have_pg() {
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && [ "$(basename "$(dirname "$d")")" -ge 15 ] 2>/dev/null && return 0
+  done
+  command -v initdb >/dev/null 2>&1 && [ "$(initdb --version | grep -oE '[0-9]+' | head -1)" -ge 15 ] && return 0
+  return 1
+}
+if ! have_pg; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing PostgreSQL server binaries from the OS packages ..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    say "PostgreSQL 15+ server binaries are missing. Install them, e.g.:"
+    say "  sudo apt-get install postgresql        (Debian/Ubuntu)"
+    say "  sudo dnf install postgresql-server     (Fedora/RHEL)"
+    say "  brew install postgresql@16             (macOS)"
+    exit 1
+  fi
+fi
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+  say "PostgreSQL refuses to run as root; creating the 'postgres' user to run the throwaway clusters"
+  useradd --system --no-create-home --shell /usr/sbin/nologin postgres
+fi
+
+# .venv with the exact pinned versions of everything
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv ..."
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.wedsync-lock.sha256
+want="$(sha256sum requirements.lock | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing the pinned dependencies (requirements.lock) ..."
+  .venv/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.8"
+  .venv/bin/uv pip sync -q --python .venv/bin/python requirements.lock
+  echo "$want" > "$stamp"
+fi

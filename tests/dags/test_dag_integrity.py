@@ -1,0 +1,195 @@
+"""DAG integrity: the DAG folder parses cleanly, fast, offline, and the DAGs keep their promised shape.
+
+No stack needed: these read the parsed DAG objects only. Timing and offline checks run in a fresh
+subprocess so module caching in this process cannot make them look better than they are.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk.exceptions import ParamValidationError
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+PARSE_BUDGET_SECONDS = 1.0
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> DagBag:
+    return DagBag(dag_folder=str(DAGS))
+
+
+def _subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__DATABASE"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugins"), str(REPO)])
+    env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    env.update(extra)
+    return env
+
+
+def _run_probe(code: str, **env: str) -> dict[str, Any]:
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_no_import_errors(dagbag: DagBag) -> None:
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == {"backup_daily_full", "emergency_restore"}
+
+
+def test_schedules_and_concurrency(dagbag: DagBag) -> None:
+    backup, restore = dagbag.dags["backup_daily_full"], dagbag.dags["emergency_restore"]
+    assert backup.schedule == "0 2 * * *"
+    assert restore.schedule is None
+    assert not restore.timetable.can_be_scheduled
+    for dag in (backup, restore):
+        assert dag.max_active_runs == 1
+        assert "wedsync" in dag.tags
+        assert dag.catchup is False
+
+
+def test_backup_tasks_retry_with_exponential_backoff(dagbag: DagBag) -> None:
+    dag = dagbag.dags["backup_daily_full"]
+    assert dag.default_args["retries"] >= 2
+    assert dag.default_args["retry_exponential_backoff"]
+    for task in dag.tasks:
+        if task.task_id == "mark_failed":
+            continue  # bookkeeping after a failure: retrying it would only repeat the same write
+        assert task.retries >= 2, task.task_id
+        assert task.retry_exponential_backoff, task.task_id
+
+
+def _restore_params(dagbag: DagBag, **values: Any) -> Any:
+    params = copy.deepcopy(dagbag.dags["emergency_restore"].params)
+    for k, v in values.items():
+        params[k] = v
+    return params
+
+
+GOOD = {"target_conn_id": "restore_target", "reason": "drill"}
+
+
+def test_restore_params_accept_good_values_and_default_to_dry_run(dagbag: DagBag) -> None:
+    resolved = _restore_params(dagbag, **GOOD).validate()
+    assert resolved["dry_run"] is True
+    assert resolved["mode"] == "latest"
+    assert resolved["from_target"] == "primary"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"from_target": "tape"},
+        {"mode": "yesterday"},
+        {"scope": "partial"},
+        {"target_conn_id": ""},
+        {"target_conn_id": "bad id; DROP"},
+        {"backup_id": "../etc"},
+        {"dry_run": "maybe"},
+        {"reason": "x"},
+    ],
+)
+def test_restore_params_refuse_bad_values(dagbag: DagBag, bad: dict[str, Any]) -> None:
+    with pytest.raises(ParamValidationError, match=next(iter(bad))):
+        _restore_params(dagbag, **{**GOOD, **bad}).validate()
+
+
+def test_restore_params_require_target_conn_id(dagbag: DagBag) -> None:
+    with pytest.raises(ParamValidationError, match="target_conn_id"):
+        _restore_params(dagbag, reason="drill").validate()
+
+
+def _operator_classes(dagbag: DagBag) -> set[type]:
+    out: set[type] = set()
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            cls = getattr(task, "operator_class", None)
+            out.add(cls if isinstance(cls, type) else type(task))
+    return out
+
+
+def test_operators_have_template_fields_and_keyword_only_args(dagbag: DagBag) -> None:
+    classes = _operator_classes(dagbag)
+    assert len(classes) >= 8, classes
+    for cls in classes:
+        assert cls.__module__.startswith("wedsync_airflow."), cls
+        assert cls.template_fields, cls
+        assert "policy_path" in cls.template_fields, cls
+        for name in cls.template_fields:
+            assert isinstance(name, str), (cls, name)
+        for klass in cls.__mro__:
+            if not klass.__module__.startswith("wedsync_airflow.") or "__init__" not in vars(klass):
+                continue
+            params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+            positional = [
+                p.name
+                for p in params
+                if p.kind not in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD)
+            ]
+            assert not positional, f"{klass.__name__}.__init__ takes {positional} positionally"
+
+
+PARSE_PROBE = """
+import json, time
+import airflow.sdk
+from airflow.dag_processing.dagbag import DagBag
+t = time.perf_counter()
+bag = DagBag(dag_folder={dags!r})
+elapsed = time.perf_counter() - t
+print(json.dumps({{"seconds": elapsed, "errors": {{str(k): v for k, v in bag.import_errors.items()}},
+                  "dags": sorted(bag.dag_ids)}}))
+"""
+
+
+def test_dag_folder_parses_in_under_a_second() -> None:
+    out = _run_probe(PARSE_PROBE.format(dags=str(DAGS)))
+    assert out["errors"] == {}
+    assert out["dags"] == ["backup_daily_full", "emergency_restore"]
+    assert out["seconds"] < PARSE_BUDGET_SECONDS, f"DAG folder took {out['seconds']:.2f}s to parse"
+
+
+OFFLINE_PROBE = """
+import json, socket
+import airflow.sdk
+from airflow.dag_processing.dagbag import DagBag
+attempts = []
+def refuse(self, address, *a, **k):
+    attempts.append(repr(address))
+    raise OSError("network access while parsing DAG files: " + repr(address))
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+bag = DagBag(dag_folder={dags!r})
+print(json.dumps({{"errors": {{str(k): v for k, v in bag.import_errors.items()}},
+                  "dags": sorted(bag.dag_ids), "attempts": attempts}}))
+"""
+
+
+def test_dag_files_touch_no_database_or_network_at_import(tmp_path: Path) -> None:
+    out = _run_probe(
+        OFFLINE_PROBE.format(dags=str(DAGS)),
+        AIRFLOW_HOME=str(tmp_path),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="postgresql+psycopg2://nobody:nothing@127.0.0.1:9/no_such_db",
+        WEDSYNC_BACKUP_S3_BUCKET="",
+        WEDSYNC_BACKUP_GCS_BUCKET="",
+    )
+    assert out["errors"] == {}
+    assert out["dags"] == ["backup_daily_full", "emergency_restore"]
+    assert out["attempts"] == []
