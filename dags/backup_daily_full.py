@@ -42,9 +42,9 @@ with DAG(
     backup_id = preflight.output["backup_id"]
     export = ExportOperator(task_id="export", backup_id=backup_id, backup_type="full")
     sha = export.output["manifest_sha256"]
-    replicate = ReplicateOperator.partial(
-        task_id="replicate", backup_id=backup_id, manifest_sha256=sha
-    ).expand(target_name=target_names(replicas_only=True))
+    replicate = ReplicateOperator.partial(task_id="replicate", backup_id=backup_id, manifest_sha256=sha).expand(
+        target_name=target_names(replicas_only=True)
+    )
     verify = VerifyOperator.partial(task_id="verify", backup_id=backup_id, manifest_sha256=sha).expand(
         target_name=target_names()
     )

@@ -140,9 +140,7 @@ def seed_demo(
     ids are computed, not drawn from sequences, so parallelism never changes the rows.
     """
     if not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
-        raise ConfigError(
-            f"Demo scale {scale!r} is not usable", "it must be a positive number", "pass e.g. 1"
-        )
+        raise ConfigError(f"Demo scale {scale!r} is not usable", "it must be a positive number", "pass e.g. 1")
     n = weddings_for_scale(scale)
     ranges = _chunks(n, max(1, chunk_weddings))
     if workers is None:

@@ -6,6 +6,7 @@ Debian's packages create.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -32,10 +33,8 @@ def find_bindir() -> Path:
     initdb = shutil.which("initdb")
     if initdb:
         out = subprocess.run([initdb, "--version"], capture_output=True, text=True).stdout
-        try:
+        with contextlib.suppress(ValueError, IndexError):
             candidates.append((int(out.split()[-1].split(".")[0]), Path(initdb).resolve().parent))
-        except (ValueError, IndexError):
-            pass
     candidates = [c for c in candidates if c[0] >= MIN_MAJOR]
     if not candidates:
         raise RuntimeError(

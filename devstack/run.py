@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -116,10 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     def shutdown(*_: object) -> None:
         _say("stopping everything this run started ...")
         for proc in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         for proc in procs:
             try:
                 proc.wait(timeout=20)
@@ -138,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         gcs.start()
         _say(f"S3 (moto server) on {s3.endpoint}, GCS (emulator) on {gcs.endpoint}")
         config = StackConfig(
-            home=STATE / "airflow", cluster=cluster, s3=s3, gcs=gcs, primary_path=STATE / "backups",
+            home=STATE / "airflow",
+            cluster=cluster,
+            s3=s3,
+            gcs=gcs,
+            primary_path=STATE / "backups",
             master_key=_master_key(),
         )
         config.create_databases()
@@ -162,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             if component == "api-server":
                 cmd += ["--port", str(ports["api"]), "--host", "127.0.0.1"]
             log = open(logs / f"{component}.log", "ab")  # noqa: SIM115 - lives as long as the process
-            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
+            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         (STATE / "pids.json").write_text(json.dumps([pr.pid for pr in procs]))
         url = f"http://127.0.0.1:{ports['api']}"
         if not _wait_http(f"{url}/api/v2/monitor/health", 180):
@@ -173,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"logs: {logs}   backups on disk: {config.primary_path}")
         if not args.no_backup:
             for _ in range(60):
-                r = subprocess.run([airflow_bin(), "dags", "trigger", "backup_daily_full"], env=env,
-                                   capture_output=True, text=True)
+                r = subprocess.run(
+                    [airflow_bin(), "dags", "trigger", "backup_daily_full"], env=env, capture_output=True, text=True
+                )
                 if r.returncode == 0:
                     _say("first full backup triggered: watch backup_daily_full in the UI")
                     break

@@ -49,9 +49,7 @@ def _local(target: TargetPolicy) -> Storage:
             f"Airflow connection '{target.conn_id}' (target {target.name}) has no 'path' in its extra",
             fix='set the extra to {"path": "/var/backups/wedsync"} (conn_type fs)',
         )
-    return LocalStorage(
-        path, name=target.name, medium=target.medium, site=target.site, conn_id=target.conn_id
-    )
+    return LocalStorage(path, name=target.name, medium=target.medium, site=target.site, conn_id=target.conn_id)
 
 
 def _s3(target: TargetPolicy) -> Storage:

@@ -182,15 +182,12 @@ def _check_replicas(
             problems.append(f"replica '{name}' lacks {', '.join(missing)}")
             continue
         if r["verified"] is not True:
-            problems.append(
-                f"replica '{name}' is not verified" + (f" ({r['error']})" if r.get("error") else "")
-            )
+            problems.append(f"replica '{name}' is not verified" + (f" ({r['error']})" if r.get("error") else ""))
         elif r["verified_at"] is None:
             problems.append(f"replica '{name}' is verified but has no verified_at")
         if r["manifest_sha256"] != manifest_sha256:
             problems.append(
-                f"replica '{name}' holds manifest {str(r['manifest_sha256'])[:12]}…, "
-                f"not {manifest_sha256[:12]}…"
+                f"replica '{name}' holds manifest {str(r['manifest_sha256'])[:12]}…, not {manifest_sha256[:12]}…"
             )
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -204,8 +201,7 @@ def _check_replicas(
         raise IntegrityError(
             f"Backup {backup_id} cannot be marked completed",
             "; ".join(problems),
-            "re-run the copy/verify step for those targets; the backup stays unusable until every copy "
-            "is verified",
+            "re-run the copy/verify step for those targets; the backup stays unusable until every copy is verified",
         )
 
 
@@ -263,9 +259,7 @@ class Catalog:
     ) -> bool:
         """Record the backup as in progress. False if it is already completed (a duplicate trigger)."""
         if backup_type not in BACKUP_TYPES:
-            raise ConfigError(
-                f"Unknown backup type '{backup_type}'", fix=f"use one of {', '.join(BACKUP_TYPES)}"
-            )
+            raise ConfigError(f"Unknown backup type '{backup_type}'", fix=f"use one of {', '.join(BACKUP_TYPES)}")
         _aware(retention_until, "retention_until")
         with self.connect() as conn:
             row = conn.execute(
@@ -362,9 +356,7 @@ class Catalog:
         """
         _aware(retention_until, "retention_until")
         with self.connect() as conn:
-            return self._complete(
-                conn, manifest, manifest_sha256, replicas, retention_until, required_targets, actor
-            )
+            return self._complete(conn, manifest, manifest_sha256, replicas, retention_until, required_targets, actor)
 
     def _complete(
         self,
@@ -386,14 +378,12 @@ class Catalog:
         cp = manifest.consistent_point
         snapshot_time = _parse_time(cp.get("time") or manifest.created_at, f"Backup {bid} consistent time")
         row = conn.execute(
-            "SELECT status, backup_type, checksum, created_by FROM backup_operations"
-            " WHERE backup_id = %s FOR UPDATE",
+            "SELECT status, backup_type, checksum, created_by FROM backup_operations WHERE backup_id = %s FOR UPDATE",
             (bid,),
         ).fetchone()
         if row and row["backup_type"] != manifest.backup_type:
             raise IntegrityError(
-                f"Backup {bid} is recorded as {row['backup_type']} but its manifest says "
-                f"{manifest.backup_type}",
+                f"Backup {bid} is recorded as {row['backup_type']} but its manifest says {manifest.backup_type}",
                 fix="check which run wrote this backup id; use a new id for a new backup",
             )
         already = row is not None and row["status"] == "completed"
@@ -557,8 +547,7 @@ class Catalog:
         if row is None:
             raise IntegrityError(
                 f"Incremental backup {manifest.backup_id} depends on {manifest.parent_backup_id}",
-                "that parent is not a completed, unpruned backup in the catalog, so this one could not be "
-                "restored",
+                "that parent is not a completed, unpruned backup in the catalog, so this one could not be restored",
                 "take a new full backup",
             )
         return [*row["chain"], manifest.backup_id]
@@ -566,9 +555,7 @@ class Catalog:
     def get_backup(self, backup_id: str) -> dict[str, Any] | None:
         """The backup's row with its ``replicas`` and ``recovery_point`` (None if unknown)."""
         with self.connect() as conn:
-            row = conn.execute(
-                "SELECT * FROM backup_operations WHERE backup_id = %s", (backup_id,)
-            ).fetchone()
+            row = conn.execute("SELECT * FROM backup_operations WHERE backup_id = %s", (backup_id,)).fetchone()
             if row is None:
                 return None
             row["replicas"] = [
@@ -587,9 +574,7 @@ class Catalog:
         found = self.list_completed(backup_type, limit=1)
         return found[0] if found else None
 
-    def list_completed(
-        self, backup_type: str | None = None, *, limit: int | None = None
-    ) -> list[dict[str, Any]]:
+    def list_completed(self, backup_type: str | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
         """Restorable backups (completed, not pruned), newest consistent point first."""
         with self.connect() as conn:
             return conn.execute(
@@ -646,9 +631,7 @@ class Catalog:
             conn.execute("DELETE FROM backup_replicas WHERE backup_id = %s", (backup_id,))
             conn.execute("DELETE FROM recovery_points WHERE backup_id = %s", (backup_id,))
             if row:
-                self._audit(
-                    conn, "backup_pruned", actor=actor, backup_id=backup_id, key=f"pruned:{backup_id}"
-                )
+                self._audit(conn, "backup_pruned", actor=actor, backup_id=backup_id, key=f"pruned:{backup_id}")
         return row is not None
 
     # --- audit -------------------------------------------------------------------------------------------
@@ -784,9 +767,7 @@ class Catalog:
 
     def get_recovery_event(self, event_id: int) -> dict[str, Any] | None:
         with self.connect() as conn:
-            return conn.execute(
-                "SELECT * FROM disaster_recovery_events WHERE id = %s", (event_id,)
-            ).fetchone()
+            return conn.execute("SELECT * FROM disaster_recovery_events WHERE id = %s", (event_id,)).fetchone()
 
     # --- tests of backups --------------------------------------------------------------------------------
     def record_backup_test(
@@ -809,16 +790,12 @@ class Catalog:
         A passed test also moves ``backup_operations.last_tested`` forward.
         """
         if test_type not in TEST_TYPES:
-            raise ConfigError(
-                f"Unknown backup test type '{test_type}'", fix=f"use one of {', '.join(TEST_TYPES)}"
-            )
+            raise ConfigError(f"Unknown backup test type '{test_type}'", fix=f"use one of {', '.join(TEST_TYPES)}")
         if status not in ("passed", "failed"):
             raise ConfigError(f"Unknown backup test status '{status}'", fix="use passed or failed")
         tested_at = _aware(tested_at, "tested_at") or datetime.now(UTC)
         with self.connect() as conn:
-            if not conn.execute(
-                "SELECT 1 FROM backup_operations WHERE backup_id = %s", (backup_id,)
-            ).fetchone():
+            if not conn.execute("SELECT 1 FROM backup_operations WHERE backup_id = %s", (backup_id,)).fetchone():
                 raise ConfigError(
                     f"Backup {backup_id} is not in the catalog", fix="test a backup listed by the catalog"
                 )
@@ -849,8 +826,7 @@ class Catalog:
             ).fetchone()
             if status == "passed":
                 conn.execute(
-                    "UPDATE backup_operations SET last_tested = GREATEST(last_tested, %s)"
-                    " WHERE backup_id = %s",
+                    "UPDATE backup_operations SET last_tested = GREATEST(last_tested, %s) WHERE backup_id = %s",
                     (tested_at, backup_id),
                 )
             assert row is not None

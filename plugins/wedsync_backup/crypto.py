@@ -303,13 +303,9 @@ class ObjectDecryptor:
         if self._aead is None:
             raise self._fail("Object is truncated", "it ends inside its header")
         if self._buf:
-            raise self._fail(
-                "Object is truncated", f"{len(self._buf)} bytes of an incomplete chunk at the end"
-            )
+            raise self._fail("Object is truncated", f"{len(self._buf)} bytes of an incomplete chunk at the end")
         if not self._final_seen:
-            raise self._fail(
-                "Object is truncated", f"it ends after chunk {self._counter - 1} without the final one"
-            )
+            raise self._fail("Object is truncated", f"it ends after chunk {self._counter - 1} without the final one")
 
 
 def decrypt_stream(

@@ -184,9 +184,7 @@ def _copy_sql(t: TableInfo, part: Part) -> str:
         cond.append(f"ctid >= '({part.first_page},0)'::tid")
     if part.last_page is not None:
         cond.append(f"ctid < '({part.last_page},0)'::tid")
-    return (
-        f"COPY (SELECT {cols} FROM ONLY {qualified(t.schema, t.name)} WHERE {' AND '.join(cond)}) TO STDOUT"
-    )
+    return f"COPY (SELECT {cols} FROM ONLY {qualified(t.schema, t.name)} WHERE {' AND '.join(cond)}) TO STDOUT"
 
 
 def _copy_chunks(conn: psycopg.Connection, sql: str) -> Iterator[bytes]:

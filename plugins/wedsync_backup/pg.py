@@ -49,9 +49,7 @@ class PgTarget:
         return env
 
     def with_db(self, dbname: str) -> PgTarget:
-        return PgTarget(
-            self.host, self.port, self.user, self.password, dbname, dict(self.options), self.label
-        )
+        return PgTarget(self.host, self.port, self.user, self.password, dbname, dict(self.options), self.label)
 
     def connect(self, **kwargs: object) -> psycopg.Connection:
         try:

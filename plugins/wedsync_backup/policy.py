@@ -133,9 +133,7 @@ def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
     prio = {g: tuple(v or ()) for g, v in (raw.get("priorities") or {}).items()}
     unknown = set(prio) - set(PRIORITY_GROUPS)
     if unknown:
-        raise ConfigError(
-            f"Backup policy has unknown priority groups {sorted(unknown)}", fix="use critical and high"
-        )
+        raise ConfigError(f"Backup policy has unknown priority groups {sorted(unknown)}", fix="use critical and high")
     r = raw.get("rule_321") or {}
     tiers = {
         name: TierPolicy(schedule=t.get("schedule"), retention_days=int(t.get("retention_days", 30)))

@@ -45,24 +45,16 @@ def _copy(src: Storage, dst: Storage, obj: StoredObject) -> None:
             )
 
 
-def replicate(
-    manifest: Manifest, src: Storage, dst: Storage, *, skip_verified: bool = True
-) -> ReplicationResult:
+def replicate(manifest: Manifest, src: Storage, dst: Storage, *, skip_verified: bool = True) -> ReplicationResult:
     copied = skipped = nbytes = 0
     for obj in manifest.objects():
-        if (
-            skip_verified
-            and dst.size(obj.key) == obj.stored_bytes
-            and _sha256(dst, obj.key) == obj.stored_sha256
-        ):
+        if skip_verified and dst.size(obj.key) == obj.stored_bytes and _sha256(dst, obj.key) == obj.stored_sha256:
             skipped += 1
             continue
         _copy(src, dst, obj)
         copied += 1
         nbytes += obj.stored_bytes
-    log.info(
-        "Replicated %s to %s: %d copied, %d already there", manifest.backup_id, dst.name, copied, skipped
-    )
+    log.info("Replicated %s to %s: %d copied, %d already there", manifest.backup_id, dst.name, copied, skipped)
     return ReplicationResult(dst.name, copied, skipped, nbytes)
 
 

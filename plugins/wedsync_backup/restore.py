@@ -140,9 +140,7 @@ def plan_restore(manifest: Manifest, storage: Storage, keyring: Keyring, target:
     )
 
 
-def _pg_restore(
-    manifest: Manifest, storage: Storage, keyring: Keyring, target: PgTarget, section: str
-) -> None:
+def _pg_restore(manifest: Manifest, storage: Storage, keyring: Keyring, target: PgTarget, section: str) -> None:
     with target.connect(autocommit=True) as conn:
         major = server_major(conn)
     cmd = [
@@ -160,9 +158,7 @@ def _pg_restore(
     reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
     reader.start()
     try:
-        for piece in decode_from_storage(
-            storage, manifest.schema_object, keyring, backup_id=manifest.backup_id
-        ):
+        for piece in decode_from_storage(storage, manifest.schema_object, keyring, backup_id=manifest.backup_id):
             proc.stdin.write(piece)
         proc.stdin.close()
     except BrokenPipeError:
@@ -271,8 +267,7 @@ def reset_target(target: PgTarget, public_state: PublicState | None) -> None:
         schemas = [
             r[0]
             for r in conn.execute(
-                f"SELECT nspname FROM pg_namespace WHERE nspname NOT IN {SYSTEM_SCHEMAS} "
-                "AND nspname NOT LIKE 'pg\\_%'"
+                f"SELECT nspname FROM pg_namespace WHERE nspname NOT IN {SYSTEM_SCHEMAS} AND nspname NOT LIKE 'pg\\_%'"
             ).fetchall()
         ]
         for ext in conn.execute("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'").fetchall():

@@ -67,9 +67,7 @@ def _verify_object(storage: Storage, obj: StoredObject, keyring: Keyring, backup
         )
 
 
-def verify_copy(
-    manifest: Manifest, storage: Storage, keyring: Keyring, *, deep: bool = False
-) -> VerifyResult:
+def verify_copy(manifest: Manifest, storage: Storage, keyring: Keyring, *, deep: bool = False) -> VerifyResult:
     """Check every object of ``manifest`` on ``storage``; raise on the first fault, naming it."""
     verify_manifest_mac(manifest, keyring)
     objects = manifest.objects()

@@ -25,9 +25,7 @@ def table(name: str, priority: str, rows: int, parts: list[StoredObject]) -> Tab
     return TableEntry("public", name, priority, ["id"], rows, parts, content_checksum(parts))
 
 
-def make_manifest(
-    backup_id: str, *, parent: str | None = None, at: datetime = T0, lsn: str = "0/16B3748"
-) -> Manifest:
+def make_manifest(backup_id: str, *, parent: str | None = None, at: datetime = T0, lsn: str = "0/16B3748") -> Manifest:
     btype = "incremental" if parent else "full"
     return Manifest(
         backup_id=backup_id,
@@ -285,9 +283,7 @@ def test_incremental_chain_listing_and_retention(cat: Catalog) -> None:
     assert cat.delete_backup_rows("inc-c") is True
     assert cat.delete_backup_rows("inc-c") is False
     b = cat.get_backup("inc-c")
-    assert (
-        b is not None and b["pruned_at"] is not None and b["replicas"] == [] and b["recovery_point"] is None
-    )
+    assert b is not None and b["pruned_at"] is not None and b["replicas"] == [] and b["recovery_point"] is None
     assert [b["backup_id"] for b in cat.list_completed()] == ["inc-b", "full-a"]
     assert [b["backup_id"] for b in cat.backups_past_retention(T0 + timedelta(days=30))] == [
         "full-a",
@@ -371,9 +367,7 @@ def test_record_backup_test(cat: Catalog) -> None:
     tests = cat.backup_tests("full-t")
     assert len(tests) == 1 and tests[0]["status"] == "passed" and tests[0]["error"] is None
     assert cat.get_backup("full-t")["last_tested"] == T0 + timedelta(hours=1)  # type: ignore[index]
-    cat.record_backup_test(
-        backup_id="full-t", test_type="verify", target_name="offsite", status="passed", tested_at=T0
-    )
+    cat.record_backup_test(backup_id="full-t", test_type="verify", target_name="offsite", status="passed", tested_at=T0)
     assert len(cat.backup_tests("full-t")) == 2
     assert cat.get_backup("full-t")["last_tested"] == T0 + timedelta(hours=1)  # type: ignore[index]
     with pytest.raises(ConfigError, match="not in the catalog"):

@@ -79,14 +79,10 @@ class BackupPreflightOperator(WedSyncOperator):
             conn.execute("SELECT 1")
         for storage in build_targets(policy):
             storage.check()
-            self.log.info(
-                "Target %s ok: %s (%s, %s)", storage.name, storage.url(), storage.medium, storage.site
-            )
+            self.log.info("Target %s ok: %s (%s, %s)", storage.name, storage.url(), storage.medium, storage.site)
 
         dag_run = context["dag_run"]
-        at = (
-            getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None) or datetime.now(UTC)
-        )
+        at = getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None) or datetime.now(UTC)
         backup_id = make_backup_id(self.backup_type, self.dag_id, run_id_of(context), at)
         tier = policy.tiers.get(self.tier)
         retention_until = datetime.now(UTC) + timedelta(days=tier.retention_days) if tier else None
@@ -102,9 +98,7 @@ class BackupPreflightOperator(WedSyncOperator):
             reason=self.reason,
         )
         if not fresh:
-            self.log.info(
-                "Backup %s is already completed; downstream tasks will find it committed", backup_id
-            )
+            self.log.info("Backup %s is already completed; downstream tasks will find it committed", backup_id)
         ti = context["ti"]
         names = [t.name for t in policy.targets]
         ti.xcom_push(key="backup_id", value=backup_id)
@@ -294,9 +288,7 @@ class MarkBackupFailedOperator(WedSyncOperator):
     def execute(self, context: Any) -> None:
         reason = "a backup step failed: see the failed task's log for what to fix"
         catalog(self.policy()).fail_backup(self.backup_id, reason)
-        self.log.error(
-            "Backup %s marked failed; no copy of it counts until a new run completes", self.backup_id
-        )
+        self.log.error("Backup %s marked failed; no copy of it counts until a new run completes", self.backup_id)
 
 
 class PruneOperator(WedSyncOperator):
@@ -319,18 +311,14 @@ class PruneOperator(WedSyncOperator):
         policy = self.policy()
         tier = policy.tiers.get(self.tier)
         if tier is None:
-            raise ConfigError(
-                f"The policy has no tier '{self.tier}'", fix=f"add tiers.{self.tier}.retention_days"
-            )
+            raise ConfigError(f"The policy has no tier '{self.tier}'", fix=f"add tiers.{self.tier}.retention_days")
         cat = catalog(policy)
         now = datetime.now(UTC)
         running = {r["backup_id"] for r in cat.list_in_progress()}
         pruned: dict[str, list[str]] = {}
         for storage in build_targets(policy):
             manifests = committed_manifests(storage)
-            ids = select_prunable(
-                manifests, now=now, retention_days=tier.retention_days, backup_type=self.backup_type
-            )
+            ids = select_prunable(manifests, now=now, retention_days=tier.retention_days, backup_type=self.backup_type)
             for backup_id in ids:
                 delete_backup(storage, backup_id)
             pruned[storage.name] = ids

@@ -70,18 +70,12 @@ class _RestoreParams(WedSyncOperator):
         if self.mode not in MODES:
             raise ConfigError(f"Unknown mode '{self.mode}'", fix=f"set mode to one of {', '.join(MODES)}")
         if self.mode == "backup_id" and not self.backup_id:
-            raise ConfigError(
-                "mode is 'backup_id' but no backup_id was given", fix="set the backup_id parameter"
-            )
+            raise ConfigError("mode is 'backup_id' but no backup_id was given", fix="set the backup_id parameter")
         if self.scope not in SCOPES:
-            raise ConfigError(
-                f"Restore scope '{self.scope}' is not available", fix=f"use scope {', '.join(SCOPES)}"
-            )
+            raise ConfigError(f"Restore scope '{self.scope}' is not available", fix=f"use scope {', '.join(SCOPES)}")
         policy.target(self.from_target)
         if not self.target_conn_id:
-            raise ConfigError(
-                "No target_conn_id given", fix="name the Airflow connection of the empty database"
-            )
+            raise ConfigError("No target_conn_id given", fix="name the Airflow connection of the empty database")
         if self.target_conn_id in (policy.source_conn_id, policy.catalog_conn_id):
             raise ConfigError(
                 f"target_conn_id '{self.target_conn_id}' is the backup source or catalog",
@@ -112,9 +106,7 @@ class _RestoreParams(WedSyncOperator):
         storage = build_storage(policy.target(self.from_target))
         if self.mode == "backup_id":
             return read_manifest(storage, str(self.backup_id))
-        manifests = [
-            m for m in committed_manifests(storage) if m.backup_type in ("full", "archive", "manual")
-        ]
+        manifests = [m for m in committed_manifests(storage) if m.backup_type in ("full", "archive", "manual")]
         if not manifests:
             raise ConfigError(
                 f"No completed backup on target {self.from_target} ({storage.url()})",
@@ -212,9 +204,7 @@ class RestoreOperator(_RestoreParams):
         if context["ti"].try_number > 1 and target_contents(target):
             # The plan task proved this target empty at the start of this run: what is there now is
             # this run's own interrupted attempt, so it is put back to empty before trying again.
-            self.log.warning(
-                "Retry: removing the interrupted attempt of this run from %s", self.target_conn_id
-            )
+            self.log.warning("Retry: removing the interrupted attempt of this run from %s", self.target_conn_id)
             reset_target(
                 target,
                 (
@@ -242,6 +232,4 @@ def _minutes_since(iso: str | None) -> float | None:
 
 def _triggered_by(context: Any) -> str:
     dag_run = context["dag_run"]
-    return str(
-        getattr(dag_run, "triggering_user_name", None) or getattr(dag_run, "run_type", "") or "unknown"
-    )
+    return str(getattr(dag_run, "triggering_user_name", None) or getattr(dag_run, "run_type", "") or "unknown")

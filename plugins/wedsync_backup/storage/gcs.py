@@ -48,9 +48,7 @@ class GCSWriter(ObjectWriter):
 
     def write(self, data: bytes) -> None:
         if self._done:
-            raise StorageError(
-                f"Writer for gs://{self._s.bucket}/{self._full} is already closed", fix="open a new one"
-            )
+            raise StorageError(f"Writer for gs://{self._s.bucket}/{self._full} is already closed", fix="open a new one")
         try:
             self._w.write(data)
         except BaseException as e:

@@ -51,9 +51,7 @@ class S3Writer(ObjectWriter):
 
     def write(self, data: bytes) -> None:
         if self._done:
-            raise StorageError(
-                f"Writer for s3://{self._s.bucket}/{self._key} is already closed", fix="open a new one"
-            )
+            raise StorageError(f"Writer for s3://{self._s.bucket}/{self._key} is already closed", fix="open a new one")
         view = memoryview(data)
         while view:
             room = self._part_size() - len(self._buf)
@@ -134,9 +132,7 @@ class S3Writer(ObjectWriter):
             # Never hide the error that made us abort; a bucket lifecycle rule
             # (AbortIncompleteMultipartUpload) cleans up what we could not.
             with contextlib.suppress(ClientError, BotoCoreError):
-                self._s.client.abort_multipart_upload(
-                    Bucket=self._s.bucket, Key=self._key, UploadId=upload_id
-                )
+                self._s.client.abort_multipart_upload(Bucket=self._s.bucket, Key=self._key, UploadId=upload_id)
 
     def __del__(self) -> None:
         # A writer dropped without commit() must never publish anything.
