@@ -259,7 +259,10 @@ class ObjectDecryptor:
             wrapped, salt, chunk = header["wrapped_key"], _unb64(header["salt"]), int(header["chunk"])
         except (KeyError, TypeError, ValueError, binascii.Error) as e:
             raise self._fail("Corrupt object header", f"field {e} is missing or malformed") from e
-        data_key = self._keyring.unwrap(wrapped, self._backup_id)
+        try:
+            data_key = self._keyring.unwrap(wrapped, self._backup_id)
+        except CryptoError as e:
+            raise self._fail("Cannot unwrap the data key in the object header", e.render()) from e
         self._aead = AESGCM(data_key.subkey(f"object|{self._object}", salt))
         self._aad = hashlib.sha256(raw).digest()
         self._chunk = chunk

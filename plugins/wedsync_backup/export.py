@@ -218,7 +218,8 @@ def _dump_schema(
         f"--snapshot={snapshot}",
         "--no-sync",
     ]
-    cmd += [f"--exclude-schema={s}" for s in options.exclude_schemas]
+    # pg_dump patterns fold case unless quoted: quote so "Wedding Data" means exactly that schema
+    cmd += ['--exclude-schema="{}"'.format(s.replace('"', '""')) for s in options.exclude_schemas]
     version = subprocess.run([str(pg_dump), "--version"], capture_output=True, text=True).stdout.strip()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=source.env())
     assert proc.stdout is not None and proc.stderr is not None

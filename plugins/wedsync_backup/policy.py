@@ -88,6 +88,34 @@ def _require(d: dict[str, Any], key: str, where: str) -> Any:
     return d[key]
 
 
+def _int(d: dict[str, Any], key: str, where: str, default: int) -> int:
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(
+            f"Backup policy field '{where}.{key}' must be a whole number", f"it is {value!r}", "fix it in the policy"
+        )
+    return value
+
+
+def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"Backup policy section '{key}' must be a mapping", f"it is {value!r}", "fix the policy")
+    return value
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f"Backup policy field '{where}' must be a list of names",
+            f"it is {value!r}",
+            f"write it as a YAML list, e.g. {where.rsplit('.', 1)[-1]}: [users, suppliers]",
+        )
+    return tuple(value)
+
+
 def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Policy:
     """Read and validate the policy; bucket names may be overridden by environment variables."""
     env = dict(os.environ if env is None else env)
@@ -99,12 +127,18 @@ def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
     except yaml.YAMLError as e:
         raise ConfigError(f"Backup policy file {p} is not valid YAML", str(e), "fix the syntax") from e
 
-    source = raw.get("source") or {}
-    targets_raw = raw.get("targets") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Backup policy file {p} is not a mapping", fix="see include/config/backup_policy.yaml")
+    source = _section(raw, "source")
+    targets_raw = _section(raw, "targets")
     if not targets_raw:
         raise ConfigError("Backup policy defines no targets", fix="add targets.primary at least")
     targets = []
     for name, t in targets_raw.items():
+        if not isinstance(t, dict):
+            raise ConfigError(
+                f"Backup policy field 'targets.{name}' must be a mapping", f"it is {t!r}", "fix the policy"
+            )
         kind = _require(t, "kind", f"targets.{name}")
         if kind not in TARGET_KINDS:
             raise ConfigError(
@@ -130,32 +164,35 @@ def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
                 prefix=str(t.get("prefix") or "").strip("/"),
             )
         )
-    prio = {g: tuple(v or ()) for g, v in (raw.get("priorities") or {}).items()}
+    prio = {g: _names(v, f"priorities.{g}") for g, v in _section(raw, "priorities").items()}
     unknown = set(prio) - set(PRIORITY_GROUPS)
     if unknown:
         raise ConfigError(f"Backup policy has unknown priority groups {sorted(unknown)}", fix="use critical and high")
-    r = raw.get("rule_321") or {}
-    tiers = {
-        name: TierPolicy(schedule=t.get("schedule"), retention_days=int(t.get("retention_days", 30)))
-        for name, t in (raw.get("tiers") or {}).items()
-    }
-    workers = int((raw.get("export") or {}).get("workers", 2))
+    r = _section(raw, "rule_321")
+    tiers = {}
+    for name, t in _section(raw, "tiers").items():
+        if not isinstance(t, dict):
+            raise ConfigError(f"Backup policy tier '{name}' must be a mapping", f"it is {t!r}", "fix the policy")
+        tiers[name] = TierPolicy(
+            schedule=t.get("schedule"), retention_days=_int(t, "retention_days", f"tiers.{name}", 30)
+        )
+    workers = _int(_section(raw, "export"), "workers", "export", 2)
     if workers < 1:
         raise ConfigError("export.workers must be at least 1", fix="set export.workers to 1 or more")
     return Policy(
         source_conn_id=_require(source, "conn_id", "source"),
         source_site=str(source.get("site", "")),
-        exclude_schemas=tuple(source.get("exclude_schemas") or ()),
-        catalog_conn_id=_require(raw.get("catalog") or {}, "conn_id", "catalog"),
-        encryption_conn_id=_require(raw.get("encryption") or {}, "conn_id", "encryption"),
-        zstd_level=int((raw.get("compression") or {}).get("zstd_level", 3)),
+        exclude_schemas=_names(source.get("exclude_schemas"), "source.exclude_schemas"),
+        catalog_conn_id=_require(_section(raw, "catalog"), "conn_id", "catalog"),
+        encryption_conn_id=_require(_section(raw, "encryption"), "conn_id", "encryption"),
+        zstd_level=_int(_section(raw, "compression"), "zstd_level", "compression", 3),
         export_workers=workers,
         priorities=prio,
         targets=tuple(targets),
         rule_321=Rule321Policy(
-            min_copies=int(r.get("min_copies", 3)),
-            min_media=int(r.get("min_media", 2)),
-            min_offsite=int(r.get("min_offsite", 1)),
+            min_copies=_int(r, "min_copies", "rule_321", 3),
+            min_media=_int(r, "min_media", "rule_321", 2),
+            min_offsite=_int(r, "min_offsite", "rule_321", 1),
             enforce=bool(r.get("enforce", True)),
         ),
         tiers=tiers,
