@@ -191,17 +191,13 @@ class Bench:
         replicate = self.stage_results(
             group(
                 "replicate S3 || GCS",
-                run_parallel(
-                    [self.stage("replicate", "secondary"), self.stage("replicate", "offsite")], self.logs
-                ),
+                run_parallel([self.stage("replicate", "secondary"), self.stage("replicate", "offsite")], self.logs),
             )
         )
         verify = self.stage_results(
             group(
                 "verify x3 (parallel)",
-                run_parallel(
-                    [self.stage("verify", t) for t in ("primary", "secondary", "offsite")], self.logs
-                ),
+                run_parallel([self.stage("verify", t) for t in ("primary", "secondary", "offsite")], self.logs),
             )
         )
         commit = self.stage_results(run_one(*self.stage("commit"), self.logs))
@@ -214,10 +210,10 @@ class Bench:
 
     def pg_restore(self, dbname: str, source: Path, fmt: str) -> Measured:
         self.sql("postgres", f'CREATE DATABASE "{dbname}"')
-        m = self.pg_tool(
-            "pg_restore", ["-j2", f"--format={fmt}", "--exit-on-error", "-d", dbname, str(source)], dbname
-        )
+        m = self.pg_tool("pg_restore", ["-j2", f"--format={fmt}", "--exit-on-error", "-d", dbname, str(source)], dbname)
         m.name = f"pg_restore -j2 (from -F{fmt[0]})"
+        # Measured: drop it now, or autovacuum of its freshly loaded tables would slow the next contender.
+        self.sql("postgres", f'DROP DATABASE "{dbname}"')
         return m
 
     # --- fidelity --------------------------------------------------------------------------------
@@ -303,9 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run_bench", description=__doc__.splitlines()[0])
     p.add_argument("--size-mb", type=float, default=1600, help="target pg_database_size of the source (MB)")
     p.add_argument("--work", default=str(REPO_ROOT / "bench" / "work"), help="scratch directory")
-    p.add_argument(
-        "--results", default=str(REPO_ROOT / "bench" / "RESULTS.md"), help="report file ('' = none)"
-    )
+    p.add_argument("--results", default=str(REPO_ROOT / "bench" / "RESULTS.md"), help="report file ('' = none)")
     p.add_argument("--keep", action="store_true", help="keep bench/work (dumps, backup, logs) afterwards")
     args = p.parse_args(argv)
     given = list(argv if argv is not None else sys.argv[1:])
