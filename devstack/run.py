@@ -25,6 +25,7 @@ from devstack.demo import TEST_SCALE, create_demo_schema, has_demo_schema, seed_
 from devstack.ports import free_port
 from devstack.postgres import Cluster
 from devstack.services import GcsEmulator, MotoServer
+from wedsync_backup.catalog import migrate as migrate_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".stack"
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         config.create_databases()
         config.create_buckets()
+        applied = migrate_catalog(cluster.dsn(config.catalog_db))
+        _say(f"tracking tables in backup_catalog: {'applied ' + ', '.join(applied) if applied else 'up to date'}")
         source_dsn = cluster.dsn(config.source_db)
         if not has_demo_schema(source_dsn):
             _say(f"seeding the demo wedding database (scale {args.scale}) ...")

@@ -4,4 +4,4 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$REPO/scripts/bootstrap.sh"
 cd "$REPO"
-exec .venv/bin/python -m devstack.run "$@"
+PYTHONPATH="$REPO/plugins:$REPO${PYTHONPATH:+:$PYTHONPATH}" exec .venv/bin/python -m devstack.run "$@"

@@ -77,6 +77,7 @@ class TableInfo:
     columns: list[str]
     pages: int
     priority: str = "standard"
+    index_entries: list[str] = field(default_factory=list)
 
     @property
     def qualified(self) -> str:
@@ -130,13 +131,22 @@ def discover_tables(conn: psycopg.Connection, options: ExportOptions) -> list[Ta
                ARRAY(SELECT a.attname::text FROM pg_attribute a
                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                         AND a.attgenerated = '' ORDER BY a.attnum),
-               (pg_relation_size(c.oid) / current_setting('block_size')::int)::bigint
+               (pg_relation_size(c.oid) / current_setting('block_size')::int)::bigint,
+               ARRAY(SELECT CASE WHEN con.conname IS NULL THEN 'INDEX ' || ic.relname
+                                 ELSE 'CONSTRAINT ' || c.relname || ' ' || con.conname END
+                       FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                       LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = c.oid
+                                                  AND con.contype IN ('p', 'u', 'x')
+                      WHERE i.indrelid = c.oid ORDER BY ic.relname)
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind = 'r' AND c.relpersistence <> 't' AND {SYSTEM_SCHEMA_FILTER}
         """,
         {"exclude": list(options.exclude_schemas)},
     ).fetchall()
-    tables = [TableInfo(s, n, k, p, list(cols), int(pages)) for s, n, k, p, cols, pages in rows]
+    tables = [
+        TableInfo(s, n, k, p, list(cols), int(pages), index_entries=list(idx))
+        for s, n, k, p, cols, pages, idx in rows
+    ]
     for t in tables:
         t.priority = options.priority_of(t.schema, t.name)
         if t.parent and t.priority == "standard":
@@ -307,6 +317,7 @@ def run_export(
                 content_sha256=content_checksum(objs),
                 relkind=t.relkind,
                 parent=t.parent,
+                index_entries=t.index_entries,
             )
         )
     manifest = Manifest(

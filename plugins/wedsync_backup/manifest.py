@@ -54,6 +54,9 @@ class TableEntry:
     content_sha256: str
     relkind: str = "r"  # r ordinary table or partition leaf
     parent: str | None = None  # the partitioned table a leaf belongs to
+    # pg_dump TOC entries ("INDEX <name>", "CONSTRAINT <table> <name>") a restore may build as soon as this
+    # table's data is in, while other tables still load
+    index_entries: list[str] = field(default_factory=list)
 
     @property
     def qualified(self) -> str:

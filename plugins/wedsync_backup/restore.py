@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -140,41 +141,69 @@ def plan_restore(manifest: Manifest, storage: Storage, keyring: Keyring, target:
     )
 
 
-def _pg_restore(manifest: Manifest, storage: Storage, keyring: Keyring, target: PgTarget, section: str) -> None:
+EARLY_INDEX_MIN_BYTES = 8 << 20  # smaller tables: their indexes are cheap, leave them to the final pass
+
+
+def _schema_archive(manifest: Manifest, storage: Storage, keyring: Keyring) -> bytes:
+    """The pg_dump archive of the schema (DDL only, no rows), verified; small enough to keep in memory."""
+    return b"".join(decode_from_storage(storage, manifest.schema_object, keyring, backup_id=manifest.backup_id))
+
+
+def _run_pg_restore(
+    manifest: Manifest, archive: bytes, target: PgTarget, args: list[str], toc_list: str | None = None
+) -> str:
+    """pg_restore with the archive on stdin (and a TOC list on a pipe): nothing is written to disk."""
     with target.connect(autocommit=True) as conn:
         major = server_major(conn)
-    cmd = [
-        str(find_tool("pg_restore", major)),
-        f"--section={section}",
-        "--exit-on-error",
-        "--single-transaction",
-        f"--dbname={target.dbname}",
-    ]
+    cmd = [str(find_tool("pg_restore", major)), *args]
+    fds: tuple[int, ...] = ()
+    list_writer = None
+    if toc_list is not None:
+        r, w = os.pipe()
+        fds = (r,)
+        cmd += ["-L", f"/dev/fd/{r}", "--exit-on-error", f"--dbname={target.dbname}"]
+
+        def write_list() -> None:
+            with os.fdopen(w, "w") as f:
+                f.write(toc_list)
+
+        list_writer = threading.Thread(target=write_list, daemon=True)
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=target.env()
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=target.env(), pass_fds=fds
     )
-    assert proc.stdin is not None and proc.stderr is not None
-    err_chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
-    reader.start()
-    try:
-        for piece in decode_from_storage(storage, manifest.schema_object, keyring, backup_id=manifest.backup_id):
-            proc.stdin.write(piece)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    code = proc.wait()
-    reader.join()
-    if code != 0:
+    if toc_list is not None:
+        os.close(fds[0])
+        assert list_writer is not None
+        list_writer.start()
+    out, err = proc.communicate(archive)
+    if list_writer is not None:
+        list_writer.join()
+    if proc.returncode != 0:
         raise RestoreError(
-            f"pg_restore of the {section} section of backup {manifest.backup_id} failed",
-            b"".join(err_chunks).decode(errors="replace").strip()[-2000:],
+            f"pg_restore ({' '.join(args) or 'list'}) of backup {manifest.backup_id} failed",
+            err.decode(errors="replace").strip()[-2000:],
             "see the error above (a missing role or extension on the target server is the usual cause)",
         )
+    return out.decode(errors="replace")
+
+
+def _post_data_entries(manifest: Manifest, archive: bytes, target: PgTarget) -> list[str]:
+    """The archive's TOC lines of the post-data section, as `pg_restore -l` prints them."""
+    listing = _run_pg_restore(manifest, archive, target, ["--section=post-data", "-l"])
+    return [line for line in listing.splitlines() if line and not line.startswith(";")]
+
+
+def _entry_key(line: str) -> str:
+    """'3407; 1259 16567 INDEX pagila idx_x postgres' -> 'INDEX pagila idx_x postgres'."""
+    return line.split(" ", 3)[3] if line.count(" ") >= 3 else line
+
+
+def _early_entries(table: TableEntry, entries: list[str]) -> list[str]:
+    wanted = []
+    for e in table.index_entries:
+        kind, tag = e.split(" ", 1)
+        wanted.append(f"{kind} {table.schema} {tag} ")
+    return [line for line in entries if any(_entry_key(line).startswith(w) for w in wanted)]
 
 
 def _load_part(
@@ -196,9 +225,20 @@ def _load_part(
 
 
 def _load_data(
-    manifest: Manifest, storage: Storage, keyring: Keyring, target: PgTarget, workers: int
+    manifest: Manifest,
+    storage: Storage,
+    keyring: Keyring,
+    target: PgTarget,
+    workers: int,
+    on_table_loaded: Callable[[TableEntry], None] | None = None,
 ) -> dict[str, int]:
+    """Load every part, in priority order, ``workers`` at a time.
+
+    When a table's last part is in, the worker that loaded it calls ``on_table_loaded`` (to build that
+    table's indexes while the other workers go on loading), as pg_restore -j does.
+    """
     queue = [(t, obj) for t in manifest.tables for obj in t.parts]  # manifest order is priority order
+    remaining = {t.qualified: len(t.parts) for t in manifest.tables}
     lock = threading.Lock()
     loaded: dict[str, int] = {}
     stop = threading.Event()
@@ -214,6 +254,10 @@ def _load_data(
                 n = _load_part(conn, table, obj, storage, keyring, manifest.backup_id)
                 with lock:
                     loaded[table.qualified] = loaded.get(table.qualified, 0) + n
+                    remaining[table.qualified] -= 1
+                    last = remaining[table.qualified] == 0
+                if last and on_table_loaded is not None:
+                    on_table_loaded(table)
 
     n = max(1, min(workers, len(queue)))
     with ThreadPoolExecutor(n, thread_name_prefix="restore") as pool:
@@ -300,9 +344,28 @@ def restore_backup(
     public_state = _public_schema_state(target)
     log.info("Restoring %s from %s into %s", manifest.backup_id, storage.name, target.label)
     try:
-        _pg_restore(manifest, storage, keyring, target, "pre-data")
-        loaded = _load_data(manifest, storage, keyring, target, workers)
-        _pg_restore(manifest, storage, keyring, target, "post-data")
+        archive = _schema_archive(manifest, storage, keyring)
+        _run_pg_restore(
+            manifest, archive, target,
+            ["--section=pre-data", "--exit-on-error", "--single-transaction", f"--dbname={target.dbname}"],
+        )
+        post_data = _post_data_entries(manifest, archive, target)
+        done: set[str] = set()
+        done_lock = threading.Lock()
+
+        def build_indexes(table: TableEntry) -> None:
+            if table.plain_bytes < EARLY_INDEX_MIN_BYTES:
+                return
+            entries = _early_entries(table, post_data)
+            if entries:
+                _run_pg_restore(manifest, archive, target, [], toc_list="\n".join(entries) + "\n")
+                with done_lock:
+                    done.update(entries)
+
+        loaded = _load_data(manifest, storage, keyring, target, workers, on_table_loaded=build_indexes)
+        rest = [line for line in post_data if line not in done]
+        if rest:
+            _run_pg_restore(manifest, archive, target, ["--single-transaction"], toc_list="\n".join(rest) + "\n")
         _set_sequences(manifest, target)
     except BaseException as e:
         log.error("Restore of %s failed, putting %s back as it was: %s", manifest.backup_id, target.label, e)
