@@ -52,10 +52,15 @@ with DAG(
         task_id="commit", backup_id=backup_id, manifest_sha256=sha, verifications=verify.output, tier="full"
     )
     prune = PruneOperator(task_id="prune", backup_type="full", tier="full")
+    # Pulled by template, not XComArg: when preflight fails there is no backup_id, and an XComArg would
+    # fail this task too, burying the real error under an XComNotFound.
     mark_failed = MarkBackupFailedOperator(
-        task_id="mark_failed", backup_id=backup_id, trigger_rule=TriggerRule.ONE_FAILED, retries=0
+        task_id="mark_failed",
+        backup_id="{{ ti.xcom_pull(task_ids='preflight', key='backup_id') }}",
+        trigger_rule=TriggerRule.ONE_FAILED,
+        retries=0,
     )
 
     export >> replicate >> verify
     commit >> prune
-    [export, replicate, verify, commit] >> mark_failed
+    [preflight, export, replicate, verify, commit] >> mark_failed

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import DAG, Param
+from wedsync_airflow.dag_support import retry_delay
 from wedsync_airflow.operators.restore import PlanRestoreOperator, RestoreOperator
 
 PARAMS = {
@@ -76,7 +77,7 @@ with DAG(
     max_active_runs=1,
     params=PARAMS,
     render_template_as_native_obj=True,
-    default_args={"retries": 1},
+    default_args={"retries": 1, "retry_delay": retry_delay()},
     tags=["wedsync", "restore", "disaster-recovery"],
     doc_md=__doc__,
 ) as dag:

@@ -20,12 +20,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from wedsync_backup.catalog import migrate as migrate_catalog
+
 from devstack.airflow_env import ADMIN_USER, StackConfig, airflow_bin, migrate_metadata
 from devstack.demo import TEST_SCALE, create_demo_schema, has_demo_schema, seed_demo
 from devstack.ports import free_port
 from devstack.postgres import Cluster
 from devstack.services import GcsEmulator, MotoServer
-from wedsync_backup.catalog import migrate as migrate_catalog
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = REPO / ".stack"

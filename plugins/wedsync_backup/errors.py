@@ -39,3 +39,7 @@ class IntegrityError(WedSyncError):
 
 class RestoreError(WedSyncError):
     """A restore could not be carried out; the target is left as it was."""
+
+
+class MissingTargetError(StorageError, ConfigError):
+    """A bucket or directory that does not exist: a set-up fault that no retry will fix."""

@@ -144,8 +144,7 @@ def discover_tables(conn: psycopg.Connection, options: ExportOptions) -> list[Ta
         {"exclude": list(options.exclude_schemas)},
     ).fetchall()
     tables = [
-        TableInfo(s, n, k, p, list(cols), int(pages), index_entries=list(idx))
-        for s, n, k, p, cols, pages, idx in rows
+        TableInfo(s, n, k, p, list(cols), int(pages), index_entries=list(idx)) for s, n, k, p, cols, pages, idx in rows
     ]
     for t in tables:
         t.priority = options.priority_of(t.schema, t.name)

@@ -346,7 +346,9 @@ def restore_backup(
     try:
         archive = _schema_archive(manifest, storage, keyring)
         _run_pg_restore(
-            manifest, archive, target,
+            manifest,
+            archive,
+            target,
             ["--section=pre-data", "--exit-on-error", "--single-transaction", f"--dbname={target.dbname}"],
         )
         post_data = _post_data_entries(manifest, archive, target)

@@ -1,4 +1,4 @@
-"""Bad input, end to end: every wrong connection, key, bucket or parameter fails with ONE error naming the fix.
+"""Bad input, end to end: each wrong connection, key, bucket or parameter fails with ONE error naming the fix.
 
 And it fails safe: no 'completed' backup row, no new object on any target, no restore target touched.
 Each case is one real `airflow dags test` run against the local stack; one good backup made for this
@@ -11,7 +11,6 @@ import base64
 import contextlib
 import json
 import os
-import re
 import socket
 import uuid
 from collections.abc import Iterator
@@ -73,8 +72,8 @@ def events_since(stack: Stack, event_id: int) -> list[dict[str, Any]]:
     with stack.catalog() as cat:
         cat.row_factory = psycopg.rows.dict_row
         return cat.execute(
-            "SELECT id, status, error, backup_id, dry_run FROM disaster_recovery_events WHERE id > %s "
-            "ORDER BY id",
+            "SELECT id, status, error, backup_id, dry_run, run_id FROM disaster_recovery_events"
+            " WHERE id > %s ORDER BY id",
             (event_id,),
         ).fetchall()
 
@@ -85,12 +84,18 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def task_states(result: DagResult) -> dict[str, str]:
-    """task_id -> final state, from the `airflow dags test` output."""
-    states: dict[str, str] = {}
-    for m in re.finditer(r"task_id=(\w+)[^\n]*?(?:state|new_state)=(\w+)", result.output):
-        states[m.group(1)] = m.group(2)
-    return states
+def task_states(stack: Stack, dag_id: str, run_id: str | None = None) -> dict[str, tuple[str, int]]:
+    """task_id -> (state, try_number) in one DAG run (default: the latest), from the Airflow metadata DB."""
+    with psycopg.connect(stack.cluster.dsn(stack.config.airflow_db)) as conn:
+        if run_id is None:
+            run_id = conn.execute(
+                "SELECT run_id FROM dag_run WHERE dag_id = %s ORDER BY id DESC LIMIT 1", (dag_id,)
+            ).fetchone()[0]
+        rows = conn.execute(
+            "SELECT task_id, state, try_number FROM task_instance WHERE dag_id = %s AND run_id = %s AND map_index <= 0",
+            (dag_id, run_id),
+        ).fetchall()
+    return {task: (state, tries) for task, state, tries in rows}
 
 
 def one_clear_error(result: DagResult, *expected: str) -> None:
@@ -128,15 +133,12 @@ def good_backup(stack: Stack) -> GoodBackup:
     assert result.state == "success", result.output[-6000:]
     with stack.catalog() as cat:
         backup_id = cat.execute(
-            "SELECT backup_id FROM backup_operations WHERE status = 'completed' "
-            "ORDER BY completed_at DESC LIMIT 1"
+            "SELECT backup_id FROM backup_operations WHERE status = 'completed' ORDER BY completed_at DESC LIMIT 1"
         ).fetchone()[0]
     return GoodBackup(source, backup_id)
 
 
-def backup_env(
-    stack: Stack, good: GoodBackup, drop: tuple[str, ...] = (), **overrides: str
-) -> dict[str, str]:
+def backup_env(stack: Stack, good: GoodBackup, drop: tuple[str, ...] = (), **overrides: str) -> dict[str, str]:
     env = stack.env(WEDSYNC_SOURCE=stack.conn_json(good.source_db))
     for name in drop:
         env.pop(name, None)
@@ -148,6 +150,11 @@ def assert_backup_fails_safely(stack: Stack, env: dict[str, str], *expected: str
     rows, objects = backup_rows(stack), target_objects(stack)
     result = stack.run_dag("backup_daily_full", env=env)
     one_clear_error(result, *expected)
+    states = task_states(stack, "backup_daily_full")
+    # ONE error: preflight failed; mark_failed has nothing to mark and must not fail too
+    assert states["preflight"][0] == "failed", states
+    assert states["mark_failed"][0] == "skipped", states
+    assert {s for t, (s, _) in states.items() if t not in ("preflight", "mark_failed")} == {"upstream_failed"}
     new = {k: v for k, v in backup_rows(stack).items() if rows.get(k) != v}
     assert all(status == "failed" for status in new.values()), new
     assert target_objects(stack) == objects, "a failed backup left objects on a target"
@@ -182,9 +189,7 @@ def test_backup_with_a_malformed_master_key(stack: Stack, good_backup: GoodBacku
     assert "not-a-key" not in result.output.split("backup_encryption", 1)[-1].split("\n", 1)[0]
 
 
-def test_backup_failing_after_export_is_recorded_failed_never_completed(
-    stack: Stack, good_backup: GoodBackup
-) -> None:
+def test_backup_failing_after_export_is_recorded_failed_never_completed(stack: Stack, good_backup: GoodBackup) -> None:
     """A source login that can connect (preflight passes) but not read the tables: export fails."""
     role = f"no_read_{uuid.uuid4().hex[:8]}"
     stack.cluster.psql("-c", f"CREATE ROLE {role} LOGIN", dbname=good_backup.source_db)
@@ -199,6 +204,8 @@ def test_backup_failing_after_export_is_recorded_failed_never_completed(
     assert "permission denied" in result.output, result.output[-6000:]
     new = {k: v for k, v in backup_rows(stack).items() if k not in rows}
     assert len(new) == 1 and set(new.values()) == {"failed"}, new
+    states = task_states(stack, "backup_daily_full")
+    assert states["export"][0] == "failed" and states["mark_failed"][0] == "success", states
     (backup_id,) = new
     with _applied(stack.env()):
         from wedsync_airflow.targets import build_targets
@@ -258,9 +265,7 @@ def test_restore_with_wrong_confirmation(stack: Stack, good_backup: GoodBackup) 
     assert_refused(stack, run, "Restore not confirmed", "'RESTORE restore_target'")
 
 
-def test_restore_without_target_conn_id_is_refused_before_a_run(
-    stack: Stack, good_backup: GoodBackup
-) -> None:
+def test_restore_without_target_conn_id_is_refused_before_a_run(stack: Stack, good_backup: GoodBackup) -> None:
     conf = confirmed(good_backup.backup_id)
     del conf["target_conn_id"]
     run = run_restore(stack, conf)
@@ -302,8 +307,8 @@ def test_dry_run_plans_and_touches_nothing(stack: Stack, good_backup: GoodBackup
     conf["reason"] = "bad-input dry run"
     run = run_restore(stack, conf)
     assert run.result.state == "success", run.result.output[-6000:]
-    states = task_states(run.result)
-    assert states.get("restore") == "skipped", states
+    states = task_states(stack, "emergency_restore", run.events[0]["run_id"])
+    assert {t: state for t, (state, _) in states.items()} == {"plan": "success", "restore": "skipped"}
     assert is_empty(stack.cluster, run.target_db)
     assert [e["status"] for e in run.events] == ["planned"]
     assert run.events[0]["dry_run"] is True
@@ -316,9 +321,7 @@ def _data_object(stack: Stack, backup_id: str) -> Path:
     return root / biggest.key
 
 
-def test_tampered_copy_fails_all_or_nothing_then_another_target_restores(
-    stack: Stack, good_backup: GoodBackup
-) -> None:
+def test_tampered_copy_fails_all_or_nothing_then_another_target_restores(stack: Stack, good_backup: GoodBackup) -> None:
     obj = _data_object(stack, good_backup.backup_id)
     original = obj.read_bytes()
     flipped = bytearray(original)
@@ -332,6 +335,9 @@ def test_tampered_copy_fails_all_or_nothing_then_another_target_restores(
     one_clear_error(run.result, key)
     assert is_empty(stack.cluster, run.target_db), "a failed restore left data in the target"
     assert [e["status"] for e in run.events] == ["failed"], run.events
+    assert key in run.events[0]["error"], run.events
+    # a damaged copy reads the same on a retry: the restore fails at once, pointing to another target
+    assert task_states(stack, "emergency_restore", run.events[0]["run_id"])["restore"] == ("failed", 1)
 
     run = run_restore(stack, confirmed(good_backup.backup_id, from_target="secondary"))
     assert run.result.state == "success", run.result.output[-6000:]

@@ -140,9 +140,7 @@ def test_operators_have_template_fields_and_keyword_only_args(dagbag: DagBag) ->
                 continue
             params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
             positional = [
-                p.name
-                for p in params
-                if p.kind not in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD)
+                p.name for p in params if p.kind not in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD)
             ]
             assert not positional, f"{klass.__name__}.__init__ takes {positional} positionally"
 

@@ -32,9 +32,7 @@ def _backup(stack: Stack, source_db: str) -> str:
         replicas = cat.execute(
             "SELECT target_name, verified FROM backup_replicas WHERE backup_id = %s ORDER BY 1", (row[0],)
         ).fetchall()
-        point = cat.execute(
-            "SELECT wal_position FROM recovery_points WHERE backup_id = %s", (row[0],)
-        ).fetchone()
+        point = cat.execute("SELECT wal_position FROM recovery_points WHERE backup_id = %s", (row[0],)).fetchone()
     assert row[2] is True and all(row[3:]), row
     assert replicas == [("offsite", True), ("primary", True), ("secondary", True)]
     assert point is not None and point[0]

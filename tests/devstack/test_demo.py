@@ -82,8 +82,7 @@ def test_seed_gives_expected_rows_per_wedding(seeded: tuple[str, demo.SeedResult
         for table in ("guests", "timeline_events", "bookings", "form_responses", "journey_instances",
                       "payments", "files", "communications", "platform.event_logs"):  # fmt: skip
             orphans = conn.execute(
-                f"SELECT count(*) FROM {table} t WHERE NOT EXISTS "
-                "(SELECT 1 FROM weddings w WHERE w.id = t.wedding_id)"
+                f"SELECT count(*) FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM weddings w WHERE w.id = t.wedding_id)"
             ).fetchone()[0]
             assert orphans == 0, table
         assert conn.execute("SELECT count(*) FROM wedding_rsvp_stats").fetchone()[0] == n
@@ -99,14 +98,10 @@ def test_seed_exercises_partitions_toast_duplicates_nulls_and_unicode(
         assert partitions >= 2
         assert one("SELECT count(*) FROM platform.event_logs_default") > 0
         for table in ("public.guests", "public.communications"):
-            toast = one(
-                f"SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE oid = '{table}'::regclass"
-            )
+            toast = one(f"SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE oid = '{table}'::regclass")
             assert toast > 0, f"{table} has nothing out of line"
         assert one("SELECT count(*) FROM guests WHERE pg_column_size(notes) > 2048") > 0
-        duplicates = one(
-            "SELECT count(*) FROM (SELECT c::text FROM communications c GROUP BY 1 HAVING count(*) > 1) d"
-        )
+        duplicates = one("SELECT count(*) FROM (SELECT c::text FROM communications c GROUP BY 1 HAVING count(*) > 1) d")
         assert duplicates > 0
         assert one("SELECT count(*) FROM guests WHERE email IS NULL") > 0
         assert one("SELECT count(*) FROM guests WHERE full_name ~ '[éøöüłș]' OR full_name LIKE '%Zoë%'") > 0
@@ -157,9 +152,7 @@ def test_sequences_and_identities_continue_after_the_data(pg_cluster: Cluster, e
             return conn.execute(sql + " RETURNING id", params).fetchone()[0]
 
         org = insert("INSERT INTO organizations (name, slug) VALUES ('New', 'new-org')")
-        sup = insert(
-            "INSERT INTO suppliers (organization_id, business_name, category) VALUES (%s, 'New', 'dj')", org
-        )
+        sup = insert("INSERT INTO suppliers (organization_id, business_name, category) VALUES (%s, 'New', 'dj')", org)
         cli = insert("INSERT INTO clients (supplier_id, partner1) VALUES (%s, 'Zoë')", sup)
         wed = insert(
             "INSERT INTO weddings (organization_id, supplier_id, client_id, wedding_date)"
@@ -171,21 +164,18 @@ def test_sequences_and_identities_continue_after_the_data(pg_cluster: Cluster, e
         vendor = insert("INSERT INTO vendors (organization_id, name, category) VALUES (%s, 'V', 'dj')", org)
         insert("INSERT INTO guests (wedding_id, first_name, last_name) VALUES (%s, 'A', 'B')", wed)
         insert(
-            "INSERT INTO timeline_events (wedding_id, title, starts_at, sort_order)"
-            " VALUES (%s, 'X', now(), 1)",
+            "INSERT INTO timeline_events (wedding_id, title, starts_at, sort_order) VALUES (%s, 'X', now(), 1)",
             wed,
         )
         insert("INSERT INTO bookings (wedding_id, vendor_id, amount) VALUES (%s, %s, 10)", wed, vendor)
         insert("INSERT INTO payments (wedding_id, client_id, amount) VALUES (%s, %s, 99.95)", wed, cli)
         insert("INSERT INTO audit.audit_logs (action, table_name) VALUES ('test', 'none')")
         insert(
-            "INSERT INTO platform.event_logs (wedding_id, event_type, occurred_at)"
-            " VALUES (%s, 't', '2024-06-01')",
+            "INSERT INTO platform.event_logs (wedding_id, event_type, occurred_at) VALUES (%s, 't', '2024-06-01')",
             wed,
         )
         insert(
-            "INSERT INTO form_responses (form_id, wedding_id, answers)"
-            " SELECT id, %s, '{}' FROM forms LIMIT 1",
+            "INSERT INTO form_responses (form_id, wedding_id, answers) SELECT id, %s, '{}' FROM forms LIMIT 1",
             wed,
         )
         invoices = conn.execute("SELECT count(DISTINCT invoice_number) FROM payments").fetchone()[0]

@@ -55,9 +55,7 @@ def test_undefined_connection_is_a_config_error(
     assert "Admin -> Connections" in msg
 
 
-def test_undefined_connection_stops_build_targets(
-    storage_policy: Policy, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_undefined_connection_stops_build_targets(storage_policy: Policy, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_BACKUP_SECONDARY_S3")
     with pytest.raises(ConfigError, match="backup_secondary_s3"):
         build_targets(storage_policy)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowSkipException
 from wedsync_backup.errors import ConfigError, IntegrityError, StorageError
 from wedsync_backup.export import ExportOptions, pending_manifest_key, run_export
 from wedsync_backup.manifest import Manifest, manifest_key
@@ -286,6 +287,10 @@ class MarkBackupFailedOperator(WedSyncOperator):
         self.backup_id = backup_id
 
     def execute(self, context: Any) -> None:
+        if self.backup_id in (None, "", "None"):
+            raise AirflowSkipException(
+                "Preflight failed before a backup was started: nothing to mark. See the preflight task's log"
+            )
         reason = "a backup step failed: see the failed task's log for what to fix"
         catalog(self.policy()).fail_backup(self.backup_id, reason)
         self.log.error("Backup %s marked failed; no copy of it counts until a new run completes", self.backup_id)

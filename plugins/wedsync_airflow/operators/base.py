@@ -27,11 +27,11 @@ class WedSyncOperator(BaseOperator):
     def policy(self) -> Policy:
         return load_policy(self.policy_path or None)
 
-    def guarded(self, fn: Callable[[], T]) -> T:
-        """Run ``fn``; a configuration error fails at once (a retry cannot fix a wrong key or param)."""
+    def guarded(self, fn: Callable[[], T], fatal: tuple[type[WedSyncError], ...] = (ConfigError,)) -> T:
+        """Run ``fn``; a ``fatal`` error fails at once (a retry cannot fix a wrong key or param)."""
         try:
             return fn()
-        except ConfigError as e:
+        except fatal as e:
             self.log.error("%s", e)
             raise AirflowFailException(str(e)) from e
         except WedSyncError as e:

@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 from wedsync_backup.catalog import Catalog
-from wedsync_backup.errors import ConfigError, WedSyncError
+from wedsync_backup.errors import ConfigError, CryptoError, IntegrityError, WedSyncError
 from wedsync_backup.manifest import Manifest
 from wedsync_backup.policy import Policy
 from wedsync_backup.repository import committed_manifests, read_manifest
@@ -18,6 +18,8 @@ from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
 from wedsync_airflow.targets import build_storage
 
 MODES = ("latest", "backup_id")
+# A damaged or undecryptable copy reads the same on a retry: fail at once, pointing to another target.
+RESTORE_FATAL = (ConfigError, CryptoError, IntegrityError)
 SCOPES = ("complete",)
 
 
@@ -179,7 +181,7 @@ class RestoreOperator(_RestoreParams):
         cat = self.try_catalog(policy)
         event_id = int(self.event_id) if self.event_id not in (None, "", "None") else None
         try:
-            result = self.guarded(lambda: self._restore(policy, context))
+            result = self.guarded(lambda: self._restore(policy, context), fatal=RESTORE_FATAL)
         except Exception as e:
             if cat is not None and event_id is not None:
                 cat.finish_recovery_event(event_id, status="failed", error=str(e))

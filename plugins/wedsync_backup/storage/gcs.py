@@ -18,7 +18,7 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 from requests.exceptions import RequestException
 
-from wedsync_backup.errors import StorageError
+from wedsync_backup.errors import MissingTargetError, StorageError
 from wedsync_backup.storage.base import READ_CHUNK, ObjectInfo, ObjectWriter, Storage
 
 CHUNK_SIZE = 16 << 20  # must be a multiple of 256 KiB
@@ -141,7 +141,7 @@ class GCSStorage(Storage):
         return str(getattr(conn, "API_BASE_URL", "") or "https://storage.googleapis.com")
 
     def _no_bucket(self) -> StorageError:
-        return StorageError(
+        return MissingTargetError(
             f"GCS bucket '{self.bucket}' does not exist ({self._where()})",
             f"endpoint {self.endpoint}",
             f"create the bucket, or set {BUCKET_ENV} (or targets.{self.name}.bucket) to an existing one",

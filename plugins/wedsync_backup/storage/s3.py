@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from wedsync_backup.errors import StorageError
+from wedsync_backup.errors import MissingTargetError, StorageError
 from wedsync_backup.storage.base import READ_CHUNK, ObjectInfo, ObjectWriter, Storage
 
 PART_SIZE = 16 << 20
@@ -221,7 +221,7 @@ class S3Storage(Storage):
         )
 
     def _no_bucket(self) -> StorageError:
-        return StorageError(
+        return MissingTargetError(
             f"S3 bucket '{self.bucket}' does not exist ({self._where()})",
             f"endpoint {self.endpoint}",
             f"create the bucket, or set {BUCKET_ENV} (or targets.{self.name}.bucket) to an existing one",
