@@ -17,9 +17,18 @@ from wedsync_airflow.operators.restore import PlanRestoreOperator, RestoreOperat
 PARAMS = {
     "mode": Param(
         "latest",
-        enum=["latest", "backup_id"],
+        enum=["latest", "point_in_time", "backup_id"],
         title="Mode",
-        description="latest: the newest completed full backup on from_target; backup_id: the one named below",
+        description="latest: the newest full backup plus every incremental after it; point_in_time: the "
+        "database as it was at target_time; backup_id: exactly the backup named below",
+    ),
+    "target_time": Param(
+        None,
+        type=["null", "string"],
+        title="Target time (point_in_time)",
+        description="ISO 8601 with a time zone, e.g. 2026-11-21T14:30:00Z: restore the last transaction "
+        "committed at or before it",
+        pattern=r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$",
     ),
     "backup_id": Param(
         None,
@@ -66,6 +75,7 @@ COMMON = {
     "dry_run": "{{ params.dry_run }}",
     "confirm": "{{ params.confirm }}",
     "reason": "{{ params.reason }}",
+    "target_time": "{{ params.target_time }}",
 }
 
 with DAG(
@@ -84,7 +94,7 @@ with DAG(
     plan = PlanRestoreOperator(task_id="plan", retries=0, **COMMON)
     restore = RestoreOperator(
         task_id="restore",
-        planned_backup_id="{{ ti.xcom_pull(task_ids='plan')['backup_id'] }}",
+        plan=plan.output,
         event_id=plan.output["event_id"],
         **COMMON,
     )

@@ -98,26 +98,43 @@ class ExportOptions:
     workers: int = 2
     zstd_level: int = 3
     split_pages: int = 32768  # 256 MiB of 8 kB pages per part
+    slot: str | None = None  # start an incremental chain: create this logical slot, export in its snapshot
     exclude_schemas: tuple[str, ...] = ()
     priority_of: Callable[[str, str], str] = field(default=lambda schema, table: "standard")
 
 
 @contextmanager
-def exported_snapshot(source: PgTarget) -> Iterator[tuple[psycopg.Connection, ConsistentPoint]]:
+def exported_snapshot(
+    source: PgTarget, slot: str | None = None
+) -> Iterator[tuple[psycopg.Connection, ConsistentPoint]]:
     """Hold a REPEATABLE READ transaction whose snapshot the other sessions import.
 
-    The hourly incremental tier swaps this for a replication slot's exported snapshot, which pins the
-    exact LSN the change stream starts from.
+    With ``slot``, the snapshot is the one a new logical replication slot exports, so the slot's change
+    stream (the incremental chain) starts exactly where this backup's data ends.
     """
-    conn = source.connect(autocommit=False)
-    try:
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        snap, lsn, txs, at = conn.execute(
-            "SELECT pg_export_snapshot(), pg_current_wal_lsn()::text, txid_current_snapshot()::text, now()"
-        ).fetchone()
-        yield conn, ConsistentPoint(snap, lsn, txs, at.astimezone(UTC).isoformat())
-    finally:
-        conn.close()
+    if slot is None:
+        conn = source.connect(autocommit=False)
+        try:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            snap, lsn, txs, at = conn.execute(
+                "SELECT pg_export_snapshot(), pg_current_wal_lsn()::text, txid_current_snapshot()::text, now()"
+            ).fetchone()
+            yield conn, ConsistentPoint(snap, lsn, txs, at.astimezone(UTC).isoformat())
+        finally:
+            conn.close()
+        return
+    from wedsync_backup.logical.slot import slot_with_snapshot
+
+    with slot_with_snapshot(source, slot) as (snap, lsn):
+        conn = source.connect(autocommit=False)
+        try:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(f"SET TRANSACTION SNAPSHOT '{snap}'")
+            txs, at = conn.execute("SELECT txid_current_snapshot()::text, now()").fetchone()
+            point = ConsistentPoint(snap, lsn, txs, at.astimezone(UTC).isoformat())
+            yield conn, point
+        finally:
+            conn.close()
 
 
 def discover_tables(conn: psycopg.Connection, options: ExportOptions) -> list[TableInfo]:
@@ -278,7 +295,7 @@ def run_export(
         storage.delete(leftovers)
 
     data_key = keyring.new_data_key(backup_id)
-    with exported_snapshot(source) as (holder, point):
+    with exported_snapshot(source, options.slot) as (holder, point):
         major = server_major(holder)
         tables = discover_tables(holder, options)
         sequences = read_sequences(holder, options)
@@ -329,7 +346,7 @@ def run_export(
             "system_identifier": info[2],
             "label": source.label,
         },
-        consistent_point=point.as_dict(),
+        consistent_point={**point.as_dict(), **({"slot": options.slot} if options.slot else {})},
         encryption={
             "algorithm": "AES-256-GCM",
             "key_id": data_key.key_id,

@@ -75,6 +75,14 @@ class TableEntry:
         return self.content_sha256
 
 
+def _shape_like(value: Any, raw: Any) -> Any:
+    if isinstance(value, dict) and isinstance(raw, dict):
+        return {k: _shape_like(v, raw.get(k)) for k, v in value.items() if k in raw or v not in (None, [], {})}
+    if isinstance(value, list) and isinstance(raw, list) and len(value) == len(raw):
+        return [_shape_like(v, r) for v, r in zip(value, raw, strict=True)]
+    return value
+
+
 def content_checksum(parts: list[StoredObject]) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -103,6 +111,7 @@ class Manifest:
     tables: list[TableEntry] = field(default_factory=list)
     sequences: list[SequenceEntry] = field(default_factory=list)
     parent_backup_id: str | None = None
+    changes: dict[str, Any] | None = None  # incremental: {"object": StoredObject, "format": ...}
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
     mac: str | None = None
@@ -112,9 +121,17 @@ class Manifest:
     def schema_object(self) -> StoredObject:
         return StoredObject(**self.schema["object"])
 
+    @property
+    def changes_object(self) -> StoredObject | None:
+        return StoredObject(**self.changes["object"]) if self.changes else None
+
     def objects(self) -> list[StoredObject]:
         """Every stored object of the backup except the manifest itself."""
-        return [self.schema_object, *(p for t in self.tables for p in t.parts)]
+        out = [self.schema_object] if self.schema.get("object") else []
+        out += [p for t in self.tables for p in t.parts]
+        if self.changes_object:
+            out.append(self.changes_object)
+        return out
 
     @property
     def total_rows(self) -> int:
@@ -133,19 +150,30 @@ class Manifest:
         return asdict(self)
 
     def body_bytes(self) -> bytes:
-        """Canonical JSON of everything but the MAC: what the MAC and the checksum cover."""
-        d = self.to_dict()
+        """Canonical JSON of everything but the MAC: what the MAC covers.
+
+        A manifest read from storage is authenticated over exactly the fields it was written with, so a
+        newer release that adds (defaulted) fields still verifies older manifests.
+        """
+        d = self._shaped_dict()
         d.pop("mac", None)
         return json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
 
+    def _shaped_dict(self) -> dict[str, Any]:
+        """to_dict(), minus empty fields the manifest was read without (added by a newer release)."""
+        d = self.to_dict()
+        raw = getattr(self, "_read_body", None)
+        return _shape_like(d, raw) if raw is not None else d
+
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), sort_keys=True, indent=1).encode() + b"\n"
+        return json.dumps(self._shaped_dict(), sort_keys=True, indent=1).encode() + b"\n"
 
     def sha256(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        raw = json.loads(json.dumps(d))
         d = dict(d)
         version = d.get("format_version")
         if version != FORMAT_VERSION:
@@ -158,7 +186,9 @@ class Manifest:
             TableEntry(**{**t, "parts": [StoredObject(**p) for p in t["parts"]]}) for t in d.get("tables", [])
         ]
         d["sequences"] = [SequenceEntry(**s) for s in d.get("sequences", [])]
-        return cls(**d)
+        manifest = cls(**d)
+        manifest._read_body = raw
+        return manifest
 
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str = "manifest") -> Manifest:

@@ -46,6 +46,13 @@ class TierPolicy:
 
 
 @dataclass(frozen=True)
+class IncrementalPolicy:
+    enabled: bool = True
+    max_retained_wal_mb: int = 10240
+    drop_slot_over_threshold: bool = False
+
+
+@dataclass(frozen=True)
 class Policy:
     source_conn_id: str
     source_site: str
@@ -58,6 +65,7 @@ class Policy:
     targets: tuple[TargetPolicy, ...]
     rule_321: Rule321Policy
     tiers: dict[str, TierPolicy] = field(default_factory=dict)
+    incremental: IncrementalPolicy = field(default_factory=IncrementalPolicy)
 
     def target(self, name: str) -> TargetPolicy:
         for t in self.targets:
@@ -196,4 +204,9 @@ def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
             enforce=bool(r.get("enforce", True)),
         ),
         tiers=tiers,
+        incremental=IncrementalPolicy(
+            enabled=bool(_section(raw, "incremental").get("enabled", True)),
+            max_retained_wal_mb=_int(_section(raw, "incremental"), "max_retained_wal_mb", "incremental", 10240),
+            drop_slot_over_threshold=bool(_section(raw, "incremental").get("drop_slot_over_threshold", False)),
+        ),
     )

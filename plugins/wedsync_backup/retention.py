@@ -25,13 +25,26 @@ def _time(m: Manifest) -> datetime:
 def select_prunable(
     manifests: list[Manifest], *, now: datetime, retention_days: int, backup_type: str = "full"
 ) -> list[str]:
-    """Ids of ``backup_type`` backups older than the retention window, never the newest of that type."""
+    """Ids of ``backup_type`` backups older than the retention window, never the newest of that type.
+
+    A backup that a kept backup depends on (a full or incremental under a kept incremental) is kept too.
+    """
     mine = sorted((m for m in manifests if m.backup_type == backup_type), key=_time)
     if not mine:
         return []
     newest = mine[-1].backup_id
     cutoff = now - timedelta(days=retention_days)
-    return [m.backup_id for m in mine if _time(m) < cutoff and m.backup_id != newest]
+    candidates = {m.backup_id for m in mine if _time(m) < cutoff and m.backup_id != newest}
+    parent = {m.backup_id: m.parent_backup_id for m in manifests}
+    protected: set[str] = set()
+    for m in manifests:
+        if m.backup_id in candidates:
+            continue
+        up = parent.get(m.backup_id)
+        while up and up not in protected:
+            protected.add(up)
+            up = parent.get(up)
+    return [m.backup_id for m in mine if m.backup_id in candidates - protected]
 
 
 def delete_backup(storage: Storage, backup_id: str) -> int:

@@ -10,6 +10,14 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowSkipException
 from wedsync_backup.errors import ConfigError, IntegrityError, StorageError
 from wedsync_backup.export import ExportOptions, pending_manifest_key, run_export
+from wedsync_backup.incremental import schema_fingerprint
+from wedsync_backup.logical.slot import (
+    check_logical_decoding,
+    drop_slot,
+    ensure_replica_identity,
+    slot_name_for,
+    wedsync_slots,
+)
 from wedsync_backup.manifest import Manifest, manifest_key
 from wedsync_backup.policy import Policy
 from wedsync_backup.replicate import replicate
@@ -124,8 +132,29 @@ class ExportOperator(WedSyncOperator):
     def _run(self, context: Any) -> dict[str, Any]:
         policy = self.policy()
         primary = build_storage(policy.primary)
+        source = pg_target(policy.source_conn_id, "source")
+        slot = None
+        extra: dict[str, Any] = {"dag_id": self.dag_id, "run_id": run_id_of(context)}
+        if self.backup_type == "full" and policy.incremental.enabled:
+            why = check_logical_decoding(source)
+            if why:
+                self.log.warning("!!! No incremental chain starts with this backup: %s", why)
+                extra["chain"] = f"none: {why}"
+            else:
+                slot = slot_name_for(self.backup_id)
+                changed = ensure_replica_identity(source, policy.exclude_schemas)
+                if changed:
+                    self.log.warning("Set REPLICA IDENTITY FULL on tables without a primary key: %s", changed)
+                    catalog(policy).audit(
+                        "replica_identity_full",
+                        actor=f"airflow:{self.dag_id}",
+                        backup_id=self.backup_id,
+                        details={"tables": changed},
+                    )
+                extra["replica_identity_full_set"] = changed
+                extra["schema_fingerprint"] = schema_fingerprint(source, policy.exclude_schemas)
         manifest = run_export(
-            pg_target(policy.source_conn_id, "source"),
+            source,
             primary,
             keyring(policy.encryption_conn_id),
             backup_id=self.backup_id,
@@ -135,8 +164,9 @@ class ExportOperator(WedSyncOperator):
                 zstd_level=policy.zstd_level,
                 exclude_schemas=policy.exclude_schemas,
                 priority_of=policy.priority_of,
+                slot=slot,
             ),
-            extra={"dag_id": self.dag_id, "run_id": run_id_of(context)},
+            extra=extra,
         )
         key = pending_manifest_key(self.backup_id)
         data = primary.get_bytes(key if primary.exists(key) else manifest_key(self.backup_id))
@@ -242,7 +272,7 @@ class CommitBackupOperator(WedSyncOperator):
                 "see the verify task of that target",
             )
         manifest = load_pending_manifest(policy, self.backup_id, self.manifest_sha256)
-        data = manifest.to_bytes()
+        data = manifest.to_bytes()  # byte for byte what the export wrote: its sha256 is the XCom's
         for target in policy.targets:
             storage = build_storage(target)
             storage.put_bytes(manifest_key(self.backup_id), data)
@@ -292,7 +322,11 @@ class MarkBackupFailedOperator(WedSyncOperator):
                 "Preflight failed before a backup was started: nothing to mark. See the preflight task's log"
             )
         reason = "a backup step failed: see the failed task's log for what to fix"
-        catalog(self.policy()).fail_backup(self.backup_id, reason)
+        policy = self.policy()
+        catalog(policy).fail_backup(self.backup_id, reason)
+        if self.backup_id.startswith("full-"):
+            # a chain that never committed must not keep WAL on the source
+            drop_slot(pg_target(policy.source_conn_id, "source"), slot_name_for(self.backup_id))
         self.log.error("Backup %s marked failed; no copy of it counts until a new run completes", self.backup_id)
 
 
@@ -334,8 +368,27 @@ class PruneOperator(WedSyncOperator):
                     self.log.info("Removed abandoned attempt %s from %s", backup_id, storage.name)
         for backup_id in sorted({i for ids in pruned.values() for i in ids}):
             cat.delete_backup_rows(backup_id)
+        if self.backup_type == "full":
+            self._drop_stale_slots(policy, running)
         self.log.info("Retention (%d days) pruned: %s", tier.retention_days, pruned)
         return {"retention_days": tier.retention_days, "pruned": pruned}
+
+    def _drop_stale_slots(self, policy: Policy, running: set[str]) -> None:
+        """Slots whose chain can never be continued keep WAL on the source for nothing: drop them.
+
+        That is a slot of no committed full backup (and no running one), or of a full that two newer fulls have
+        superseded (the hourly tier closes a chain as soon as the next full exists).
+        """
+        source = pg_target(policy.source_conn_id, "source")
+        fulls = sorted(
+            (m for m in committed_manifests(build_storage(policy.primary)) if m.consistent_point.get("slot")),
+            key=lambda m: m.consistent_point["time"],
+        )
+        keep = {m.consistent_point["slot"] for m in fulls[-2:]} | {slot_name_for(b) for b in running}
+        for s in wedsync_slots(source):
+            if s.name not in keep:
+                drop_slot(source, s.name)
+                self.log.warning("!!! Dropped replication slot %s: no chain can continue from it", s.name)
 
 
 def _age_hours(backup_id: str, now: datetime) -> float:

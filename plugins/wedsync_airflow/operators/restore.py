@@ -9,15 +9,23 @@ from airflow.sdk.exceptions import AirflowSkipException
 from wedsync_backup.catalog import Catalog
 from wedsync_backup.errors import ConfigError, CryptoError, IntegrityError, WedSyncError
 from wedsync_backup.manifest import Manifest
+from wedsync_backup.pitr import ChainPlan, plan_chain, restore_to_point
 from wedsync_backup.policy import Policy
 from wedsync_backup.repository import committed_manifests, read_manifest
-from wedsync_backup.restore import plan_restore, reset_target, restore_backup, target_contents
+from wedsync_backup.restore import (
+    check_objects_present,
+    plan_restore,
+    reset_target,
+    restore_backup,
+    target_contents,
+    verify_manifest_mac,
+)
 
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
 from wedsync_airflow.targets import build_storage
 
-MODES = ("latest", "backup_id")
+MODES = ("latest", "backup_id", "point_in_time")
 # A damaged or undecryptable copy reads the same on a retry: fail at once, pointing to another target.
 RESTORE_FATAL = (ConfigError, CryptoError, IntegrityError)
 SCOPES = ("complete",)
@@ -38,6 +46,7 @@ class _RestoreParams(WedSyncOperator):
         "dry_run",
         "confirm",
         "reason",
+        "target_time",
     )
 
     def __init__(
@@ -51,9 +60,11 @@ class _RestoreParams(WedSyncOperator):
         dry_run: bool | str = True,
         confirm: str = "",
         reason: str = "",
+        target_time: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.target_time = target_time
         self.mode = mode
         self.backup_id = backup_id
         self.scope = scope
@@ -73,6 +84,8 @@ class _RestoreParams(WedSyncOperator):
             raise ConfigError(f"Unknown mode '{self.mode}'", fix=f"set mode to one of {', '.join(MODES)}")
         if self.mode == "backup_id" and not self.backup_id:
             raise ConfigError("mode is 'backup_id' but no backup_id was given", fix="set the backup_id parameter")
+        if self.mode == "point_in_time":
+            self.until()
         if self.scope not in SCOPES:
             raise ConfigError(f"Restore scope '{self.scope}' is not available", fix=f"use scope {', '.join(SCOPES)}")
         policy.target(self.from_target)
@@ -93,6 +106,48 @@ class _RestoreParams(WedSyncOperator):
             )
         if not (self.reason or "").strip():
             raise ConfigError("No reason given", fix="say why this restore is run (the reason parameter)")
+
+    def until(self) -> datetime | None:
+        """The moment to restore to (point_in_time), refused clearly when it is not a usable ISO 8601 time."""
+        if self.mode != "point_in_time":
+            return None
+        text = str(self.target_time or "").strip()
+        if not text or text == "None":
+            raise ConfigError(
+                "mode is 'point_in_time' but no target_time was given",
+                fix="set target_time, e.g. 2026-11-21T14:30:00Z (ISO 8601 with a time zone)",
+            )
+        try:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError as e:
+            raise ConfigError(
+                f"target_time '{text}' is not an ISO 8601 time", str(e), "write it like 2026-11-21T14:30:00Z"
+            ) from e
+        if at.tzinfo is None:
+            raise ConfigError(
+                f"target_time '{text}' has no time zone",
+                "a restore point must be unambiguous",
+                "add Z (UTC) or an offset such as +01:00",
+            )
+        if at > datetime.now(UTC):
+            raise ConfigError(f"target_time '{text}' is in the future", fix="choose a moment that has passed")
+        return at.astimezone(UTC)
+
+    def chain_plan(self, policy: Policy) -> ChainPlan | None:
+        """latest / point_in_time: the full backup and the incrementals to replay (None for backup_id)."""
+        if self.mode == "backup_id":
+            return None
+        storage = build_storage(policy.target(self.from_target))
+        manifests = committed_manifests(storage)
+        if not manifests:
+            raise ConfigError(
+                f"No completed backup on target {self.from_target} ({storage.url()})",
+                fix="pick another from_target, or run backup_daily_full first",
+            )
+        try:
+            return plan_chain(manifests, self.until())
+        except IntegrityError as e:
+            raise ConfigError(e.what, e.why, e.fix) from e
 
     def try_catalog(self, policy: Policy) -> Catalog | None:
         """The catalog, or None when it is down too: a restore must work from the repository alone."""
@@ -153,22 +208,30 @@ class PlanRestoreOperator(_RestoreParams):
     def _plan(self, policy: Policy) -> dict[str, Any]:
         self.validate(policy)
         target = pg_target(self.target_conn_id, "restore target")
-        manifest = self.resolve_manifest(policy, None)
+        chain = self.chain_plan(policy)
         storage = build_storage(policy.target(self.from_target))
-        plan = plan_restore(manifest, storage, keyring(policy.encryption_conn_id), target).as_dict()
+        ring = keyring(policy.encryption_conn_id)
+        manifest = chain.full if chain else self.resolve_manifest(policy, None)
+        plan = plan_restore(manifest, storage, ring, target).as_dict()
         plan["dry_run"] = self.is_dry_run
         plan["data_loss_minutes"] = _minutes_since(plan["consistent_time"])
+        if chain is not None:
+            for m in chain.increments:
+                verify_manifest_mac(m, ring)
+                check_objects_present(m, storage)
+            plan.update(chain.as_dict())
+            plan["data_loss_minutes"] = _data_loss_minutes(chain)
         return plan
 
 
 class RestoreOperator(_RestoreParams):
     """Restore the planned backup; on a dry run, stop here (skipped) having touched nothing."""
 
-    template_fields = (*_RestoreParams.template_fields, "planned_backup_id", "event_id")
+    template_fields = (*_RestoreParams.template_fields, "plan", "event_id")
 
-    def __init__(self, *, planned_backup_id: str, event_id: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, plan: dict[str, Any] | str, event_id: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.planned_backup_id = planned_backup_id
+        self.plan = plan
         self.event_id = event_id
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -201,7 +264,8 @@ class RestoreOperator(_RestoreParams):
     def _restore(self, policy: Policy, context: Any) -> dict[str, Any]:
         self.validate(policy)
         storage = build_storage(policy.target(self.from_target))
-        manifest = read_manifest(storage, self.planned_backup_id)
+        plan = self.plan if isinstance(self.plan, dict) else {}
+        manifest = read_manifest(storage, str(plan.get("backup_id")))
         target = pg_target(self.target_conn_id, "restore target")
         if context["ti"].try_number > 1 and target_contents(target):
             # The plan task proved this target empty at the start of this run: what is there now is
@@ -215,15 +279,33 @@ class RestoreOperator(_RestoreParams):
                     "standard public schema",
                 ),
             )
-        result = restore_backup(
-            manifest, storage, keyring(policy.encryption_conn_id), target, workers=policy.export_workers
-        ).as_dict()
+        ring = keyring(policy.encryption_conn_id)
+        increments = [read_manifest(storage, b) for b in plan.get("incremental_backup_ids") or []]
+        if self.mode == "backup_id":
+            result = restore_backup(manifest, storage, ring, target, workers=policy.export_workers).as_dict()
+            result["data_loss_minutes"] = _minutes_since(manifest.consistent_point.get("time"))
+        else:
+            chain = ChainPlan(
+                manifest, increments, self.until(), plan.get("last_captured_change"), str(plan.get("covered_until"))
+            )
+            result = restore_to_point(chain, storage, ring, target, workers=policy.export_workers)
+            result["data_loss_minutes"] = _data_loss_minutes(chain)
         result["from_target"] = self.from_target
         result["target_conn_id"] = self.target_conn_id
         result["consistent_time"] = manifest.consistent_point.get("time")
-        result["data_loss_minutes"] = _minutes_since(result["consistent_time"])
         self.log.info("Restore complete: %s", result)
         return result
+
+
+def _data_loss_minutes(chain: ChainPlan) -> float | None:
+    """Point in time: minutes between the chosen moment and the last captured change (what is left out).
+    Latest: minutes since the last captured change (what no backup holds)."""
+    last = chain.last_captured or chain.full.consistent_point.get("time")
+    if chain.until is None:
+        return _minutes_since(last)
+    if not last:
+        return None
+    return round(max(0.0, (datetime.fromisoformat(last) - chain.until).total_seconds() / 60), 1)
 
 
 def _minutes_since(iso: str | None) -> float | None:

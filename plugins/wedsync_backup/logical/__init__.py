@@ -1,0 +1,1 @@
+"""Change capture through PostgreSQL logical decoding (the hourly incremental tier)."""

@@ -1,0 +1,162 @@
+"""Parse the output of PostgreSQL's stock ``test_decoding`` plugin into changes.
+
+test_decoding needs no publication, so it never makes UPDATE or DELETE fail on a source table that lacks a
+replica identity (a FOR ALL TABLES publication would), and it ships with every PostgreSQL. Its lines are:
+
+    BEGIN 1289
+    table public."Z z": INSERT: id[integer]:1 v[text]:'a''b' n[numeric]:null
+    table public.t: UPDATE: old-key: id[integer]:1 new-tuple: id[integer]:3 v[text]:unchanged-toast-datum
+    table public.t: DELETE: id[integer]:2
+    table public.a, public.b: TRUNCATE: restart_seqs cascade
+    COMMIT 1289 (at 2026-11-21 01:04:53.798646+00)
+
+Values are the types' text output (the capture session pins TimeZone/DateStyle so they are stable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from wedsync_backup.errors import IntegrityError
+
+UNCHANGED_TOAST = object()  # an UPDATE left this toasted value as it was
+
+
+@dataclass
+class Change:
+    op: str  # INSERT | UPDATE | DELETE | TRUNCATE
+    tables: list[tuple[str, str]]  # (schema, table); several only for TRUNCATE
+    new: dict[str, object] = field(default_factory=dict)  # column -> text value | None | UNCHANGED_TOAST
+    old: dict[str, object] = field(default_factory=dict)  # key (or full old row) when the plugin sent it
+    flags: list[str] = field(default_factory=list)  # TRUNCATE: restart_seqs, cascade
+
+    @property
+    def table(self) -> tuple[str, str]:
+        return self.tables[0]
+
+
+@dataclass
+class Begin:
+    xid: str
+
+
+@dataclass
+class Commit:
+    xid: str
+    at: datetime
+
+
+def _fail(line: str, why: str) -> IntegrityError:
+    return IntegrityError(
+        "A captured change could not be read", f"{why}: {line[:200]!r}", "report this as a bug with the line"
+    )
+
+
+def _ident(s: str, i: int) -> tuple[str, int]:
+    """An identifier as quote_identifier prints it, starting at s[i]; returns (name, index after it)."""
+    if s[i] == '"':
+        out, i = [], i + 1
+        while True:
+            j = s.index('"', i)
+            out.append(s[i:j])
+            if j + 1 < len(s) and s[j + 1] == '"':
+                out.append('"')
+                i = j + 2
+                continue
+            return "".join(out), j + 1
+    j = i
+    while j < len(s) and s[j] not in ".[,: ":
+        j += 1
+    return s[i:j], j
+
+
+def _qualified(s: str, i: int) -> tuple[tuple[str, str], int]:
+    schema, i = _ident(s, i)
+    if s[i] != ".":
+        raise ValueError("expected schema.table")
+    table, i = _ident(s, i + 1)
+    return (schema, table), i
+
+
+def _value(s: str, i: int) -> tuple[object, int]:
+    if s.startswith("null", i) and (i + 4 == len(s) or s[i + 4] == " "):
+        return None, i + 4
+    if s.startswith("unchanged-toast-datum", i):
+        return UNCHANGED_TOAST, i + len("unchanged-toast-datum")
+    if s[i] == "B" and i + 1 < len(s) and s[i + 1] == "'":  # bit strings: B'0101'
+        i += 1
+    if s[i] == "'":
+        out, i = [], i + 1
+        while True:
+            j = s.index("'", i)
+            out.append(s[i:j])
+            if j + 1 < len(s) and s[j + 1] == "'":
+                out.append("'")
+                i = j + 2
+                continue
+            return "".join(out), j + 1
+    j = s.find(" ", i)
+    j = len(s) if j < 0 else j
+    return s[i:j], j
+
+
+def _columns(s: str, i: int, stop: str | None = None) -> tuple[dict[str, object], int]:
+    cols: dict[str, object] = {}
+    while i < len(s):
+        if stop and s.startswith(stop, i):
+            return cols, i + len(stop)
+        name, i = _ident(s, i)
+        if s[i] != "[":
+            raise ValueError(f"expected [type] after column {name}")
+        j = s.index("]:", i)
+        cols[name], i = _value(s, j + 2)
+        if i < len(s) and s[i] == " ":
+            i += 1
+    return cols, i
+
+
+def parse_line(line: str) -> Change | Begin | Commit:
+    try:
+        if line.startswith("BEGIN "):
+            return Begin(line[6:].strip())
+        if line.startswith("COMMIT "):
+            xid, _, rest = line[7:].partition(" (at ")
+            return Commit(xid.strip(), datetime.fromisoformat(rest.rstrip(")").strip()))
+        if not line.startswith("table "):
+            raise ValueError("unknown line")
+        i, tables = 6, []
+        while True:
+            t, i = _qualified(line, i)
+            tables.append(t)
+            if line.startswith(", ", i):
+                i += 2
+                continue
+            break
+        if not line.startswith(": ", i):
+            raise ValueError("expected ': '")
+        op, _, rest = line[i + 2 :].partition(":")
+        rest = rest[1:] if rest.startswith(" ") else rest
+        if op == "TRUNCATE":
+            flags = [] if rest.strip() == "(no-flags)" else rest.split()
+            return Change("TRUNCATE", tables, flags=flags)
+        if rest.startswith("(no-tuple-data)"):
+            raise ValueError("no tuple data (the table lacks a replica identity)")
+        if op == "INSERT":
+            new, _ = _columns(rest, 0)
+            return Change("INSERT", tables, new=new)
+        if op == "UPDATE":
+            old: dict[str, object] = {}
+            j = 0
+            if rest.startswith("old-key: "):
+                old, j = _columns(rest, len("old-key: "), stop="new-tuple: ")
+            elif rest.startswith("new-tuple: "):
+                j = len("new-tuple: ")
+            new, _ = _columns(rest, j)
+            return Change("UPDATE", tables, new=new, old=old)
+        if op == "DELETE":
+            old, _ = _columns(rest, 0)
+            return Change("DELETE", tables, old=old)
+        raise ValueError(f"unknown operation {op}")
+    except (ValueError, IndexError) as e:
+        raise _fail(line, str(e)) from e
