@@ -83,11 +83,13 @@ class IncrementalPreflightOperator(WedSyncOperator):
         for storage in build_targets(policy):
             storage.check()
         limit = policy.incremental.max_retained_wal_mb << 20
+        dropped: list[str] = []
         for s in wedsync_slots(source):
             self.log.info("Slot %s retains %.1f MB of WAL on the source", s.name, s.retained_wal_bytes / 2**20)
             if s.retained_wal_bytes > limit:
                 if policy.incremental.drop_slot_over_threshold:
                     drop_slot(source, s.name)
+                    dropped.append(s.name)
                     cat.audit(
                         "slot_dropped",
                         actor=f"airflow:{self.dag_id}",
@@ -107,8 +109,26 @@ class IncrementalPreflightOperator(WedSyncOperator):
                         "find why incrementals stopped (see earlier runs); to give up the chain set "
                         "incremental.drop_slot_over_threshold: true, or drop the slot and run backup_daily_full",
                     )
-        work = chain_work(policy)
+        try:
+            work = chain_work(policy)
+        except ConfigError:
+            if not dropped:
+                raise
+            # the only chain was given up for the source's sake: the next full backup starts a new one
+            work = {
+                "full": None,
+                "parent": None,
+                "chain": [],
+                "slot": dropped[0],
+                "closing": False,
+                "upto_lsn": None,
+                "fingerprint": None,
+                "retained_wal_bytes": 0,
+                "dropped": dropped,
+            }
         action = "close" if work["closing"] else "capture"
+        if work["slot"] in dropped:
+            action = "end_chain"
         if not work["closing"] and work["fingerprint"]:
             now_fp = schema_fingerprint(source, policy.exclude_schemas)
             if now_fp != work["fingerprint"]:
@@ -117,17 +137,19 @@ class IncrementalPreflightOperator(WedSyncOperator):
         at = getattr(dag_run, "run_after", None) or datetime.now(UTC)
         backup_id = make_backup_id("incremental", self.dag_id, run_id_of(context), at)
         if action == "end_chain":
+            reason = "slot dropped: too much retained WAL" if work["slot"] in dropped else "schema change"
             drop_slot(source, work["slot"])
             cat.audit(
                 "chain_ended",
                 actor=f"airflow:{self.dag_id}",
-                details={"reason": "schema change", "full": work["full"], "last": work["parent"]},
+                details={"reason": reason, "full": work["full"], "last": work["parent"]},
             )
             self.log.error(
-                "!!! The schema changed since full backup %s: its chain ends at %s. A new full backup "
-                "is triggered; moments between them cannot be restored exactly",
+                "!!! The chain of full backup %s ends at %s (%s). A new full backup is triggered; moments "
+                "between them cannot be restored exactly",
                 work["full"],
                 work["parent"],
+                reason,
             )
         else:
             tier = policy.tiers.get("incremental")
