@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
 FETCH = 2000
+COMMIT_STAMP_MARGIN_S = 1.0
 
 
 def schema_fingerprint(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) -> str:
@@ -144,7 +146,16 @@ def capture_incremental(
     start_lsn = info.confirmed_flush_lsn
     expected = parent.extra.get("end_lsn") or parent.consistent_point.get("lsn")
     with source.connect(autocommit=True) as conn:
-        current, now = conn.execute("SELECT pg_current_wal_lsn()::text, now()").fetchone()
+        now = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        # A commit is stamped just before its WAL record is written: wait out that window, so every
+        # transaction stamped at or before `now` is below the stopping point.
+        time.sleep(COMMIT_STAMP_MARGIN_S)
+        # Decoding only sees WAL flushed to disk; with synchronous_commit=off recent commits may not be:
+        # a synchronous (empty) commit flushes everything before it.
+        conn.execute("SET synchronous_commit = on")
+        with conn.transaction():
+            conn.execute("SELECT pg_current_xact_id()")
+        current = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]
         upto_lsn = upto_lsn or current
         if (
             start_lsn

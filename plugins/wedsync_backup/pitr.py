@@ -17,7 +17,7 @@ from psycopg import sql
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.incremental import read_changes
-from wedsync_backup.logical.decoding import UNCHANGED_TOAST, Begin, Change, Commit
+from wedsync_backup.logical.decoding import UNCHANGED_TOAST, Begin, Change, Commit, Message
 from wedsync_backup.logical.slot import STABLE_OUTPUT
 from wedsync_backup.manifest import Manifest
 from wedsync_backup.pg import PgTarget
@@ -78,6 +78,12 @@ class _Applier:
         return self.tables[key]
 
     def _where(self, t: _Table, change: Change) -> tuple[sql.Composable, list[object]]:
+        if not t.key and not change.old:
+            raise IntegrityError(
+                f"A captured {change.op} on {change.table[0]}.{change.table[1]} does not say which row it changed",
+                "the table has no primary key and was not REPLICA IDENTITY FULL when the change was made",
+                "restore to a point before it; the next full backup sets REPLICA IDENTITY FULL on such tables",
+            )
         source = change.old or change.new
         if t.key and all(k in source for k in t.key):
             cond = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in t.key)
@@ -151,6 +157,8 @@ def apply_chain(
             for lsn, _xid, ev in read_changes(manifest, storage, keyring):
                 if isinstance(ev, Begin):
                     pending = 0
+                    continue
+                if isinstance(ev, Message):
                     continue
                 if isinstance(ev, Commit):
                     if until is not None and ev.at > until:

@@ -42,6 +42,13 @@ class Begin:
 
 
 @dataclass
+class Message:
+    """A logical message (pg_logical_emit_message): not table data, nothing to restore."""
+
+    text: str
+
+
+@dataclass
 class Commit:
     xid: str
     at: datetime
@@ -116,8 +123,10 @@ def _columns(s: str, i: int, stop: str | None = None) -> tuple[dict[str, object]
     return cols, i
 
 
-def parse_line(line: str) -> Change | Begin | Commit:
+def parse_line(line: str) -> Change | Begin | Commit | Message:
     try:
+        if line.startswith("message: "):
+            return Message(line)
         if line.startswith("BEGIN "):
             return Begin(line[6:].strip())
         if line.startswith("COMMIT "):
