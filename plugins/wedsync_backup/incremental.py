@@ -232,11 +232,16 @@ def read_changes(
         *lines, buf = buf.split(b"\n")
         for line in lines:
             if line:
-                lsn, xid, data = json.loads(line)
-                yield lsn, xid, parse_line(data)
+                yield _event(line)
     if buf.strip():
-        lsn, xid, data = json.loads(buf)
-        yield lsn, xid, parse_line(data)
+        yield _event(buf)
+
+
+def _event(line: bytes) -> tuple[str, str, Begin | Change | Commit]:
+    lsn, xid, data = json.loads(line)
+    if isinstance(data, dict):  # a watermark capture's row
+        return lsn, xid, Change(data["op"], [tuple(data["table"])], new=data["new"])
+    return lsn, xid, parse_line(data)
 
 
 def now_utc() -> datetime:

@@ -106,6 +106,22 @@ class _Applier:
             self.conn.execute(stmt)
             return
         t = self.table(*change.table)
+        if change.op == "UPSERT":  # watermark captures: the row as it is now, inserted or overwritten
+            cols = [c for c in change.new if c not in t.generated]
+            sets = [c for c in cols if c not in t.key and c not in t.identity_always]
+            stmt = sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({}) ON CONFLICT ({}) DO {}").format(
+                t.ident,
+                sql.SQL(", ").join(map(sql.Identifier, cols)),
+                sql.SQL(", ").join([sql.Placeholder()] * len(cols)),
+                sql.SQL(", ").join(map(sql.Identifier, t.key)),
+                sql.SQL("UPDATE SET {}").format(
+                    sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in sets)
+                )
+                if sets
+                else sql.SQL("NOTHING"),
+            )
+            self.conn.execute(stmt, [change.new[c] for c in cols])
+            return
         if change.op == "INSERT":
             cols = [c for c in change.new if c not in t.generated]
             stmt = sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})").format(

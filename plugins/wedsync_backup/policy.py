@@ -50,6 +50,21 @@ class IncrementalPolicy:
     enabled: bool = True
     max_retained_wal_mb: int = 10240
     drop_slot_over_threshold: bool = False
+    method: str = "auto"  # auto (logical decoding when the source can), logical, watermark
+    fallback: str = "none"  # with auto and no logical decoding: none (full backups only) or updated_at
+    watermark_column: str = "updated_at"
+
+    def mode(self, logical_unavailable: str | None) -> str:
+        """logical, watermark or none for a source whose logical decoding is (un)available."""
+        if not self.enabled:
+            return "none"
+        if self.method == "watermark":
+            return "watermark"
+        if logical_unavailable is None:
+            return "logical"
+        if self.method == "auto" and self.fallback == "updated_at":
+            return "watermark"
+        return "none"
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,15 @@ def _int(d: dict[str, Any], key: str, where: str, default: int) -> int:
             f"Backup policy field '{where}.{key}' must be a whole number", f"it is {value!r}", "fix it in the policy"
         )
     return value
+
+
+def _choice(d: dict[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
+    value = d.get(key, default)
+    if value not in allowed:
+        raise ConfigError(
+            f"Backup policy field 'incremental.{key}' is {value!r}", fix=f"use one of {', '.join(allowed)}"
+        )
+    return str(value)
 
 
 def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
@@ -208,5 +232,8 @@ def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
             enabled=bool(_section(raw, "incremental").get("enabled", True)),
             max_retained_wal_mb=_int(_section(raw, "incremental"), "max_retained_wal_mb", "incremental", 10240),
             drop_slot_over_threshold=bool(_section(raw, "incremental").get("drop_slot_over_threshold", False)),
+            method=_choice(_section(raw, "incremental"), "method", ("auto", "logical", "watermark"), "auto"),
+            fallback=_choice(_section(raw, "incremental"), "fallback", ("none", "updated_at"), "none"),
+            watermark_column=str(_section(raw, "incremental").get("watermark_column", "updated_at")),
         ),
     )

@@ -25,6 +25,7 @@ from wedsync_backup.repository import committed_manifests
 from wedsync_backup.retention import delete_backup, incomplete_backup_ids, select_prunable
 from wedsync_backup.rule321 import check_321, enforce_321
 from wedsync_backup.verify import verify_copy
+from wedsync_backup.watermark import WARNING as WATERMARK_WARNING
 
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
@@ -135,12 +136,10 @@ class ExportOperator(WedSyncOperator):
         source = pg_target(policy.source_conn_id, "source")
         slot = None
         extra: dict[str, Any] = {"dag_id": self.dag_id, "run_id": run_id_of(context)}
-        if self.backup_type == "full" and policy.incremental.enabled:
+        if self.backup_type == "full":
             why = check_logical_decoding(source)
-            if why:
-                self.log.warning("!!! No incremental chain starts with this backup: %s", why)
-                extra["chain"] = f"none: {why}"
-            else:
+            mode = policy.incremental.mode(why)
+            if mode == "logical":
                 slot = slot_name_for(self.backup_id)
                 changed = ensure_replica_identity(source, policy.exclude_schemas)
                 if changed:
@@ -153,6 +152,15 @@ class ExportOperator(WedSyncOperator):
                     )
                 extra["replica_identity_full_set"] = changed
                 extra["schema_fingerprint"] = schema_fingerprint(source, policy.exclude_schemas)
+            elif mode == "watermark":
+                self.log.warning(
+                    "!!! Incrementals after this backup use the %s watermark: %s",
+                    policy.incremental.watermark_column,
+                    WATERMARK_WARNING,
+                )
+            elif policy.incremental.enabled:
+                self.log.warning("!!! No incremental chain starts with this backup: %s", why)
+            extra["chain"] = mode
         manifest = run_export(
             source,
             primary,

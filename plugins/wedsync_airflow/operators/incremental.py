@@ -15,6 +15,8 @@ from wedsync_backup.pitr import chain_of
 from wedsync_backup.policy import Policy
 from wedsync_backup.repository import committed_manifests
 from wedsync_backup.rule321 import check_321, enforce_321
+from wedsync_backup.watermark import WARNING as WATERMARK_WARNING
+from wedsync_backup.watermark import capture_watermark
 
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.operators.backup import load_pending_manifest, make_backup_id
@@ -74,12 +76,16 @@ class IncrementalPreflightOperator(WedSyncOperator):
         keyring(policy.encryption_conn_id)
         source = pg_target(policy.source_conn_id, "source")
         why = check_logical_decoding(source)
-        if why:
+        mode = policy.incremental.mode(why)
+        if mode == "none":
             raise ConfigError(
                 "The source cannot feed the incremental tier",
-                why,
-                "set wal_level=logical and give the backup user REPLICATION, then run backup_daily_full",
+                why or "incremental backups are disabled in the policy",
+                "set wal_level=logical and give the backup user REPLICATION, then run backup_daily_full; "
+                "or set incremental.fallback: updated_at in the policy (it does not capture deletes)",
             )
+        if mode == "watermark":
+            return self._watermark_plan(context, policy, cat, verdict.as_dict(), warnings)
         for storage in build_targets(policy):
             storage.check()
         limit = policy.incremental.max_retained_wal_mb << 20
@@ -169,6 +175,50 @@ class IncrementalPreflightOperator(WedSyncOperator):
         ti.xcom_push(key="action", value=action)
         return {**work, "action": action, "backup_id": backup_id, "warnings": warnings}
 
+    def _watermark_plan(
+        self, context: Any, policy: Policy, cat: Any, verdict: dict[str, Any], warnings: list[str]
+    ) -> dict[str, Any]:
+        """The fallback chain: the newest committed full backup and the incrementals after it."""
+        manifests = committed_manifests(build_storage(policy.primary))
+        fulls = sorted((m for m in manifests if m.backup_type == "full"), key=lambda m: m.consistent_point["time"])
+        if not fulls:
+            raise ConfigError("No full backup to continue from", fix="run backup_daily_full first")
+        full = fulls[-1]
+        chain = chain_of(full, manifests)
+        parent = chain[-1] if chain else full
+        self.log.warning("!!! %s", WATERMARK_WARNING)
+        dag_run = context["dag_run"]
+        at = getattr(dag_run, "run_after", None) or datetime.now(UTC)
+        backup_id = make_backup_id("incremental", self.dag_id, run_id_of(context), at)
+        tier = policy.tiers.get("incremental")
+        cat.start_backup(
+            backup_id=backup_id,
+            backup_type="incremental",
+            created_by=f"airflow:{self.dag_id}",
+            rule_321=verdict,
+            warnings=[*warnings, WATERMARK_WARNING],
+            retention_until=datetime.now(UTC) + timedelta(days=tier.retention_days if tier else 30),
+            dag_id=self.dag_id,
+            run_id=run_id_of(context),
+            parent_backup_id=parent.backup_id,
+        )
+        ti = context["ti"]
+        ti.xcom_push(key="backup_id", value=backup_id)
+        ti.xcom_push(key="action", value="capture")
+        return {
+            "method": "watermark",
+            "action": "capture",
+            "backup_id": backup_id,
+            "full": full.backup_id,
+            "parent": parent.backup_id,
+            "chain": [full.backup_id, *(m.backup_id for m in chain)],
+            "slot": None,
+            "closing": False,
+            "upto_lsn": None,
+            "captures_deletes": False,
+            "warnings": [*warnings, WATERMARK_WARNING],
+        }
+
 
 class CaptureIncrementalOperator(WedSyncOperator):
     """Capture the chain's pending changes to the primary (pending manifest). Pushes ``manifest_sha256``."""
@@ -191,18 +241,32 @@ class CaptureIncrementalOperator(WedSyncOperator):
         policy = self.policy()
         primary = build_storage(policy.primary)
         parent = _read(primary, self.plan["parent"])
-        manifest = capture_incremental(
-            pg_target(policy.source_conn_id, "source"),
-            primary,
-            keyring(policy.encryption_conn_id),
-            backup_id=self.backup_id,
-            parent=parent,
-            chain=self.plan["chain"],
-            slot=self.plan["slot"],
-            zstd_level=policy.zstd_level,
-            upto_lsn=self.plan.get("upto_lsn"),
-            extra={"dag_id": self.dag_id, "run_id": run_id_of(context), "closes_chain": self.plan["closing"]},
-        )
+        if self.plan.get("method") == "watermark":
+            manifest = capture_watermark(
+                pg_target(policy.source_conn_id, "source"),
+                primary,
+                keyring(policy.encryption_conn_id),
+                backup_id=self.backup_id,
+                parent=parent,
+                chain=self.plan["chain"],
+                column=policy.incremental.watermark_column,
+                exclude_schemas=policy.exclude_schemas,
+                zstd_level=policy.zstd_level,
+                extra={"dag_id": self.dag_id, "run_id": run_id_of(context)},
+            )
+        else:
+            manifest = capture_incremental(
+                pg_target(policy.source_conn_id, "source"),
+                primary,
+                keyring(policy.encryption_conn_id),
+                backup_id=self.backup_id,
+                parent=parent,
+                chain=self.plan["chain"],
+                slot=self.plan["slot"],
+                zstd_level=policy.zstd_level,
+                upto_lsn=self.plan.get("upto_lsn"),
+                extra={"dag_id": self.dag_id, "run_id": run_id_of(context), "closes_chain": self.plan["closing"]},
+            )
         key = pending_manifest_key(self.backup_id)
         data = primary.get_bytes(key if primary.exists(key) else manifest_key(self.backup_id))
         sha = hashlib.sha256(data).hexdigest()
@@ -212,9 +276,10 @@ class CaptureIncrementalOperator(WedSyncOperator):
             "manifest_sha256": sha,
             "changes": manifest.extra["changes"],
             "transactions": manifest.extra["transactions"],
-            "start_lsn": manifest.extra["start_lsn"],
-            "end_lsn": manifest.extra["end_lsn"],
+            "start_lsn": manifest.extra.get("start_lsn"),
+            "end_lsn": manifest.extra.get("end_lsn"),
             "stored_bytes": manifest.stored_bytes,
+            "captures_deletes": manifest.extra.get("captures_deletes", True),
         }
 
 
@@ -244,6 +309,8 @@ class ReleaseSlotOperator(WedSyncOperator):
         manifest = load_pending_manifest(policy, self.backup_id, self.manifest_sha256)
         source = pg_target(policy.source_conn_id, "source")
         slot = self.plan["slot"]
+        if slot is None:  # watermark chain: no slot to move
+            return {"slot": None, "method": "watermark"}
         if self.plan["closing"]:
             drop_slot(source, slot)
             self.log.info(
