@@ -166,6 +166,7 @@ def capture_incremental(
             log.warning("Slot %s is at %s, behind the parent's end %s", slot, start_lsn, expected)
     data_key = keyring.new_data_key(backup_id)
     stats = CaptureStats()
+    sequences = read_sequence_values(source)
     key = f"{backup_prefix(backup_id)}changes.wsb"
     result = encode_to_storage(_peek(source, slot, upto_lsn, stats), storage, key, data_key, zstd_level=zstd_level)
     end_lsn = stats.last_commit_lsn or start_lsn or expected
@@ -203,6 +204,9 @@ def capture_incremental(
             "changes": stats.changes,
             "per_table": stats.per_table,
             "captures_deletes": True,
+            # sequences are not in the change stream: their values now, so a restore never hands out a
+            # number the source already used (even for rows deleted since)
+            "sequences": sequences,
         },
     )
     manifest.mac = data_key.mac(manifest.body_bytes())
@@ -217,6 +221,18 @@ def capture_incremental(
         result.stored_bytes,
     )
     return manifest
+
+
+def read_sequence_values(source: PgTarget) -> dict[str, list[object]]:
+    with source.connect(autocommit=True) as conn:
+        return {
+            name: [int(last), bool(called)]
+            for name, last, called in conn.execute(
+                "SELECT format('%I.%I', schemaname, sequencename), coalesce(last_value, start_value), "
+                "last_value IS NOT NULL FROM pg_sequences "
+                "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+            ).fetchall()
+        }
 
 
 def read_changes(

@@ -166,6 +166,16 @@ def apply_chain(
     result = ApplyResult()
     with target.connect(autocommit=False) as conn:
         conn.execute(STABLE_OUTPUT)
+        # Replay what the source did, not what the target's triggers would do: no BEFORE UPDATE
+        # (updated_at), no FK cascades (the cascaded rows are in the chain as changes of their own).
+        try:
+            conn.execute("SET session_replication_role = replica")
+        except psycopg.errors.InsufficientPrivilege as e:
+            raise IntegrityError(
+                f"Cannot replay changes into {target.label} without firing its triggers",
+                "setting session_replication_role needs a superuser",
+                "restore with a superuser connection (as pg_restore needs for a faithful restore)",
+            ) from e
         conn.commit()
         applier = _Applier(conn)
         for manifest, storage in increments:
@@ -195,10 +205,20 @@ def apply_chain(
     return result
 
 
-def bump_sequences(target: PgTarget) -> list[str]:
-    """Logical decoding carries no sequence changes: move each owned sequence past its column's maximum."""
+def bump_sequences(target: PgTarget, recorded: dict[str, list[object]] | None = None) -> list[str]:
+    """Logical decoding carries no sequence changes: move each sequence past its columns' maximum, and at
+    least to the value the last replayed capture recorded (``recorded``)."""
     bumped = []
     with target.connect(autocommit=False) as conn:
+        for seq, (value, called) in (recorded or {}).items():
+            if not called:
+                continue
+            last, is_called = conn.execute(
+                sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(seq))
+            ).fetchone()
+            if last < int(value) or (last == int(value) and not is_called):
+                conn.execute("SELECT setval(%s::regclass, %s, true)", (seq, int(value)))
+                bumped.append(seq)
         rows = conn.execute(
             """
             SELECT s.oid::regclass::text, t.oid::regclass::text, a.attname
@@ -206,6 +226,14 @@ def bump_sequences(target: PgTarget) -> list[str]:
                                               AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
               JOIN pg_class t ON t.oid = d.refobjid
               JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+             WHERE s.relkind = 'S'
+            UNION  -- sequences no column owns but a column default draws from (nextval in DEFAULT)
+            SELECT s.oid::regclass::text, t.oid::regclass::text, a.attname
+              FROM pg_class s JOIN pg_depend d ON d.refobjid = s.oid AND d.refclassid = 'pg_class'::regclass
+                                              AND d.classid = 'pg_attrdef'::regclass
+              JOIN pg_attrdef ad ON ad.oid = d.objid
+              JOIN pg_class t ON t.oid = ad.adrelid AND t.relkind IN ('r', 'p')
+              JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ad.adnum
              WHERE s.relkind = 'S'
             """
         ).fetchall()
@@ -312,7 +340,10 @@ def restore_to_point(
     full = restore_backup(plan.full, storage, keyring, target, workers=workers)
     try:
         applied = apply_chain(target, [(m, storage) for m in plan.increments], keyring, until=plan.until)
-        bumped = bump_sequences(target)
+        replayed = [m for m in plan.increments if m.backup_id in applied.per_backup]
+        # a capture's recorded values are only safe to use when the replay went all the way through it
+        recorded = replayed[-1].extra.get("sequences") if replayed and applied.stopped_at is None else None
+        bumped = bump_sequences(target, recorded)
     except BaseException:
         reset_target(target, public_state)
         raise

@@ -106,7 +106,8 @@ def wedsync_slots(source: PgTarget) -> list[SlotInfo]:
         names = [
             r[0]
             for r in conn.execute(
-                "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE %s ORDER BY 1",
+                "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE %s "
+                "AND database = current_database() ORDER BY 1",
                 (SLOT_PREFIX + "%",),
             ).fetchall()
         ]
