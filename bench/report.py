@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bench.report_incremental import IncrementalRun
     from bench.run_bench import Measured
 
 RSS_TARGET_MB = 300
@@ -30,6 +31,7 @@ class Report:
     source_counts: dict[str, int]
     restored_counts: dict[str, int]
     settings: dict[str, str]
+    incremental: IncrementalRun | None = None
 
     @property
     def backup_seconds(self) -> float:
@@ -190,6 +192,10 @@ def render(r: Report) -> str:
         )
         out.append("")
     out += _notes(r, backup_ok, restore_ok)
+    if r.incremental is not None:
+        from bench.report_incremental import render_incremental
+
+        out += render_incremental(r.incremental, r)
     return "\n".join(out) + "\n"
 
 

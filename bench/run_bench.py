@@ -32,9 +32,12 @@ if str(REPO_ROOT / "plugins") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "plugins"))
 
 import psycopg  # noqa: E402
+from wedsync_backup.logical.slot import advance_slot, drop_slot, slot_name_for  # noqa: E402
 from wedsync_backup.pg import PgTarget, find_tool  # noqa: E402
 
+from bench.incremental import PgBackRest, PgBackRestUnavailable, apply_workload, content_digest  # noqa: E402
 from bench.report import Report, render  # noqa: E402
+from bench.report_incremental import IncrementalRun  # noqa: E402
 from devstack.demo import create_demo_schema, scale_for_megabytes, seed_demo  # noqa: E402
 from devstack.postgres import Cluster  # noqa: E402
 from devstack.services import GcsEmulator, MotoServer  # noqa: E402
@@ -42,6 +45,11 @@ from devstack.services import GcsEmulator, MotoServer  # noqa: E402
 SOURCE_DB = "wedsync"
 PG_SETTINGS = {"shared_buffers": "512MB", "maintenance_work_mem": "256MB", "max_wal_size": "4GB"}
 BACKUP_ID = "full-20260101T020000Z-bench000"
+INC_ID = "incremental-20260101T031500Z-bench001"
+# archive_mode needs a restart, so it is on from the start; archiving is a no-op (ALTER SYSTEM, so that a later
+# ALTER SYSTEM can hand it to pgBackRest: a -c on the command line would win over both) until pgBackRest's full.
+ARCHIVE_SETTINGS = {"archive_mode": "on"}
+NOOP_ARCHIVE = "/bin/true"
 
 
 @dataclass
@@ -106,12 +114,21 @@ class Bench:
         self.s3: MotoServer | None = None
         self.gcs: GcsEmulator | None = None
         self.cfg_path = self.work / "stage-config.json"
+        self.inc_cfg_path = self.work / "stage-config-incremental.json"
+        self.backrest: PgBackRest | None = None
+        self.settings = {**PG_SETTINGS, **(ARCHIVE_SETTINGS if args.incremental else {})}
+        self.shown_settings = dict(self.settings)
+        if args.incremental:
+            self.shown_settings["archive_command"] = f"{NOOP_ARCHIVE} (pgBackRest archive-push from its full on)"
 
     # --- set-up ----------------------------------------------------------------------------------
     def start(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
         self.logs.mkdir(parents=True)
-        self.cluster = Cluster(self.work / "pg" / "data", settings=dict(PG_SETTINGS)).start()
+        self.cluster = Cluster(self.work / "pg" / "data", settings=dict(self.settings)).start()
+        if self.args.incremental:
+            self.sql("postgres", f"ALTER SYSTEM SET archive_command = '{NOOP_ARCHIVE}'")
+            self.sql("postgres", "SELECT pg_reload_conf()")
         self.s3 = MotoServer().start()
         self.gcs = GcsEmulator().start()
         self.s3.create_bucket("wedsync-bench-s3")
@@ -126,6 +143,7 @@ class Bench:
             "s3_endpoint": self.s3.endpoint,
             "s3_bucket": "wedsync-bench-s3",
             "gcs_bucket": "wedsync-bench-gcs",
+            "slot": slot_name_for(BACKUP_ID) if self.args.incremental else None,
         }
         self.cfg_path.write_text(json.dumps(cfg))
         self.stage_env = {**os.environ, **self.gcs.env()}
@@ -174,10 +192,13 @@ class Bench:
         self.checkpoint()
         return run_one(f"{name} {' '.join(args[:2])}", cmd, self.target(dbname).env(), self.logs)
 
-    def stage(self, stage: str, target: str | None = None) -> tuple[str, list[str], dict[str, str]]:
-        name = f"{stage}-{target}" if target else stage
+    def stage(
+        self, stage: str, target: str | None = None, *, inc: bool = False
+    ) -> tuple[str, list[str], dict[str, str]]:
+        name = ("inc-" if inc else "") + (f"{stage}-{target}" if target else stage)
         out = self.work / f"{name}.json"
-        cmd = [sys.executable, "-m", "bench.stages", stage, str(self.cfg_path), str(out)]
+        cfg = self.inc_cfg_path if inc else self.cfg_path
+        cmd = [sys.executable, "-m", "bench.stages", stage, str(cfg), str(out)]
         return name, [*cmd, *([target] if target else [])], self.stage_env
 
     def stage_results(self, m: Measured) -> Measured:
@@ -185,23 +206,97 @@ class Bench:
             p.result = json.loads((self.work / f"{p.name}.json").read_text())
         return m
 
-    def our_backup(self) -> list[Measured]:
+    def our_backup(self, *, inc: bool = False) -> list[Measured]:
+        """The DAG's stages: export (or, for the incremental, capture) -> replicate x2 -> verify x3 -> commit."""
         self.checkpoint()
-        export = self.stage_results(run_one(*self.stage("export"), self.logs))
+        first = "capture" if inc else "export"
+        export = self.stage_results(run_one(*self.stage(first, inc=inc), self.logs))
         replicate = self.stage_results(
             group(
                 "replicate S3 || GCS",
-                run_parallel([self.stage("replicate", "secondary"), self.stage("replicate", "offsite")], self.logs),
+                run_parallel(
+                    [self.stage("replicate", "secondary", inc=inc), self.stage("replicate", "offsite", inc=inc)],
+                    self.logs,
+                ),
             )
         )
         verify = self.stage_results(
             group(
                 "verify x3 (parallel)",
-                run_parallel([self.stage("verify", t) for t in ("primary", "secondary", "offsite")], self.logs),
+                run_parallel(
+                    [self.stage("verify", t, inc=inc) for t in ("primary", "secondary", "offsite")], self.logs
+                ),
             )
         )
-        commit = self.stage_results(run_one(*self.stage("commit"), self.logs))
+        commit = self.stage_results(run_one(*self.stage("commit", inc=inc), self.logs))
         return [export, replicate, verify, commit]
+
+    # --- the incremental tier --------------------------------------------------------------------
+    def backrest_full(self, inc: IncrementalRun) -> None:
+        """Hand WAL archiving to pgBackRest and take its full backup; any failure is recorded, not raised."""
+        assert self.cluster is not None
+        br = PgBackRest(self.work, self.cluster.datadir, self.cluster.port, self.cluster.socket_dir)
+        try:
+            br.configure()
+            self.sql("postgres", f"ALTER SYSTEM SET archive_command = '{br.archive_command()}'")
+            self.sql("postgres", "SELECT pg_reload_conf()")
+            time.sleep(1)
+            br.run("stanza-create")
+            br.run("check")
+            inc.backrest_version = br.version()
+            self.checkpoint()
+            inc.backrest_full = br.backup("full", repo=1)
+            inc.backrest_block_full = br.backup("full", repo=2)
+            self.backrest = br
+        except PgBackRestUnavailable as e:
+            inc.backrest_skipped = str(e)
+            self.sql("postgres", f"ALTER SYSTEM SET archive_command = '{NOOP_ARCHIVE}'")
+            self.sql("postgres", "SELECT pg_reload_conf()")
+
+    def incremental(self) -> IncrementalRun:
+        """After our full (which created the chain's slot): pgBackRest full, the changes, our incremental,
+        pgBackRest incr. The slot is advanced (as release_slot does) and then dropped: the bench needs no
+        further incremental, and a slot would keep every later restore's WAL on disk."""
+        inc = IncrementalRun()
+        self.backrest_full(inc)
+        if self.backrest:
+            f, fb = inc.backrest_full, inc.backrest_block_full
+            print(f"pgBackRest full: {f.seconds:.1f} s, block: {fb.seconds:.1f} s", flush=True)  # type: ignore[union-attr]
+        inc.workload = apply_workload(self.target(SOURCE_DB))
+        print(
+            f"changes: {sum(inc.workload.updated.values()):,} updated, {sum(inc.workload.deleted.values()):,} "
+            f"deleted in {inc.workload.seconds:.1f} s",
+            flush=True,
+        )
+        cfg = json.loads(self.cfg_path.read_text())
+        cfg.update(backup_id=INC_ID, full_id=BACKUP_ID, until=inc.workload.until, restore_db="restore_pitr")
+        self.inc_cfg_path.write_text(json.dumps(cfg))
+        inc.stages = self.our_backup(inc=True)
+        print("incremental: " + ", ".join(f"{s.name} {s.seconds:.1f} s" for s in inc.stages), flush=True)
+        src = self.target(SOURCE_DB)
+        advance_slot(src, cfg["slot"], inc.stages[0].result["end_lsn"])
+        drop_slot(src, cfg["slot"])
+        if self.backrest:
+            try:
+                self.checkpoint()
+                inc.backrest_incr = self.backrest.backup("incr", repo=1)
+                self.checkpoint()
+                inc.backrest_block_incr = self.backrest.backup("incr", repo=2)
+                inc.backrest_archive_bytes = self.backrest.archive_bytes()
+                print(f"pgBackRest incr: {inc.backrest_incr.seconds:.1f} s", flush=True)
+            except PgBackRestUnavailable as e:
+                inc.backrest_skipped = str(e)
+        return inc
+
+    def pitr(self, inc: IncrementalRun) -> None:
+        self.sql("postgres", 'CREATE DATABASE "restore_pitr"')
+        self.checkpoint()
+        inc.pitr = self.stage_results(run_one(*self.stage("pitr", "primary", inc=True), self.logs))
+        print(f"PITR restore: {inc.pitr.seconds:.1f} s {inc.pitr.result}", flush=True)
+        t = time.monotonic()
+        inc.source_digest = content_digest(self.target(SOURCE_DB))
+        inc.pitr_digest = content_digest(self.target("restore_pitr"))
+        inc.digest_seconds = time.monotonic() - t
 
     def our_restore(self) -> Measured:
         self.sql("postgres", 'CREATE DATABASE "restore_ours"')
@@ -245,13 +340,19 @@ class Bench:
         print(f"pg_dump -Fd -j2: {dump_fd.seconds:.1f} s", flush=True)
         stages = self.our_backup()
         print("ours: " + ", ".join(f"{s.name} {s.seconds:.1f} s" for s in stages), flush=True)
+        src_counts = self.row_counts(SOURCE_DB)  # what the full holds (before any incremental change)
+        inc = self.incremental() if self.args.incremental else None
         rest_fd = self.pg_restore("restore_fd", fd, "directory")
         print(f"pg_restore -j2 (-Fd): {rest_fd.seconds:.1f} s", flush=True)
         rest_fc = self.pg_restore("restore_fc", fc, "custom")
         print(f"pg_restore -j2 (-Fc): {rest_fc.seconds:.1f} s", flush=True)
         rest_ours = self.our_restore()
         print(f"our restore: {rest_ours.seconds:.1f} s", flush=True)
-        src_counts, our_counts = self.row_counts(SOURCE_DB), self.row_counts("restore_ours")
+        our_counts = self.row_counts("restore_ours")
+        if inc is not None:
+            # Measured: drop it now, or autovacuum of its freshly loaded tables would slow the PITR restore.
+            self.sql("postgres", 'DROP DATABASE "restore_ours"')
+            self.pitr(inc)
         versions = {
             "server": self.sql("postgres", "SELECT version()")[0][0],
             "pg_dump": subprocess.run(
@@ -273,7 +374,8 @@ class Bench:
             restore_ours=rest_ours,
             source_counts=src_counts,
             restored_counts=our_counts,
-            settings=PG_SETTINGS,
+            settings=self.shown_settings,
+            incremental=inc,
         )
 
 
@@ -301,6 +403,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work", default=str(REPO_ROOT / "bench" / "work"), help="scratch directory")
     p.add_argument("--results", default=str(REPO_ROOT / "bench" / "RESULTS.md"), help="report file ('' = none)")
     p.add_argument("--keep", action="store_true", help="keep bench/work (dumps, backup, logs) afterwards")
+    p.add_argument(
+        "--no-incremental",
+        dest="incremental",
+        action="store_false",
+        help="skip the incremental tier (changes, incremental, pgBackRest, point-in-time restore)",
+    )
     args = p.parse_args(argv)
     given = list(argv if argv is not None else sys.argv[1:])
     args.command = ".venv/bin/python -m bench.run_bench " + shlex.join(given)
@@ -313,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if args.results:
         Path(args.results).write_text(text)
-    return 0 if report.fidelity_ok else 1
+    return 0 if report.fidelity_ok and (report.incremental is None or report.incremental.fidelity_ok) else 1
 
 
 if __name__ == "__main__":
