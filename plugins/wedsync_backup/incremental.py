@@ -19,7 +19,7 @@ from typing import Any
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.export import pending_manifest_key
-from wedsync_backup.logical.decoding import Begin, Change, Commit, parse_line
+from wedsync_backup.logical.decoding import Begin, Change, Commit, change_head, parse_line
 from wedsync_backup.logical.slot import DECODING_OPTIONS, STABLE_OUTPUT, slot_info
 from wedsync_backup.manifest import Manifest, backup_prefix, manifest_key
 from wedsync_backup.pg import PgTarget
@@ -76,17 +76,20 @@ class CaptureStats:
     per_table: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def see(self, lsn: str, xid: str, data: str) -> None:
-        ev = parse_line(data)
-        if isinstance(ev, Commit):
+        """Count a captured line. Only its head is parsed: the values are parsed at restore time."""
+        if data.startswith("COMMIT "):
+            ev = parse_line(data)
+            assert isinstance(ev, Commit)
             self.transactions += 1
             at = ev.at.astimezone(UTC).isoformat()
             self.first_commit = self.first_commit or at
             self.last_commit, self.last_commit_lsn, self.last_xid = at, lsn, xid
-        elif isinstance(ev, Change):
+        elif data.startswith("table "):
             self.changes += 1
-            for schema, table in ev.tables:
+            tables, op = change_head(data)
+            for schema, table in tables:
                 counts = self.per_table.setdefault(f"{schema}.{table}", {})
-                counts[ev.op.lower()] = counts.get(ev.op.lower(), 0) + 1
+                counts[op] = counts.get(op, 0) + 1
 
 
 def _peek(source: PgTarget, slot: str, upto_lsn: str, stats: CaptureStats) -> Iterator[bytes]:

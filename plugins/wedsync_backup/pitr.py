@@ -8,6 +8,7 @@ stops with an error (the caller then puts the target back as it was): the result
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -24,6 +25,7 @@ from wedsync_backup.pg import PgTarget
 from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
+PIPELINE_BATCH = 1000
 
 
 @dataclass
@@ -32,6 +34,7 @@ class _Table:
     generated: set[str]
     identity_always: set[str]
     key: list[str]  # primary key (or replica identity index) columns; empty: match the whole old row
+    indexed: dict[str, str] = field(default_factory=dict)  # leading btree index columns -> their type
 
 
 @dataclass
@@ -47,6 +50,14 @@ class _Applier:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self.tables: dict[tuple[str, str], _Table] = {}
+        self._sql: dict[tuple[object, ...], str] = {}
+
+    def _stmt(self, key: tuple[object, ...], build: Callable[[], sql.Composable]) -> str:
+        """Composing SQL is slow in Python: each statement shape is composed once, then reused."""
+        text = self._sql.get(key)
+        if text is None:
+            text = self._sql[key] = build().as_string(self.conn)
+        return text
 
     def table(self, schema: str, name: str) -> _Table:
         key = (schema, name)
@@ -62,7 +73,12 @@ class _Applier:
                           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
                          WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident)
                            AND c.relreplident <> 'f'
-                         ORDER BY array_position(i.indkey, a.attnum))
+                         ORDER BY array_position(i.indkey, a.attnum)),
+                  ARRAY(SELECT DISTINCT a.attname::text || ' ' || format_type(a.atttypid, a.atttypmod)
+                          FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                          JOIN pg_am am ON am.oid = ic.relam AND am.amname = 'btree'
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                         WHERE i.indrelid = c.oid)
                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = %s AND c.relname = %s
                 """,
@@ -74,10 +90,14 @@ class _Applier:
                     "the schema changed inside this chain",
                     "restore to a point before the change, or from the full backup taken after it",
                 )
-            self.tables[key] = _Table(sql.Identifier(schema, name), set(row[1]), set(row[2]), list(row[3]))
+            indexed = dict(x.split(" ", 1) for x in row[4])
+            self.tables[key] = _Table(sql.Identifier(schema, name), set(row[1]), set(row[2]), list(row[3]), indexed)
         return self.tables[key]
 
-    def _where(self, t: _Table, change: Change) -> tuple[sql.Composable, list[object]]:
+    def _where(
+        self, t: _Table, change: Change
+    ) -> tuple[tuple[object, ...], Callable[[], sql.Composable], list[object]]:
+        """(shape key, condition builder, parameters) locating the row a change touched."""
         if not t.key and not change.old:
             raise IntegrityError(
                 f"A captured {change.op} on {change.table[0]}.{change.table[1]} does not say which row it changed",
@@ -86,16 +106,30 @@ class _Applier:
             )
         source = change.old or change.new
         if t.key and all(k in source for k in t.key):
-            cond = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in t.key)
-            return cond, [source[k] for k in t.key]
+            keys = t.key
+            return (
+                ("key", *keys),
+                lambda: sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in keys),
+                [source[k] for k in keys],
+            )
         cols = [c for c, v in source.items() if v is not UNCHANGED_TOAST and c not in t.generated]
-        inner = sql.SQL(" AND ").join(
-            sql.SQL("{}::text IS NOT DISTINCT FROM %s").format(sql.Identifier(c)) for c in cols
-        )
-        cond = sql.SQL("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)").format(t.ident, inner)
-        return cond, [source[c] for c in cols]
+        # Exact match on the text of every column, plus a typed equality on indexed columns so the lookup
+        # uses an index instead of scanning a table that has no key.
+        hints = [c for c in cols if c in t.indexed and source[c] is not None]
 
-    def apply(self, change: Change, lsn: str) -> None:
+        def build() -> sql.Composable:
+            inner = sql.SQL(" AND ").join(
+                [
+                    *(sql.SQL("{} = %s::{}").format(sql.Identifier(c), sql.SQL(t.indexed[c])) for c in hints),
+                    *(sql.SQL("{}::text IS NOT DISTINCT FROM %s").format(sql.Identifier(c)) for c in cols),
+                ]
+            )
+            return sql.SQL("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)").format(t.ident, inner)
+
+        return ("row", *hints, "|", *cols), build, [*(source[c] for c in hints), *(source[c] for c in cols)]
+
+    def apply(self, change: Change, lsn: str) -> tuple[psycopg.Cursor, Change, str] | None:
+        """Send the statement; UPDATE/DELETE return what to check once the pipeline has the results."""
         if change.op == "TRUNCATE":
             idents = [self.table(s, n).ident for s, n in change.tables]
             stmt = sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(idents))
@@ -104,7 +138,7 @@ class _Applier:
             if "cascade" in change.flags:
                 stmt += sql.SQL(" CASCADE")
             self.conn.execute(stmt)
-            return
+            return None
         t = self.table(*change.table)
         if change.op == "UPSERT":  # watermark captures: the row as it is now, inserted or overwritten
             cols = [c for c in change.new if c not in t.generated]
@@ -121,17 +155,20 @@ class _Applier:
                 else sql.SQL("NOTHING"),
             )
             self.conn.execute(stmt, [change.new[c] for c in cols])
-            return
+            return None
         if change.op == "INSERT":
             cols = [c for c in change.new if c not in t.generated]
-            stmt = sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})").format(
-                t.ident,
-                sql.SQL(", ").join(map(sql.Identifier, cols)),
-                sql.SQL(", ").join([sql.Placeholder()] * len(cols)),
+            stmt = self._stmt(
+                ("I", change.table, *cols),
+                lambda: sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({})").format(
+                    t.ident,
+                    sql.SQL(", ").join(map(sql.Identifier, cols)),
+                    sql.SQL(", ").join([sql.Placeholder()] * len(cols)),
+                ),
             )
             self.conn.execute(stmt, [change.new[c] for c in cols])
-            return
-        where, params = self._where(t, change)
+            return None
+        where_key, where_sql, params = self._where(t, change)
         if change.op == "UPDATE":
             sets = [
                 c
@@ -139,13 +176,27 @@ class _Applier:
                 if v is not UNCHANGED_TOAST and c not in t.generated and c not in t.identity_always
             ]
             if not sets:
-                return
-            stmt = sql.SQL("UPDATE {} SET {} WHERE {}").format(
-                t.ident, sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in sets), where
+                return None
+            stmt = self._stmt(
+                ("U", change.table, *sets, where_key),
+                lambda: sql.SQL("UPDATE {} SET {} WHERE {}").format(
+                    t.ident,
+                    sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in sets),
+                    where_sql(),
+                ),
             )
             cur = self.conn.execute(stmt, [*(change.new[c] for c in sets), *params])
         else:
-            cur = self.conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(t.ident, where), params)
+            stmt = self._stmt(
+                ("D", change.table, where_key),
+                lambda: sql.SQL("DELETE FROM {} WHERE {}").format(t.ident, where_sql()),
+            )
+            cur = self.conn.execute(stmt, params)
+        return cur, change, lsn
+
+
+def _check(pending: list[tuple[psycopg.Cursor, Change, str]]) -> None:
+    for cur, change, lsn in pending:
         if cur.rowcount != 1:
             raise IntegrityError(
                 f"The captured {change.op} at LSN {lsn} on {change.table[0]}.{change.table[1]} matched "
@@ -153,6 +204,7 @@ class _Applier:
                 "the restored data does not match what the chain was captured from",
                 "restore from another target; if it happens there too, report it",
             )
+    pending.clear()
 
 
 def apply_chain(
@@ -178,30 +230,45 @@ def apply_chain(
             ) from e
         conn.commit()
         applier = _Applier(conn)
-        for manifest, storage in increments:
-            n = pending = 0
-            for lsn, _xid, ev in read_changes(manifest, storage, keyring):
-                if isinstance(ev, Begin):
-                    pending = 0
-                    continue
-                if isinstance(ev, Message):
-                    continue
-                if isinstance(ev, Commit):
-                    if until is not None and ev.at > until:
-                        conn.rollback()
-                        result.stopped_at = ev.at.isoformat()
-                        result.per_backup[manifest.backup_id] = n
-                        return result
-                    conn.commit()
-                    result.transactions += 1
-                    result.changes += pending
-                    n += pending
-                    result.last_commit = ev.at.isoformat()
-                    continue
-                applier.apply(ev, lsn)
-                pending += 1
-            conn.rollback()  # nothing uncommitted may survive the end of an increment
-            result.per_backup[manifest.backup_id] = n
+        checks: list[tuple[psycopg.Cursor, Change, str]] = []
+        # Pipeline mode: statements stream to the server without a round trip each; row counts are
+        # checked at every sync (each commit, and every PIPELINE_BATCH statements).
+        with conn.pipeline() as pipe:
+            for manifest, storage in increments:
+                n = pending = 0
+                for lsn, _xid, ev in read_changes(manifest, storage, keyring):
+                    if isinstance(ev, Begin):
+                        pending = 0
+                        continue
+                    if isinstance(ev, Message):
+                        continue
+                    if isinstance(ev, Commit):
+                        if until is not None and ev.at > until:
+                            pipe.sync()
+                            checks.clear()
+                            conn.rollback()
+                            result.stopped_at = ev.at.isoformat()
+                            result.per_backup[manifest.backup_id] = n
+                            return result
+                        pipe.sync()
+                        _check(checks)
+                        conn.commit()
+                        result.transactions += 1
+                        result.changes += pending
+                        n += pending
+                        result.last_commit = ev.at.isoformat()
+                        continue
+                    check = applier.apply(ev, lsn)
+                    if check is not None:
+                        checks.append(check)
+                        if len(checks) >= PIPELINE_BATCH:
+                            pipe.sync()
+                            _check(checks)
+                    pending += 1
+                pipe.sync()
+                checks.clear()
+                conn.rollback()  # nothing uncommitted may survive the end of an increment
+                result.per_backup[manifest.backup_id] = n
     return result
 
 

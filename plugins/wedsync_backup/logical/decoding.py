@@ -123,6 +123,23 @@ def _columns(s: str, i: int, stop: str | None = None) -> tuple[dict[str, object]
     return cols, i
 
 
+def change_head(line: str) -> tuple[list[tuple[str, str]], str]:
+    """The tables and the operation of a change line, without parsing its values (cheap, for counting)."""
+    try:
+        i, tables = 6, []
+        while True:
+            t, i = _qualified(line, i)
+            tables.append(t)
+            if line.startswith(", ", i):
+                i += 2
+                continue
+            break
+        op = line[i + 2 : line.index(":", i + 2)]
+        return tables, op.lower()
+    except (ValueError, IndexError) as e:
+        raise _fail(line, str(e)) from e
+
+
 def parse_line(line: str) -> Change | Begin | Commit | Message:
     try:
         if line.startswith("message: "):
