@@ -29,10 +29,10 @@ from wedsync_backup.manifest import (
     TableEntry,
     backup_prefix,
     content_checksum,
-    manifest_key,
 )
 from wedsync_backup.pg import PgTarget, find_tool, qualified, quote_ident, server_major
 from wedsync_backup.pipeline import EncodeResult, encode_to_storage
+from wedsync_backup.repository import begin_attempt
 from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -285,14 +285,9 @@ def run_export(
     that is already committed is returned as it is.
     """
     options = options or ExportOptions()
-    committed = manifest_key(backup_id)
-    if storage.exists(committed):
-        log.info("Backup %s is already committed on %s; nothing to export", backup_id, storage.name)
-        return Manifest.from_bytes(storage.get_bytes(committed), source=f"manifest on {storage.name}")
-    leftovers = [o.key for o in storage.list(backup_prefix(backup_id))]
-    if leftovers:
-        log.info("Removing %d objects of an earlier attempt of %s", len(leftovers), backup_id)
-        storage.delete(leftovers)
+    done = begin_attempt(storage, backup_id)
+    if done is not None:
+        return done
 
     data_key = keyring.new_data_key(backup_id)
     with exported_snapshot(source, options.slot) as (holder, point):

@@ -21,9 +21,10 @@ from wedsync_backup.errors import IntegrityError
 from wedsync_backup.export import pending_manifest_key
 from wedsync_backup.logical.decoding import Begin, Change, Commit, change_head, parse_line
 from wedsync_backup.logical.slot import DECODING_OPTIONS, STABLE_OUTPUT, slot_info
-from wedsync_backup.manifest import Manifest, backup_prefix, manifest_key
+from wedsync_backup.manifest import Manifest, backup_prefix
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pipeline import decode_from_storage, encode_to_storage
+from wedsync_backup.repository import begin_attempt
 from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -133,12 +134,9 @@ def capture_incremental(
     ``parent`` is the previous backup of the chain (the full, or the last incremental); ``chain`` lists the
     chain's backup ids from the full on, this one excluded.
     """
-    committed = manifest_key(backup_id)
-    if storage.exists(committed):
-        return Manifest.from_bytes(storage.get_bytes(committed), source=f"manifest on {storage.name}")
-    leftovers = [o.key for o in storage.list(backup_prefix(backup_id))]
-    if leftovers:
-        storage.delete(leftovers)
+    done = begin_attempt(storage, backup_id)
+    if done is not None:
+        return done
     info = slot_info(source, slot)
     if info is None:
         raise IntegrityError(

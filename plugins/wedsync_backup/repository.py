@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from wedsync_backup.errors import IntegrityError, StorageError
-from wedsync_backup.manifest import Manifest, manifest_key
+from wedsync_backup.manifest import Manifest, backup_prefix, manifest_key
 from wedsync_backup.storage.base import Storage
 
+log = logging.getLogger(__name__)
 _MANIFEST = re.compile(r"^backups/([^/]+)/manifest\.json$")
 
 
@@ -36,3 +38,20 @@ def committed_manifests(storage: Storage) -> list[Manifest]:
         except IntegrityError:
             continue  # an unreadable manifest does not hide the others
     return out
+
+
+def begin_attempt(storage: Storage, backup_id: str) -> Manifest | None:
+    """Start (or restart) writing a backup: its committed manifest if it is already done, else None.
+
+    What an earlier, interrupted attempt of the same backup left behind is removed first, so a retry
+    never mixes objects of two attempts.
+    """
+    committed = manifest_key(backup_id)
+    if storage.exists(committed):
+        log.info("Backup %s is already committed on %s", backup_id, storage.name)
+        return Manifest.from_bytes(storage.get_bytes(committed), source=f"manifest on {storage.name}")
+    leftovers = [o.key for o in storage.list(backup_prefix(backup_id))]
+    if leftovers:
+        log.info("Removing %d objects of an earlier attempt of %s", len(leftovers), backup_id)
+        storage.delete(leftovers)
+    return None

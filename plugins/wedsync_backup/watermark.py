@@ -17,9 +17,10 @@ from typing import Any
 
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.export import SYSTEM_SCHEMA_FILTER, pending_manifest_key
-from wedsync_backup.manifest import Manifest, backup_prefix, manifest_key
+from wedsync_backup.manifest import Manifest, backup_prefix
 from wedsync_backup.pg import PgTarget, qualified, quote_ident
 from wedsync_backup.pipeline import encode_to_storage
+from wedsync_backup.repository import begin_attempt
 from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -101,12 +102,9 @@ def capture_watermark(
     extra: dict[str, Any] | None = None,
 ) -> Manifest:
     """Capture rows changed since the parent's watermark into a new incremental (pending manifest)."""
-    committed = manifest_key(backup_id)
-    if storage.exists(committed):
-        return Manifest.from_bytes(storage.get_bytes(committed), source=f"manifest on {storage.name}")
-    leftovers = [o.key for o in storage.list(backup_prefix(backup_id))]
-    if leftovers:
-        storage.delete(leftovers)
+    done = begin_attempt(storage, backup_id)
+    if done is not None:
+        return done
     prev = datetime.fromisoformat(parent.extra.get("watermark") or parent.consistent_point["time"])
     info: dict[str, Any] = {}
     data_key = keyring.new_data_key(backup_id)

@@ -1,6 +1,6 @@
 """Export from one consistent snapshot against a real PostgreSQL: coverage, order, parts, secrecy, retries.
 
-The source database helpers at the top (``source_db``, ``db_state``, ``schema_dump``...) are shared with the
+The source database helpers at the top (``source_db``, ``db_state``...) are shared with the
 restore, verify and replicate tests, which import them from here.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import struct
-import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -116,19 +115,6 @@ def source_db(pg_cluster: Cluster) -> Iterator[str]:
     pg_cluster.psql(dbname=name, input=SOURCE_SQL)
     yield name
     pg_cluster.psql("-c", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def schema_dump(cluster: Cluster, dbname: str) -> str:
-    """``pg_dump --schema-only`` without the random ``\\restrict`` lines newer pg_dumps add."""
-    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(cluster.port), "PGUSER": cluster.user}
-    out = subprocess.run(
-        [str(cluster.bindir / "pg_dump"), "--schema-only", "-d", dbname],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    ).stdout
-    return "\n".join(line for line in out.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
 
 
 def db_state(cluster: Cluster, dbname: str) -> tuple[dict[str, list[str]], dict[str, tuple[int, bool]]]:

@@ -18,13 +18,13 @@ from wedsync_backup.restore import plan_restore, restore_backup, target_contents
 from wedsync_backup.storage.local import LocalStorage
 
 from devstack.postgres import Cluster
+from tests.fixtures.airflow import schema_dump
 from tests.wedsync_backup.test_export import (
     MARKER,
     db_state,
     flip_body_byte,
     local_store,
     pg_target,
-    schema_dump,
     source_db,  # noqa: F401 - fixture
 )
 

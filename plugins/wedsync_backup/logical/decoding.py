@@ -60,18 +60,23 @@ def _fail(line: str, why: str) -> IntegrityError:
     )
 
 
+def _quoted(s: str, i: int, q: str) -> tuple[str, int]:
+    """A ``q``-quoted token starting at s[i] (a doubled quote stands for one); returns (text, end)."""
+    out, i = [], i + 1
+    while True:
+        j = s.index(q, i)
+        out.append(s[i:j])
+        if j + 1 < len(s) and s[j + 1] == q:
+            out.append(q)
+            i = j + 2
+            continue
+        return "".join(out), j + 1
+
+
 def _ident(s: str, i: int) -> tuple[str, int]:
     """An identifier as quote_identifier prints it, starting at s[i]; returns (name, index after it)."""
     if s[i] == '"':
-        out, i = [], i + 1
-        while True:
-            j = s.index('"', i)
-            out.append(s[i:j])
-            if j + 1 < len(s) and s[j + 1] == '"':
-                out.append('"')
-                i = j + 2
-                continue
-            return "".join(out), j + 1
+        return _quoted(s, i, '"')
     j = i
     while j < len(s) and s[j] not in ".[,: ":
         j += 1
@@ -94,15 +99,7 @@ def _value(s: str, i: int) -> tuple[object, int]:
     if s[i] == "B" and i + 1 < len(s) and s[i + 1] == "'":  # bit strings: B'0101'
         i += 1
     if s[i] == "'":
-        out, i = [], i + 1
-        while True:
-            j = s.index("'", i)
-            out.append(s[i:j])
-            if j + 1 < len(s) and s[j + 1] == "'":
-                out.append("'")
-                i = j + 2
-                continue
-            return "".join(out), j + 1
+        return _quoted(s, i, "'")
     j = s.find(" ", i)
     j = len(s) if j < 0 else j
     return s[i:j], j
