@@ -20,8 +20,12 @@ if str(REPO_ROOT / "plugins") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "plugins"))
 
 from wedsync_backup.crypto import Keyring  # noqa: E402
-from wedsync_backup.export import ExportOptions, pending_manifest_key, run_export  # noqa: E402
-from wedsync_backup.manifest import Manifest, manifest_key  # noqa: E402
+from wedsync_backup.export import ExportOptions, run_export  # noqa: E402
+from wedsync_backup.manifest import (  # noqa: E402
+    Manifest,
+    manifest_key,
+    pending_manifest_key,
+)
 from wedsync_backup.pg import PgTarget  # noqa: E402
 from wedsync_backup.storage.base import Storage  # noqa: E402
 

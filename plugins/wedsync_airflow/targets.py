@@ -52,14 +52,11 @@ def _local(target: TargetPolicy) -> Storage:
     return LocalStorage(path, name=target.name, medium=target.medium, site=target.site, conn_id=target.conn_id)
 
 
-def _s3(target: TargetPolicy) -> Storage:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-    from wedsync_backup.storage.s3 import S3Storage
-
-    get_connection(target.conn_id, target.name)  # S3Hook would silently fall back to default credentials
-    client = _client(target, lambda: S3Hook(aws_conn_id=target.conn_id).get_conn())
-    return S3Storage(
-        client,
+def _bucket(target: TargetPolicy, make_client: Any, storage_class: type[Storage]) -> Storage:
+    # Look the connection up first: without it S3Hook would silently fall back to default credentials.
+    get_connection(target.conn_id, target.name)
+    return storage_class(
+        _client(target, make_client),
         target.bucket or "",
         target.prefix,
         name=target.name,
@@ -67,23 +64,20 @@ def _s3(target: TargetPolicy) -> Storage:
         site=target.site,
         conn_id=target.conn_id,
     )
+
+
+def _s3(target: TargetPolicy) -> Storage:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from wedsync_backup.storage.s3 import S3Storage
+
+    return _bucket(target, lambda: S3Hook(aws_conn_id=target.conn_id).get_conn(), S3Storage)
 
 
 def _gcs(target: TargetPolicy) -> Storage:
     from airflow.providers.google.cloud.hooks.gcs import GCSHook
     from wedsync_backup.storage.gcs import GCSStorage
 
-    get_connection(target.conn_id, target.name)
-    client = _client(target, lambda: GCSHook(gcp_conn_id=target.conn_id).get_conn())
-    return GCSStorage(
-        client,
-        target.bucket or "",
-        target.prefix,
-        name=target.name,
-        medium=target.medium,
-        site=target.site,
-        conn_id=target.conn_id,
-    )
+    return _bucket(target, lambda: GCSHook(gcp_conn_id=target.conn_id).get_conn(), GCSStorage)
 
 
 _BUILDERS = {"local": _local, "s3": _s3, "gcs": _gcs}

@@ -148,6 +148,10 @@ class DataKey:
     def subkey(self, purpose: str, salt: bytes = b"") -> bytes:
         return HKDF(hashes.SHA256(), 32, salt or None, f"wsb1|{purpose}".encode()).derive(self.key)
 
+    def manifest_section(self) -> dict[str, object]:
+        """The manifest's ``encryption`` section: algorithm, key id and the wrapped key (no secret)."""
+        return {"algorithm": ALGORITHM, "key_id": self.key_id, "wrapped_key": self.wrapped, "chunk_size": DEFAULT_CHUNK}
+
     def mac(self, data: bytes) -> str:
         """MAC for small metadata (the manifest) under this backup's data key."""
         return hmac.new(self.subkey("manifest"), data, hashlib.sha256).hexdigest()

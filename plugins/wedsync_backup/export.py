@@ -32,7 +32,7 @@ from wedsync_backup.manifest import (
 )
 from wedsync_backup.pg import PgTarget, find_tool, qualified, quote_ident, server_major
 from wedsync_backup.pipeline import EncodeResult, encode_to_storage
-from wedsync_backup.repository import begin_attempt
+from wedsync_backup.repository import begin_attempt, seal_pending
 from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,6 @@ SYSTEM_SCHEMA_FILTER = (
     "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass "
     "AND d.objid = c.oid AND d.deptype = 'e')"
 )
-
-
-def pending_manifest_key(backup_id: str) -> str:
-    """Where the export leaves the manifest until every copy is verified and it can be committed."""
-    return f"{backup_prefix(backup_id)}manifest.pending.json"
 
 
 @dataclass(frozen=True)
@@ -342,12 +337,7 @@ def run_export(
             "label": source.label,
         },
         consistent_point={**point.as_dict(), **({"slot": options.slot} if options.slot else {})},
-        encryption={
-            "algorithm": "AES-256-GCM",
-            "key_id": data_key.key_id,
-            "wrapped_key": data_key.wrapped,
-            "chunk_size": 1 << 20,
-        },
+        encryption=data_key.manifest_section(),
         compression={"algorithm": "zstd", "level": options.zstd_level},
         schema={
             "object": schema_result.stored_object().__dict__,
@@ -361,8 +351,7 @@ def run_export(
         parent_backup_id=parent_backup_id,
         extra=dict(extra or {}),
     )
-    manifest.mac = data_key.mac(manifest.body_bytes())
-    storage.put_bytes(pending_manifest_key(backup_id), manifest.to_bytes())
+    seal_pending(storage, manifest, data_key)
     log.info(
         "Exported %s: %d rows, %d bytes plaintext, %d bytes stored",
         backup_id,

@@ -18,13 +18,12 @@ from typing import Any
 
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
-from wedsync_backup.export import pending_manifest_key
 from wedsync_backup.logical.decoding import Begin, Change, Commit, change_head, parse_line
 from wedsync_backup.logical.slot import DECODING_OPTIONS, STABLE_OUTPUT, slot_info
 from wedsync_backup.manifest import Manifest, backup_prefix
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pipeline import decode_from_storage, encode_to_storage
-from wedsync_backup.repository import begin_attempt
+from wedsync_backup.repository import begin_attempt, seal_pending
 from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -182,12 +181,7 @@ def capture_incremental(
             "txid_snapshot": stats.last_xid,
             "slot": slot,
         },
-        encryption={
-            "algorithm": "AES-256-GCM",
-            "key_id": data_key.key_id,
-            "wrapped_key": data_key.wrapped,
-            "chunk_size": 1 << 20,
-        },
+        encryption=data_key.manifest_section(),
         compression={"algorithm": "zstd", "level": zstd_level},
         schema={},
         changes={"object": result.stored_object().__dict__, "format": "test_decoding-jsonl", "plugin": "test_decoding"},
@@ -210,8 +204,7 @@ def capture_incremental(
             "sequences": sequences,
         },
     )
-    manifest.mac = data_key.mac(manifest.body_bytes())
-    storage.put_bytes(pending_manifest_key(backup_id), manifest.to_bytes())
+    seal_pending(storage, manifest, data_key)
     log.info(
         "Captured %s: %d changes in %d transactions, LSN %s -> %s, %d bytes stored",
         backup_id,

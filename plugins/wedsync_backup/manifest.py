@@ -27,6 +27,11 @@ def manifest_key(backup_id: str) -> str:
     return f"backups/{backup_id}/manifest.json"
 
 
+def pending_manifest_key(backup_id: str) -> str:
+    """Where a backup's manifest waits until every copy is verified and it can be committed."""
+    return f"backups/{backup_id}/manifest.pending.json"
+
+
 @dataclass
 class StoredObject:
     """One encrypted object of a backup; ``key`` is relative to the target root."""

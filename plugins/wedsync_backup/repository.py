@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import re
 
+from wedsync_backup.crypto import DataKey
 from wedsync_backup.errors import IntegrityError, StorageError
-from wedsync_backup.manifest import Manifest, backup_prefix, manifest_key
+from wedsync_backup.manifest import Manifest, backup_prefix, manifest_key, pending_manifest_key
 from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -55,3 +56,17 @@ def begin_attempt(storage: Storage, backup_id: str) -> Manifest | None:
         log.info("Removing %d objects of an earlier attempt of %s", len(leftovers), backup_id)
         storage.delete(leftovers)
     return None
+
+
+def seal_pending(storage: Storage, manifest: Manifest, data_key: DataKey) -> str:
+    """Authenticate the manifest under its backup's data key and leave it pending; returns its sha256."""
+    manifest.mac = data_key.mac(manifest.body_bytes())
+    data = manifest.to_bytes()
+    storage.put_bytes(pending_manifest_key(manifest.backup_id), data)
+    return manifest.sha256()
+
+
+def pending_manifest_bytes(storage: Storage, backup_id: str) -> bytes:
+    """The pending manifest of a backup, or its committed one once the commit removed the pending copy."""
+    key = pending_manifest_key(backup_id)
+    return storage.get_bytes(key if storage.exists(key) else manifest_key(backup_id))

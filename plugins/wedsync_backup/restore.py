@@ -288,6 +288,12 @@ def _set_sequences(manifest: Manifest, target: PgTarget) -> None:
 
 
 PublicState = tuple[str, list[tuple[str, str]], str | None]
+# Schema public as CREATE DATABASE makes it (PostgreSQL 15+): what an empty restore target starts from.
+FRESH_PUBLIC: PublicState = (
+    "pg_database_owner",
+    [("pg_database_owner", "USAGE"), ("pg_database_owner", "CREATE"), ("PUBLIC", "USAGE")],
+    "standard public schema",
+)
 
 
 def _public_schema_state(target: PgTarget) -> PublicState | None:

@@ -16,11 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from wedsync_backup.crypto import Keyring
-from wedsync_backup.export import SYSTEM_SCHEMA_FILTER, pending_manifest_key
+from wedsync_backup.export import SYSTEM_SCHEMA_FILTER
 from wedsync_backup.manifest import Manifest, backup_prefix
 from wedsync_backup.pg import PgTarget, qualified, quote_ident
 from wedsync_backup.pipeline import encode_to_storage
-from wedsync_backup.repository import begin_attempt
+from wedsync_backup.repository import begin_attempt, seal_pending
 from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -119,12 +119,7 @@ def capture_watermark(
         created_at=info["watermark"],
         source=dict(parent.source),
         consistent_point={"time": info["watermark"], "lsn": None, "method": "watermark"},
-        encryption={
-            "algorithm": "AES-256-GCM",
-            "key_id": data_key.key_id,
-            "wrapped_key": data_key.wrapped,
-            "chunk_size": 1 << 20,
-        },
+        encryption=data_key.manifest_section(),
         compression={"algorithm": "zstd", "level": zstd_level},
         schema={},
         changes={"object": result.stored_object().__dict__, "format": "watermark-jsonl", "column": column},
@@ -146,8 +141,7 @@ def capture_watermark(
             "warning": WARNING,
         },
     )
-    manifest.mac = data_key.mac(manifest.body_bytes())
-    storage.put_bytes(pending_manifest_key(backup_id), manifest.to_bytes())
+    seal_pending(storage, manifest, data_key)
     log.warning("Captured %s by watermark (%s): %d rows; %s", backup_id, column, upserts, WARNING)
     return manifest
 

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from psycopg import sql
 from wedsync_backup.crypto import Keyring
-from wedsync_backup.export import ExportOptions, pending_manifest_key, run_export
-from wedsync_backup.manifest import Manifest, backup_prefix, manifest_key
+from wedsync_backup.export import ExportOptions, run_export
+from wedsync_backup.manifest import Manifest, backup_prefix, manifest_key, pending_manifest_key
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.policy import load_policy
 from wedsync_backup.restore import restore_backup

@@ -18,11 +18,11 @@ import psycopg
 import pytest
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError, StorageError
-from wedsync_backup.export import ExportOptions, pending_manifest_key, run_export
+from wedsync_backup.export import ExportOptions, run_export
 from wedsync_backup.incremental import capture_incremental, read_changes, schema_fingerprint
 from wedsync_backup.logical.decoding import Change
 from wedsync_backup.logical.slot import advance_slot, drop_slot, slot_info, slot_name_for
-from wedsync_backup.manifest import Manifest, StoredObject, backup_prefix, manifest_key
+from wedsync_backup.manifest import Manifest, StoredObject, backup_prefix, manifest_key, pending_manifest_key
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pitr import apply_chain, bump_sequences, plan_chain, restore_to_point
 from wedsync_backup.repository import committed_manifests

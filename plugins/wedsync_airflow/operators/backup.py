@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 from wedsync_backup.errors import ConfigError, IntegrityError, StorageError
-from wedsync_backup.export import ExportOptions, pending_manifest_key, run_export
+from wedsync_backup.export import ExportOptions, run_export
 from wedsync_backup.incremental import schema_fingerprint
 from wedsync_backup.logical.slot import (
     check_logical_decoding,
@@ -18,10 +18,10 @@ from wedsync_backup.logical.slot import (
     slot_name_for,
     wedsync_slots,
 )
-from wedsync_backup.manifest import Manifest, manifest_key
+from wedsync_backup.manifest import Manifest, manifest_key, pending_manifest_key
 from wedsync_backup.policy import Policy
 from wedsync_backup.replicate import replicate
-from wedsync_backup.repository import committed_manifests
+from wedsync_backup.repository import committed_manifests, pending_manifest_bytes
 from wedsync_backup.retention import delete_backup, incomplete_backup_ids, select_prunable
 from wedsync_backup.rule321 import check_321, enforce_321
 from wedsync_backup.verify import verify_copy
@@ -38,13 +38,22 @@ def make_backup_id(backup_type: str, dag_id: str, run_id: str, at: datetime) -> 
     return f"{backup_type}-{at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{digest}"
 
 
+def backup_id_for(context: Any, backup_type: str) -> str:
+    """The backup id of this DAG run (from its run id and the moment it was due)."""
+    dag_run = context["dag_run"]
+    at = getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None) or datetime.now(UTC)
+    return make_backup_id(backup_type, context["ti"].dag_id, run_id_of(context), at)
+
+
+def retention_until(policy: Policy, tier: str) -> datetime | None:
+    """When a backup of ``tier`` made now may be pruned (None: the policy sets no retention)."""
+    t = policy.tiers.get(tier)
+    return datetime.now(UTC) + timedelta(days=t.retention_days) if t else None
+
+
 def load_pending_manifest(policy: Policy, backup_id: str, manifest_sha256: str) -> Manifest:
     """The manifest the export left on the primary, checked against the checksum passed by XCom."""
-    primary = build_storage(policy.primary)
-    key = pending_manifest_key(backup_id)
-    if not primary.exists(key):
-        key = manifest_key(backup_id)
-    data = primary.get_bytes(key)
+    data = pending_manifest_bytes(build_storage(policy.primary), backup_id)
     got = hashlib.sha256(data).hexdigest()
     if got != manifest_sha256:
         raise IntegrityError(
@@ -91,18 +100,14 @@ class BackupPreflightOperator(WedSyncOperator):
             storage.check()
             self.log.info("Target %s ok: %s (%s, %s)", storage.name, storage.url(), storage.medium, storage.site)
 
-        dag_run = context["dag_run"]
-        at = getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None) or datetime.now(UTC)
-        backup_id = make_backup_id(self.backup_type, self.dag_id, run_id_of(context), at)
-        tier = policy.tiers.get(self.tier)
-        retention_until = datetime.now(UTC) + timedelta(days=tier.retention_days) if tier else None
+        backup_id = backup_id_for(context, self.backup_type)
         fresh = cat.start_backup(
             backup_id=backup_id,
             backup_type=self.backup_type,
             created_by=f"airflow:{self.dag_id}",
             rule_321=verdict.as_dict(),
             warnings=warnings,
-            retention_until=retention_until,
+            retention_until=retention_until(policy, self.tier),
             dag_id=self.dag_id,
             run_id=run_id_of(context),
             reason=self.reason,
@@ -176,9 +181,7 @@ class ExportOperator(WedSyncOperator):
             ),
             extra=extra,
         )
-        key = pending_manifest_key(self.backup_id)
-        data = primary.get_bytes(key if primary.exists(key) else manifest_key(self.backup_id))
-        sha = hashlib.sha256(data).hexdigest()
+        sha = manifest.sha256()  # of exactly the bytes left on the primary
         context["ti"].xcom_push(key="manifest_sha256", value=sha)
         by_priority: dict[str, int] = {}
         for t in manifest.tables:
@@ -291,13 +294,11 @@ class CommitBackupOperator(WedSyncOperator):
                 )
         primary = build_storage(policy.primary)
         primary.delete([pending_manifest_key(self.backup_id)])
-        tier = policy.tiers.get(self.tier)
-        retention_until = datetime.now(UTC) + timedelta(days=tier.retention_days) if tier else None
         for r in replicas:
             r.setdefault("location", "")
             if isinstance(r.get("verified_at"), str):
                 r["verified_at"] = datetime.fromisoformat(r["verified_at"])
-        catalog(policy).complete_backup(manifest, self.manifest_sha256, replicas, retention_until)
+        catalog(policy).complete_backup(manifest, self.manifest_sha256, replicas, retention_until(policy, self.tier))
         self.log.info(
             "Backup %s completed: %d tables, %d rows, %d bytes stored x %d verified copies",
             self.backup_id,

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from wedsync_backup.errors import ConfigError, IntegrityError
-from wedsync_backup.export import pending_manifest_key
 from wedsync_backup.incremental import capture_incremental, schema_fingerprint
 from wedsync_backup.logical.slot import advance_slot, check_logical_decoding, drop_slot, wedsync_slots
-from wedsync_backup.manifest import Manifest, manifest_key
 from wedsync_backup.pitr import chain_of
 from wedsync_backup.policy import Policy
-from wedsync_backup.repository import committed_manifests
+from wedsync_backup.repository import committed_manifests, read_manifest
 from wedsync_backup.rule321 import check_321, enforce_321
 from wedsync_backup.watermark import WARNING as WATERMARK_WARNING
 from wedsync_backup.watermark import capture_watermark
 
 from wedsync_airflow.connections import catalog, keyring, pg_target
-from wedsync_airflow.operators.backup import load_pending_manifest, make_backup_id
+from wedsync_airflow.operators.backup import backup_id_for, load_pending_manifest, retention_until
 from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
 from wedsync_airflow.targets import build_storage, build_targets
 
@@ -139,9 +135,7 @@ class IncrementalPreflightOperator(WedSyncOperator):
             now_fp = schema_fingerprint(source, policy.exclude_schemas)
             if now_fp != work["fingerprint"]:
                 action = "end_chain"
-        dag_run = context["dag_run"]
-        at = getattr(dag_run, "run_after", None) or datetime.now(UTC)
-        backup_id = make_backup_id("incremental", self.dag_id, run_id_of(context), at)
+        backup_id = backup_id_for(context, "incremental")
         if action == "end_chain":
             reason = "slot dropped: too much retained WAL" if work["slot"] in dropped else "schema change"
             drop_slot(source, work["slot"])
@@ -158,14 +152,13 @@ class IncrementalPreflightOperator(WedSyncOperator):
                 reason,
             )
         else:
-            tier = policy.tiers.get("incremental")
             cat.start_backup(
                 backup_id=backup_id,
                 backup_type="incremental",
                 created_by=f"airflow:{self.dag_id}",
                 rule_321=verdict.as_dict(),
                 warnings=warnings,
-                retention_until=datetime.now(UTC) + timedelta(days=tier.retention_days if tier else 30),
+                retention_until=retention_until(policy, "incremental"),
                 dag_id=self.dag_id,
                 run_id=run_id_of(context),
                 parent_backup_id=work["parent"],
@@ -187,17 +180,14 @@ class IncrementalPreflightOperator(WedSyncOperator):
         chain = chain_of(full, manifests)
         parent = chain[-1] if chain else full
         self.log.warning("!!! %s", WATERMARK_WARNING)
-        dag_run = context["dag_run"]
-        at = getattr(dag_run, "run_after", None) or datetime.now(UTC)
-        backup_id = make_backup_id("incremental", self.dag_id, run_id_of(context), at)
-        tier = policy.tiers.get("incremental")
+        backup_id = backup_id_for(context, "incremental")
         cat.start_backup(
             backup_id=backup_id,
             backup_type="incremental",
             created_by=f"airflow:{self.dag_id}",
             rule_321=verdict,
             warnings=[*warnings, WATERMARK_WARNING],
-            retention_until=datetime.now(UTC) + timedelta(days=tier.retention_days if tier else 30),
+            retention_until=retention_until(policy, "incremental"),
             dag_id=self.dag_id,
             run_id=run_id_of(context),
             parent_backup_id=parent.backup_id,
@@ -240,7 +230,7 @@ class CaptureIncrementalOperator(WedSyncOperator):
     def _run(self, context: Any) -> dict[str, Any]:
         policy = self.policy()
         primary = build_storage(policy.primary)
-        parent = _read(primary, self.plan["parent"])
+        parent = read_manifest(primary, self.plan["parent"])
         if self.plan.get("method") == "watermark":
             manifest = capture_watermark(
                 pg_target(policy.source_conn_id, "source"),
@@ -267,9 +257,7 @@ class CaptureIncrementalOperator(WedSyncOperator):
                 upto_lsn=self.plan.get("upto_lsn"),
                 extra={"dag_id": self.dag_id, "run_id": run_id_of(context), "closes_chain": self.plan["closing"]},
             )
-        key = pending_manifest_key(self.backup_id)
-        data = primary.get_bytes(key if primary.exists(key) else manifest_key(self.backup_id))
-        sha = hashlib.sha256(data).hexdigest()
+        sha = manifest.sha256()  # of exactly the bytes left on the primary
         context["ti"].xcom_push(key="manifest_sha256", value=sha)
         return {
             "backup_id": self.backup_id,
@@ -321,9 +309,3 @@ class ReleaseSlotOperator(WedSyncOperator):
             advance_slot(source, slot, manifest.extra["end_lsn"])
         self.log.info("Slot %s advanced to %s", slot, manifest.extra.get("end_lsn"))
         return {"slot": slot, "advanced_to": manifest.extra.get("end_lsn")}
-
-
-def _read(storage: Any, backup_id: str) -> Manifest:
-    from wedsync_backup.repository import read_manifest
-
-    return read_manifest(storage, backup_id)

@@ -13,6 +13,7 @@ from wedsync_backup.pitr import ChainPlan, plan_chain, restore_to_point
 from wedsync_backup.policy import Policy
 from wedsync_backup.repository import committed_manifests, read_manifest
 from wedsync_backup.restore import (
+    FRESH_PUBLIC,
     check_objects_present,
     plan_restore,
     reset_target,
@@ -271,14 +272,7 @@ class RestoreOperator(_RestoreParams):
             # The plan task proved this target empty at the start of this run: what is there now is
             # this run's own interrupted attempt, so it is put back to empty before trying again.
             self.log.warning("Retry: removing the interrupted attempt of this run from %s", self.target_conn_id)
-            reset_target(
-                target,
-                (
-                    "pg_database_owner",
-                    [("pg_database_owner", "USAGE"), ("pg_database_owner", "CREATE"), ("PUBLIC", "USAGE")],
-                    "standard public schema",
-                ),
-            )
+            reset_target(target, FRESH_PUBLIC)
         ring = keyring(policy.encryption_conn_id)
         increments = [read_manifest(storage, b) for b in plan.get("incremental_backup_ids") or []]
         if self.mode == "backup_id":

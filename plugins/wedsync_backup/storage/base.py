@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
+from wedsync_backup.errors import StorageError
+
 READ_CHUNK = 1 << 20
 
 
@@ -108,3 +110,26 @@ class Storage(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.url()}>"
+
+
+class BucketStorage(Storage):
+    """An object store (S3, GCS): keys live under ``prefix`` in a bucket reached through ``conn_id``."""
+
+    prefix: str = ""
+    conn_id: str = ""
+
+    def _full(self, key: str) -> str:
+        if not key or key.startswith("/"):
+            raise StorageError(
+                f"Invalid object key '{key}' for target {self.name}",
+                "keys are non-empty relative '/'-separated paths",
+                "this is a bug in the caller; report it",
+            )
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    def _where(self) -> str:
+        conn = f", connection {self.conn_id}" if self.conn_id else ""
+        return f"target {self.name}{conn}"

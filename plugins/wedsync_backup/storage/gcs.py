@@ -19,7 +19,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from requests.exceptions import RequestException
 
 from wedsync_backup.errors import MissingTargetError, StorageError
-from wedsync_backup.storage.base import READ_CHUNK, ObjectInfo, ObjectWriter, Storage
+from wedsync_backup.storage.base import READ_CHUNK, BucketStorage, ObjectInfo, ObjectWriter
 
 CHUNK_SIZE = 16 << 20  # must be a multiple of 256 KiB
 READ_AHEAD = 8 << 20  # one ranged request fetches this much; read() hands it out in chunk_size pieces
@@ -91,7 +91,7 @@ class GCSWriter(ObjectWriter):
             pass
 
 
-class GCSStorage(Storage):
+class GCSStorage(BucketStorage):
     """Objects live in ``bucket`` under ``prefix/``; ``client`` is a google.cloud.storage.Client."""
 
     kind = "gcs"
@@ -117,23 +117,6 @@ class GCSStorage(Storage):
         self.conn_id = conn_id
         self.chunk_size = chunk_size
         self._bucket = client.bucket(bucket)
-
-    # --- helpers ---------------------------------------------------------------------------------
-    def _full(self, key: str) -> str:
-        if not key or key.startswith("/"):
-            raise StorageError(
-                f"Invalid object key '{key}' for target {self.name}",
-                "keys are non-empty relative '/'-separated paths",
-                "this is a bug in the caller; report it",
-            )
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def _rel(self, full: str) -> str:
-        return full[len(self.prefix) + 1 :] if self.prefix else full
-
-    def _where(self) -> str:
-        conn = f", connection {self.conn_id}" if self.conn_id else ""
-        return f"target {self.name}{conn}"
 
     @property
     def endpoint(self) -> str:

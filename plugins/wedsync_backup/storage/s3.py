@@ -15,7 +15,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from wedsync_backup.errors import MissingTargetError, StorageError
-from wedsync_backup.storage.base import READ_CHUNK, ObjectInfo, ObjectWriter, Storage
+from wedsync_backup.storage.base import READ_CHUNK, BucketStorage, ObjectInfo, ObjectWriter
 
 PART_SIZE = 16 << 20
 # Every part carries a CRC32 that S3 verifies, declared up front as s3transfer does (an upload whose
@@ -143,7 +143,7 @@ class S3Writer(ObjectWriter):
             pass
 
 
-class S3Storage(Storage):
+class S3Storage(BucketStorage):
     """Objects live in ``bucket`` under ``prefix/``; ``client`` is a boto3 S3 client (e.g. from S3Hook)."""
 
     kind = "s3"
@@ -168,23 +168,6 @@ class S3Storage(Storage):
         self.prefix = prefix.strip("/")
         self.conn_id = conn_id
         self.part_size = part_size
-
-    # --- helpers ---------------------------------------------------------------------------------
-    def _full(self, key: str) -> str:
-        if not key or key.startswith("/"):
-            raise StorageError(
-                f"Invalid object key '{key}' for target {self.name}",
-                "keys are non-empty relative '/'-separated paths",
-                "this is a bug in the caller; report it",
-            )
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def _rel(self, full: str) -> str:
-        return full[len(self.prefix) + 1 :] if self.prefix else full
-
-    def _where(self) -> str:
-        conn = f", connection {self.conn_id}" if self.conn_id else ""
-        return f"target {self.name}{conn}"
 
     @property
     def endpoint(self) -> str:
