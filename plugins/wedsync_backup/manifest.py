@@ -104,6 +104,58 @@ class SequenceEntry:
 
 
 @dataclass
+class ConsistentPoint:
+    """The moment a backup is consistent at: its snapshot, LSN and time (typed view of ``consistent_point``)."""
+
+    time: str | None = None  # ISO 8601 UTC
+    lsn: str | None = None
+    snapshot: str | None = None
+    txid_snapshot: str | None = None
+    slot: str | None = None  # a full backup that starts a logical chain: the chain's replication slot
+    method: str | None = None  # watermark captures say so; logical ones leave it out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConsistentPoint:
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class ChainSection:
+    """How a full backup starts a chain of incrementals (or why it starts none).
+
+    ``method``: logical (a slot exported with the backup's snapshot), watermark (updated_at captures, no
+    deletes) or none (full backups only).
+    """
+
+    method: str
+    slot: str | None = None
+    schema_fingerprint: str | None = None
+    replica_identity_full_set: list[str] = field(default_factory=list)
+    # incrementals (read from the capture's fields): the chain's ids from its full on, this one last
+    backup_ids: list[str] = field(default_factory=list)
+    start_lsn: str | None = None
+    end_lsn: str | None = None
+    closes_chain: bool = False
+    captures_deletes: bool = True
+
+
+@dataclass
+class Provenance:
+    """Who made the backup, why, and under which verdict: what the catalog row holds beyond the data.
+
+    Carried by the manifest so that a catalog rebuilt from the repository loses none of it.
+    """
+
+    created_by: str
+    dag_id: str | None = None
+    run_id: str | None = None
+    reason: str | None = None
+    rule_321: dict[str, Any] | None = None  # the 3-2-1 verdict recorded when the backup began
+    warnings: list[str] = field(default_factory=list)
+    retention_until: str | None = None  # ISO 8601; None: kept until a newer policy prunes it
+
+
+@dataclass
 class Manifest:
     backup_id: str
     backup_type: str
@@ -118,6 +170,10 @@ class Manifest:
     parent_backup_id: str | None = None
     changes: dict[str, Any] | None = None  # incremental: {"object": StoredObject, "format": ...}
     format_version: int = FORMAT_VERSION
+    chain: ChainSection | None = None
+    provenance: Provenance | None = None
+    # Per-tier capture details (an incremental's LSN range, counts, sequences). Manifests written before the
+    # typed sections also kept their provenance and chain here; ``provenance_info``/``chain_info`` read both.
     extra: dict[str, Any] = field(default_factory=dict)
     mac: str | None = None
 
@@ -137,6 +193,53 @@ class Manifest:
         if self.changes_object:
             out.append(self.changes_object)
         return out
+
+    @property
+    def point(self) -> ConsistentPoint:
+        return ConsistentPoint.from_dict(self.consistent_point)
+
+    @property
+    def chain_info(self) -> ChainSection | None:
+        """The typed chain section; for an incremental, or a manifest written before it, built from ``extra``."""
+        if self.chain is not None:
+            return self.chain
+        x = self.extra
+        if self.backup_type == "incremental":
+            return ChainSection(
+                method=x.get("method", "logical"),
+                slot=self.consistent_point.get("slot"),
+                backup_ids=list(x.get("chain") or []),
+                start_lsn=x.get("start_lsn"),
+                end_lsn=x.get("end_lsn"),
+                closes_chain=bool(x.get("closes_chain", False)),
+                captures_deletes=bool(x.get("captures_deletes", True)),
+            )
+        if "chain" in x or "schema_fingerprint" in x:
+            return ChainSection(
+                method=x.get("chain") or ("logical" if self.consistent_point.get("slot") else "none"),
+                slot=self.consistent_point.get("slot"),
+                schema_fingerprint=x.get("schema_fingerprint"),
+                replica_identity_full_set=list(x.get("replica_identity_full_set") or []),
+            )
+        return None
+
+    @property
+    def provenance_info(self) -> Provenance:
+        """The typed provenance; a manifest written before it had only the run in ``extra``."""
+        if self.provenance is not None:
+            return self.provenance
+        x = self.extra
+        warnings = list(x.get("warnings") or [])
+        if x.get("warning") and x["warning"] not in warnings:
+            warnings.append(x["warning"])
+        return Provenance(
+            created_by=x.get("created_by") or (f"airflow:{x['dag_id']}" if x.get("dag_id") else "unknown"),
+            dag_id=x.get("dag_id"),
+            run_id=x.get("run_id"),
+            reason=x.get("reason"),
+            rule_321=x.get("rule_321"),
+            warnings=warnings,
+        )
 
     @property
     def total_rows(self) -> int:
@@ -191,6 +294,10 @@ class Manifest:
             TableEntry(**{**t, "parts": [StoredObject(**p) for p in t["parts"]]}) for t in d.get("tables", [])
         ]
         d["sequences"] = [SequenceEntry(**s) for s in d.get("sequences", [])]
+        if d.get("chain") is not None:
+            d["chain"] = ChainSection(**d["chain"])
+        if d.get("provenance") is not None:
+            d["provenance"] = Provenance(**d["provenance"])
         manifest = cls(**d)
         manifest._read_body = raw
         return manifest

@@ -17,6 +17,10 @@ from wedsync_backup.errors import ConfigError
 DEFAULT_POLICY_PATH = Path(__file__).resolve().parents[2] / "include" / "config" / "backup_policy.yaml"
 POLICY_ENV = "WEDSYNC_BACKUP_POLICY"
 TARGET_KINDS = ("local", "s3", "gcs")
+# What a target is for. One primary (the export writes there; replicas are copied from it); every other
+# target is a replica, secondary (same site as the source) or offsite (another site). The catalog's
+# primary/secondary/offsite location columns are filled by role; every target gets a backup_replicas row.
+TARGET_ROLES = ("primary", "secondary", "offsite")
 PRIORITY_GROUPS = ("critical", "high", "standard")
 
 
@@ -29,6 +33,7 @@ class TargetPolicy:
     site: str
     bucket: str | None = None
     prefix: str = ""
+    role: str = "secondary"
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,21 @@ class Policy:
 
     @property
     def primary(self) -> TargetPolicy:
+        """The target the export writes to (the policy's targets list it first)."""
         return self.targets[0]
+
+    @property
+    def replicas(self) -> tuple[TargetPolicy, ...]:
+        """Every target copied from the primary, in policy order."""
+        return self.targets[1:]
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.targets)
+
+    def roles(self) -> dict[str, str]:
+        """Target name -> role."""
+        return {t.name: t.role for t in self.targets}
 
     def priority_of(self, schema: str, table: str) -> str:
         """critical/high/standard; a table nobody listed is standard (lists order, never filter)."""
@@ -148,6 +167,18 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _role(name: str, t: dict[str, Any], source_site: str) -> str:
+    """A target's role: as set, else its name when that is a role, else offsite unless on the source's site."""
+    role = t.get("role") or (name if name in TARGET_ROLES else None)
+    if role is None:
+        role = "secondary" if str(t.get("site")) == source_site else "offsite"
+    if role not in TARGET_ROLES:
+        raise ConfigError(
+            f"Backup target '{name}' has unknown role '{role}'", fix=f"use one of {', '.join(TARGET_ROLES)}"
+        )
+    return str(role)
+
+
 def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Policy:
     """Read and validate the policy; bucket names may be overridden by environment variables."""
     env = dict(os.environ if env is None else env)
@@ -194,8 +225,17 @@ def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
                 site=_require(t, "site", f"targets.{name}"),
                 bucket=bucket,
                 prefix=str(t.get("prefix") or "").strip("/"),
+                role=_role(name, t, str(source.get("site", ""))),
             )
         )
+    primaries = [t for t in targets if t.role == "primary"]
+    if len(primaries) != 1:
+        raise ConfigError(
+            f"Backup policy has {len(primaries)} primary targets ({', '.join(t.name for t in primaries) or 'none'})",
+            "exactly one target is the primary: the export writes there and the replicas are copied from it",
+            "set role: primary on exactly one target (a target named 'primary' is the primary by default)",
+        )
+    targets = primaries + [t for t in targets if t.role != "primary"]
     prio = {g: _names(v, f"priorities.{g}") for g, v in _section(raw, "priorities").items()}
     unknown = set(prio) - set(PRIORITY_GROUPS)
     if unknown:
