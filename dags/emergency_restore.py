@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import DAG, Param
-from wedsync_airflow.dag_support import retry_delay
+from wedsync_airflow.dag_support import describe_targets, primary_target_name, retry_delay, target_names
 from wedsync_airflow.operators.restore import PlanRestoreOperator, RestoreOperator
 
 PARAMS = {
@@ -39,10 +39,10 @@ PARAMS = {
     ),
     "scope": Param("complete", enum=["complete"], title="Scope", description="complete: the whole database"),
     "from_target": Param(
-        "primary",
-        enum=["primary", "secondary", "offsite"],
+        primary_target_name(),
+        enum=target_names(),
         title="Restore from",
-        description="Which copy to read: primary (local), secondary (S3) or offsite (GCS)",
+        description=f"Which copy to read (the backup policy's targets): {describe_targets()}",
     ),
     "target_conn_id": Param(
         type="string",

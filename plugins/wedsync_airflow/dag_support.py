@@ -10,14 +10,24 @@ from wedsync_backup.policy import load_policy
 
 
 @lru_cache(maxsize=4)
-def _names() -> tuple[str, ...]:
-    return tuple(t.name for t in load_policy().targets)
+def _targets() -> tuple[tuple[str, str, str, str], ...]:
+    """(name, role, kind, site) of every target in the local policy file, primary first."""
+    return tuple((t.name, t.role, t.kind, t.site) for t in load_policy().targets)
 
 
 def target_names(*, replicas_only: bool = False) -> list[str]:
     """The policy's targets in order (primary first): what per-target tasks are mapped over."""
-    names = list(_names())
+    names = [name for name, *_ in _targets()]
     return names[1:] if replicas_only else names
+
+
+def primary_target_name() -> str:
+    return _targets()[0][0]
+
+
+def describe_targets() -> str:
+    """One line for a form: each target with its role, kind and site."""
+    return "; ".join(f"{name} ({role}, {kind}, {site})" for name, role, kind, site in _targets())
 
 
 def retry_delay(default_seconds: int = 120) -> timedelta:

@@ -24,7 +24,9 @@ import psycopg
 from wedsync_backup.crypto import DataKey, Keyring
 from wedsync_backup.errors import WedSyncError
 from wedsync_backup.manifest import (
+    ChainSection,
     Manifest,
+    Provenance,
     SequenceEntry,
     TableEntry,
     backup_prefix,
@@ -273,6 +275,8 @@ def run_export(
     options: ExportOptions | None = None,
     parent_backup_id: str | None = None,
     extra: dict[str, Any] | None = None,
+    chain: ChainSection | None = None,
+    provenance: Provenance | None = None,
 ) -> Manifest:
     """Export the database to ``storage`` and leave the (pending) manifest beside the objects.
 
@@ -350,6 +354,8 @@ def run_export(
         sequences=sequences,
         parent_backup_id=parent_backup_id,
         extra=dict(extra or {}),
+        chain=chain,
+        provenance=provenance,
     )
     seal_pending(storage, manifest, data_key)
     log.info(

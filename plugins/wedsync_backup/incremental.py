@@ -20,7 +20,7 @@ from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.logical.decoding import Begin, Change, Commit, change_head, parse_line
 from wedsync_backup.logical.slot import DECODING_OPTIONS, STABLE_OUTPUT, slot_info
-from wedsync_backup.manifest import Manifest, backup_prefix
+from wedsync_backup.manifest import Manifest, Provenance, backup_prefix
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pipeline import decode_from_storage, encode_to_storage
 from wedsync_backup.repository import begin_attempt, seal_pending
@@ -127,6 +127,7 @@ def capture_incremental(
     zstd_level: int = 3,
     upto_lsn: str | None = None,
     extra: dict[str, Any] | None = None,
+    provenance: Provenance | None = None,
 ) -> Manifest:
     """Capture the slot's pending changes into a new incremental backup on ``storage`` (pending manifest).
 
@@ -186,6 +187,7 @@ def capture_incremental(
         schema={},
         changes={"object": result.stored_object().__dict__, "format": "test_decoding-jsonl", "plugin": "test_decoding"},
         parent_backup_id=parent.backup_id,
+        provenance=provenance,
         extra={
             **(extra or {}),
             "chain": [*chain, backup_id],

@@ -17,7 +17,7 @@ from typing import Any
 
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.export import SYSTEM_SCHEMA_FILTER
-from wedsync_backup.manifest import Manifest, backup_prefix
+from wedsync_backup.manifest import Manifest, Provenance, backup_prefix
 from wedsync_backup.pg import PgTarget, qualified, quote_ident
 from wedsync_backup.pipeline import encode_to_storage
 from wedsync_backup.repository import begin_attempt, seal_pending
@@ -100,6 +100,7 @@ def capture_watermark(
     exclude_schemas: tuple[str, ...] = (),
     zstd_level: int = 3,
     extra: dict[str, Any] | None = None,
+    provenance: Provenance | None = None,
 ) -> Manifest:
     """Capture rows changed since the parent's watermark into a new incremental (pending manifest)."""
     done = begin_attempt(storage, backup_id)
@@ -124,6 +125,7 @@ def capture_watermark(
         schema={},
         changes={"object": result.stored_object().__dict__, "format": "watermark-jsonl", "column": column},
         parent_backup_id=parent.backup_id,
+        provenance=provenance,
         extra={
             **(extra or {}),
             "method": "watermark",

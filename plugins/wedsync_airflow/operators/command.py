@@ -1,0 +1,32 @@
+"""The adapter every operator is: build what a command needs, call one phase, return its small result."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from airflow.sdk.exceptions import AirflowSkipException
+from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef
+from wedsync_backup.errors import ConfigError, WedSyncError
+
+from wedsync_airflow.operators.base import WedSyncOperator
+from wedsync_airflow.resources import airflow_resources, run_ref
+
+T = TypeVar("T")
+
+
+class CommandOperator(WedSyncOperator):
+    """Base of the adapters: ``resources()`` from connections, ``run(context)``, ``call`` one phase."""
+
+    def resources(self) -> Resources:
+        return airflow_resources(self.policy())
+
+    def run(self, context: Any) -> RunRef:
+        return run_ref(context)
+
+    def call(self, phase: Callable[[], T], fatal: tuple[type[WedSyncError], ...] = (ConfigError,)) -> T:
+        """Run one phase: a permanent error fails at once (no retry), a phase with nothing to do skips."""
+        try:
+            return self.guarded(phase, fatal=fatal)
+        except NothingToDo as e:
+            raise AirflowSkipException(str(e)) from e

@@ -1,0 +1,313 @@
+"""The backup command: begin -> export -> replicate (per replica) -> verify (per target) -> commit; mark_failed.
+
+Every phase is idempotent and takes only ids and checksums from the phases before it (XCom-sized), never
+files: a phase may run on another machine, or again after a crash. The incremental command reuses
+replicate, verify, commit and mark_failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from wedsync_backup.backup_id import parse_backup_id
+from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef, retention_until
+from wedsync_backup.errors import IntegrityError, StorageError
+from wedsync_backup.export import ExportOptions, run_export
+from wedsync_backup.incremental import schema_fingerprint
+from wedsync_backup.logical.slot import check_logical_decoding, drop_slot, ensure_replica_identity, slot_name_for
+from wedsync_backup.manifest import ChainSection, Manifest, Provenance, manifest_key, pending_manifest_key
+from wedsync_backup.replicate import replicate as copy_backup
+from wedsync_backup.repository import pending_manifest_bytes
+from wedsync_backup.rule321 import Rule321Verdict, check_321, enforce_321
+from wedsync_backup.verify import verify_copy
+from wedsync_backup.watermark import WARNING as WATERMARK_WARNING
+
+log = logging.getLogger(__name__)
+
+
+# --- shared checks -----------------------------------------------------------------------------------------
+@dataclass
+class Checked:
+    """What every preflight establishes before anything is written: the catalog is migrated, the 3-2-1
+    verdict, and that the key, the source and every target answer."""
+
+    rule_321: Rule321Verdict
+    warnings: list[str]
+
+
+def check_setup(res: Resources, *, targets: bool = True) -> Checked:
+    """Migrations, 3-2-1 verdict (refused unless the policy allows it), key, source, every target."""
+    applied = res.catalog().migrate()
+    if applied:
+        log.info("Catalog migrations applied: %s", ", ".join(applied))
+    verdict = check_321(res.policy)
+    warnings = enforce_321(verdict)
+    for w in warnings:
+        log.warning("!!! %s", w)
+    res.keyring()
+    with res.source().connect(autocommit=True) as conn:
+        conn.execute("SELECT 1")
+    if targets:
+        check_targets(res)
+    return Checked(verdict, warnings)
+
+
+def check_targets(res: Resources) -> None:
+    """Every target answers: the bucket or directory exists and is writable."""
+    for storage in res.all_storages():
+        storage.check()
+        log.info("Target %s ok: %s (%s, %s)", storage.name, storage.url(), storage.medium, storage.site)
+
+
+def load_pending_manifest(res: Resources, backup_id: str, manifest_sha256: str) -> Manifest:
+    """The manifest the export left on the primary, checked against the checksum the export reported."""
+    data = pending_manifest_bytes(res.primary(), backup_id)
+    got = hashlib.sha256(data).hexdigest()
+    if got != manifest_sha256:
+        raise IntegrityError(
+            f"The manifest of {backup_id} on the primary target changed after the export",
+            f"sha256 {got} instead of {manifest_sha256}",
+            "re-run the backup",
+        )
+    return Manifest.from_bytes(data, source=f"manifest of {backup_id} on primary")
+
+
+def provenance_of(res: Resources, backup_id: str, run: RunRef, tier: str) -> Provenance:
+    """What begin recorded for the backup (who, why, the 3-2-1 verdict, warnings, retention), for its manifest."""
+    row = res.catalog().get_backup(backup_id)
+    if row is None:  # begin always opens the row; a hand-run export still says what it knows
+        verdict = check_321(res.policy)
+        until = retention_until(res.policy, tier)
+        return Provenance(
+            created_by=run.actor,
+            dag_id=run.dag_id,
+            run_id=run.run_id,
+            rule_321=verdict.as_dict(),
+            warnings=enforce_321(verdict),
+            retention_until=until.isoformat() if until else None,
+        )
+    until = row.get("retention_until")
+    return Provenance(
+        created_by=row["created_by"],
+        dag_id=row.get("dag_id") or run.dag_id,
+        run_id=row.get("run_id") or run.run_id,
+        reason=row.get("reason"),
+        rule_321=row.get("rule_321"),
+        warnings=list(row.get("warnings") or []),
+        retention_until=until.isoformat() if until else None,
+    )
+
+
+# --- phases ------------------------------------------------------------------------------------------------
+@dataclass
+class BeginResult:
+    backup_id: str
+    rule_321: dict[str, Any]
+    warnings: list[str]
+    fresh: bool  # False: the backup is already completed (a duplicate trigger); later phases find it committed
+    all_targets: list[str] = field(default_factory=list)
+    replica_targets: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"backup_id": self.backup_id, "rule_321": self.rule_321, "warnings": self.warnings}
+
+
+def begin(
+    res: Resources, run: RunRef, *, backup_type: str = "full", tier: str = "full", reason: str | None = None
+) -> BeginResult:
+    """Preflight of a full (or manual) backup: check everything, then open its catalog row (in progress)."""
+    checked = check_setup(res)
+    backup_id = run.backup_id(backup_type)
+    fresh = res.catalog().start_backup(
+        backup_id=backup_id,
+        backup_type=backup_type,
+        created_by=run.actor,
+        rule_321=checked.rule_321.as_dict(),
+        warnings=checked.warnings,
+        retention_until=retention_until(res.policy, tier),
+        dag_id=run.dag_id,
+        run_id=run.run_id,
+        reason=reason,
+    )
+    if not fresh:
+        log.info("Backup %s is already completed; the later phases will find it committed", backup_id)
+    names = list(res.policy.target_names)
+    return BeginResult(
+        backup_id, checked.rule_321.as_dict(), checked.warnings, fresh, names, [t.name for t in res.policy.replicas]
+    )
+
+
+@dataclass
+class ExportResult:
+    backup_id: str
+    manifest_sha256: str
+    tables: int
+    tables_by_priority: dict[str, int]
+    rows: int
+    plain_bytes: int
+    stored_bytes: int
+    objects: int
+    lsn: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def chain_start(res: Resources, backup_id: str, run: RunRef) -> tuple[ChainSection, str | None]:
+    """How this full backup starts the incremental chain: the section for its manifest, and the slot to
+    export in (None unless the chain uses logical decoding)."""
+    policy, source = res.policy, res.source()
+    why = check_logical_decoding(source)
+    mode = policy.incremental.mode(why)
+    if mode == "logical":
+        changed = ensure_replica_identity(source, policy.exclude_schemas)
+        if changed:
+            log.warning("Set REPLICA IDENTITY FULL on tables without a primary key: %s", changed)
+            res.catalog().audit(
+                "replica_identity_full", actor=run.actor, backup_id=backup_id, details={"tables": changed}
+            )
+        slot = slot_name_for(backup_id)
+        fingerprint = schema_fingerprint(source, policy.exclude_schemas)
+        return ChainSection("logical", slot, fingerprint, changed), slot
+    if mode == "watermark":
+        log.warning(
+            "!!! Incrementals after this backup use the %s watermark: %s",
+            policy.incremental.watermark_column,
+            WATERMARK_WARNING,
+        )
+    elif policy.incremental.enabled:
+        log.warning("!!! No incremental chain starts with this backup: %s", why)
+    return ChainSection(mode), None
+
+
+def export(
+    res: Resources, backup_id: str, run: RunRef, *, backup_type: str = "full", tier: str = "full"
+) -> ExportResult:
+    """Export one consistent snapshot to the primary; the manifest stays pending until commit."""
+    policy = res.policy
+    chain, slot = chain_start(res, backup_id, run) if backup_type == "full" else (None, None)
+    manifest = run_export(
+        res.source(),
+        res.primary(),
+        res.keyring(),
+        backup_id=backup_id,
+        backup_type=backup_type,
+        options=ExportOptions(
+            workers=policy.export_workers,
+            zstd_level=policy.zstd_level,
+            exclude_schemas=policy.exclude_schemas,
+            priority_of=policy.priority_of,
+            slot=slot,
+        ),
+        chain=chain,
+        provenance=provenance_of(res, backup_id, run, tier),
+    )
+    by_priority: dict[str, int] = {}
+    for t in manifest.tables:
+        by_priority[t.priority] = by_priority.get(t.priority, 0) + 1
+    return ExportResult(
+        backup_id=backup_id,
+        manifest_sha256=manifest.sha256(),  # of exactly the bytes left on the primary
+        tables=len(manifest.tables),
+        tables_by_priority=by_priority,
+        rows=manifest.total_rows,
+        plain_bytes=manifest.plain_bytes,
+        stored_bytes=manifest.stored_bytes,
+        objects=len(manifest.objects()),
+        lsn=manifest.point.lsn,
+    )
+
+
+def replicate(res: Resources, backup_id: str, manifest_sha256: str, target_name: str) -> dict[str, Any]:
+    """Copy the backup's ciphertext from the primary to one replica target (never needs the key)."""
+    manifest = load_pending_manifest(res, backup_id, manifest_sha256)
+    return copy_backup(manifest, res.primary(), res.storage(target_name)).as_dict()
+
+
+def verify(
+    res: Resources, backup_id: str, manifest_sha256: str, target_name: str, *, deep: bool = False
+) -> dict[str, Any]:
+    """Check one copy: every object's size and sha256, and decryption of every chunk."""
+    manifest = load_pending_manifest(res, backup_id, manifest_sha256)
+    result = verify_copy(manifest, res.storage(target_name), res.keyring(), deep=deep).as_dict()
+    result["manifest_sha256"] = manifest_sha256
+    return result
+
+
+@dataclass
+class CommitResult:
+    backup_id: str
+    status: str
+    copies: int
+    rows: int
+    stored_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def commit(
+    res: Resources,
+    backup_id: str,
+    manifest_sha256: str,
+    verifications: Sequence[dict[str, Any]],
+    *,
+    tier: str = "full",
+) -> CommitResult:
+    """Only when every target's copy is verified: the manifest (commit marker) on every target, read back,
+    then the catalog's completed row with one replica row per target."""
+    policy = res.policy
+    replicas = [dict(v) for v in verifications]
+    by_name = {r["target_name"]: r for r in replicas}
+    missing = [name for name in policy.target_names if not by_name.get(name, {}).get("verified")]
+    if missing:
+        raise IntegrityError(
+            f"Backup {backup_id} is not verified on {', '.join(missing)}",
+            "a backup counts only when every copy is verified",
+            "see the verify task of that target",
+        )
+    manifest = load_pending_manifest(res, backup_id, manifest_sha256)
+    data = manifest.to_bytes()  # byte for byte what the export wrote: its sha256 is the one reported
+    for storage in res.all_storages():
+        storage.put_bytes(manifest_key(backup_id), data)
+        if storage.get_bytes(manifest_key(backup_id)) != data:
+            raise StorageError(
+                f"The manifest of {backup_id} did not read back intact from {storage.name}",
+                fix="check the target and re-run this task",
+            )
+    res.primary().delete([pending_manifest_key(backup_id)])
+    for r in replicas:
+        r.setdefault("location", "")
+        if isinstance(r.get("verified_at"), str):
+            r["verified_at"] = datetime.fromisoformat(r["verified_at"])
+    recorded = manifest.provenance_info.retention_until  # set when the backup began
+    until = datetime.fromisoformat(recorded) if recorded else retention_until(policy, tier)
+    res.catalog().complete_backup(manifest, manifest_sha256, replicas, until, roles=policy.roles())
+    log.info(
+        "Backup %s completed: %d tables, %d rows, %d bytes stored x %d verified copies",
+        backup_id,
+        len(manifest.tables),
+        manifest.total_rows,
+        manifest.stored_bytes,
+        len(replicas),
+    )
+    return CommitResult(backup_id, "completed", len(replicas), manifest.total_rows, manifest.stored_bytes)
+
+
+def mark_failed(res: Resources, backup_id: str | None) -> bool:
+    """After any failed phase: the row says failed (never completed). A full's slot is dropped: a chain
+    that never committed must not keep WAL on the source."""
+    if backup_id in (None, "", "None"):
+        raise NothingToDo("Preflight failed before a backup was started: nothing to mark. See the preflight task's log")
+    assert backup_id is not None
+    changed = res.catalog().fail_backup(backup_id, "a backup step failed: see the failed task's log for what to fix")
+    parts = parse_backup_id(backup_id)
+    if parts is not None and parts.backup_type == "full":
+        drop_slot(res.source(), slot_name_for(backup_id))
+    log.error("Backup %s marked failed; no copy of it counts until a new run completes", backup_id)
+    return changed

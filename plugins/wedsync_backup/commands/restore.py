@@ -1,0 +1,296 @@
+"""The restore command: plan (every check, nothing touched) -> restore (all or nothing).
+
+The *destination* is the empty database a restore writes into (named by the ``target_conn_id`` param);
+a *target* is always a storage copy of the backups (``from_target``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from wedsync_backup.catalog import Catalog
+from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef
+from wedsync_backup.errors import ConfigError, CryptoError, IntegrityError, WedSyncError
+from wedsync_backup.pg import PgTarget
+from wedsync_backup.pitr import ChainPlan, plan_chain, restore_to_point
+from wedsync_backup.policy import Policy
+from wedsync_backup.repository import committed_manifests, read_manifest
+from wedsync_backup.restore import (
+    FRESH_PUBLIC,
+    check_objects_present,
+    plan_restore,
+    reset_target,
+    restore_backup,
+    target_contents,
+    verify_manifest_mac,
+)
+from wedsync_backup.storage.base import Storage
+
+log = logging.getLogger(__name__)
+MODES = ("latest", "backup_id", "point_in_time")
+SCOPES = ("complete",)
+# A damaged or undecryptable copy reads the same on a retry: fail at once, pointing to another target.
+RESTORE_FATAL: tuple[type[WedSyncError], ...] = (ConfigError, CryptoError, IntegrityError)
+EVENT_TYPE = "emergency_restore"
+
+
+def expected_confirmation(target_conn_id: str) -> str:
+    return f"RESTORE {target_conn_id}"
+
+
+def _false(value: Any) -> bool:
+    return value in (False, "False", "false", 0, "0")
+
+
+@dataclass
+class RestoreRequest:
+    """The restore's parameters as the user gave them (strings from a form or a template are accepted)."""
+
+    target_conn_id: str
+    mode: str = "latest"
+    backup_id: str | None = None
+    scope: str = "complete"
+    from_target: str = "primary"
+    dry_run: bool | str = True
+    confirm: str = ""
+    reason: str = ""
+    target_time: str | None = None
+
+    @property
+    def is_dry_run(self) -> bool:
+        return not _false(self.dry_run)
+
+    def validate(self, policy: Policy) -> None:
+        """Cross-field checks the JSON schema cannot express; each names the parameter to fix."""
+        if self.mode not in MODES:
+            raise ConfigError(f"Unknown mode '{self.mode}'", fix=f"set mode to one of {', '.join(MODES)}")
+        if self.mode == "backup_id" and not self.backup_id:
+            raise ConfigError("mode is 'backup_id' but no backup_id was given", fix="set the backup_id parameter")
+        if self.mode == "point_in_time":
+            self.until()
+        if self.scope not in SCOPES:
+            raise ConfigError(f"Restore scope '{self.scope}' is not available", fix=f"use scope {', '.join(SCOPES)}")
+        policy.target(self.from_target)
+        if not self.target_conn_id:
+            raise ConfigError("No target_conn_id given", fix="name the Airflow connection of the empty database")
+        if self.target_conn_id in (policy.source_conn_id, policy.catalog_conn_id):
+            raise ConfigError(
+                f"target_conn_id '{self.target_conn_id}' is the backup source or catalog",
+                "a restore goes into an empty database, never over live data",
+                "create an empty database, add a connection for it and name that connection",
+            )
+        if not self.is_dry_run and (self.confirm or "").strip() != expected_confirmation(self.target_conn_id):
+            raise ConfigError(
+                "Restore not confirmed",
+                f"with dry_run=false the confirm parameter must be exactly "
+                f"'{expected_confirmation(self.target_conn_id)}' (it was '{self.confirm or ''}')",
+                "type the confirmation exactly, or run with dry_run=true to see the plan first",
+            )
+        if not (self.reason or "").strip():
+            raise ConfigError("No reason given", fix="say why this restore is run (the reason parameter)")
+
+    def until(self) -> datetime | None:
+        """The moment to restore to (point_in_time), refused clearly when it is not a usable ISO 8601 time."""
+        if self.mode != "point_in_time":
+            return None
+        text = str(self.target_time or "").strip()
+        if not text or text == "None":
+            raise ConfigError(
+                "mode is 'point_in_time' but no target_time was given",
+                fix="set target_time, e.g. 2026-11-21T14:30:00Z (ISO 8601 with a time zone)",
+            )
+        try:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError as e:
+            raise ConfigError(
+                f"target_time '{text}' is not an ISO 8601 time", str(e), "write it like 2026-11-21T14:30:00Z"
+            ) from e
+        if at.tzinfo is None:
+            raise ConfigError(
+                f"target_time '{text}' has no time zone",
+                "a restore point must be unambiguous",
+                "add Z (UTC) or an offset such as +01:00",
+            )
+        if at > datetime.now(UTC):
+            raise ConfigError(f"target_time '{text}' is in the future", fix="choose a moment that has passed")
+        return at.astimezone(UTC)
+
+    def destination(self, res: Resources) -> PgTarget:
+        return res.open_database(self.target_conn_id, "restore target")
+
+
+def try_catalog(res: Resources) -> Catalog | None:
+    """The catalog, or None when it is down too: a restore must work from the repository alone."""
+    try:
+        cat = res.catalog()
+        cat.migrate()
+        return cat
+    except WedSyncError as e:
+        log.warning("Catalog unavailable (%s); restoring from the repository alone", e)
+        return None
+
+
+def _chain_plan(req: RestoreRequest, storage: Storage) -> ChainPlan | None:
+    """latest / point_in_time: the full backup and the incrementals to replay (None for backup_id)."""
+    if req.mode == "backup_id":
+        return None
+    manifests = committed_manifests(storage)
+    if not manifests:
+        raise ConfigError(
+            f"No completed backup on target {req.from_target} ({storage.url()})",
+            fix="pick another from_target, or run backup_daily_full first",
+        )
+    try:
+        return plan_chain(manifests, req.until())
+    except IntegrityError as e:
+        raise ConfigError(e.what, e.why, e.fix) from e
+
+
+def _check(res: Resources, req: RestoreRequest) -> dict[str, Any]:
+    req.validate(res.policy)
+    destination = req.destination(res)
+    storage = res.storage(req.from_target)
+    chain = _chain_plan(req, storage)
+    ring = res.keyring()
+    manifest = chain.full if chain is not None else read_manifest(storage, str(req.backup_id))
+    plan = plan_restore(manifest, storage, ring, destination).as_dict()
+    plan["dry_run"] = req.is_dry_run
+    plan["data_loss_minutes"] = _minutes_since(plan["consistent_time"])
+    if chain is not None:
+        for m in chain.increments:
+            verify_manifest_mac(m, ring)
+            check_objects_present(m, storage)
+        plan.update(chain.as_dict())
+        plan["data_loss_minutes"] = _data_loss_minutes(chain)
+    return plan
+
+
+@dataclass
+class PlanResult:
+    plan: dict[str, Any]
+    event_id: int | None
+
+
+def plan(res: Resources, req: RestoreRequest, run: RunRef) -> PlanResult:
+    """Check every parameter and the backup, record the event (refused / planned / in progress). Touches
+    nothing; a dry run ends here."""
+    cat = try_catalog(res)
+    event_id = None
+    if cat is not None:
+        event_id = cat.start_recovery_event(
+            event_type=EVENT_TYPE,
+            dag_id=run.dag_id,
+            run_id=run.run_id,
+            mode=req.mode,
+            scope=req.scope,
+            from_target=req.from_target,
+            target_conn_id=req.target_conn_id,
+            dry_run=req.is_dry_run,
+            reason=req.reason,
+            triggered_by=run.triggered_by,
+            backup_id=req.backup_id,
+        )
+    try:
+        result = _check(res, req)
+    except Exception as e:
+        if cat is not None and event_id is not None:
+            cat.finish_recovery_event(event_id, status="refused", error=str(e))
+        raise
+    if cat is not None and event_id is not None and req.is_dry_run:
+        cat.finish_recovery_event(event_id, status="planned", result=result)
+    log.info("Restore plan: %s", result)
+    return PlanResult(result, event_id)
+
+
+def restore(
+    res: Resources,
+    req: RestoreRequest,
+    planned: dict[str, Any],
+    run: RunRef,
+    *,
+    event_id: int | None,
+    retry: bool,
+) -> dict[str, Any]:
+    """Restore what ``plan`` chose into the (empty) destination, all or nothing; a dry run does nothing."""
+    if req.is_dry_run:
+        raise NothingToDo(
+            f"Dry run: the plan is in the 'plan' task. To restore, trigger again with dry_run=false and "
+            f"confirm='{expected_confirmation(req.target_conn_id)}'"
+        )
+    cat = try_catalog(res)
+    if cat is not None and event_id is not None:
+        event = cat.get_recovery_event(event_id)
+        if event is not None and event["status"] == "completed" and event["result"]:
+            # this run's restore already finished (the task died before reporting it): never redo it
+            log.info("Restore of this run already completed: %s", event["result"])
+            return dict(event["result"])
+    try:
+        result = _restore(res, req, planned, retry)
+    except Exception as e:
+        if cat is not None and event_id is not None:
+            cat.finish_recovery_event(event_id, status="failed", error=str(e))
+        raise
+    if cat is not None and event_id is not None:
+        cat.finish_recovery_event(
+            event_id, status="completed", result=result, data_loss_minutes=result["data_loss_minutes"]
+        )
+        cat.audit(
+            EVENT_TYPE,
+            actor=run.triggered_by or run.actor,
+            backup_id=result["backup_id"],
+            details={"target_conn_id": req.target_conn_id, "from_target": req.from_target},
+        )
+    return result
+
+
+def _restore(res: Resources, req: RestoreRequest, planned: dict[str, Any], retry: bool) -> dict[str, Any]:
+    req.validate(res.policy)
+    storage = res.storage(req.from_target)
+    manifest = read_manifest(storage, str(planned.get("backup_id")))
+    destination = req.destination(res)
+    if retry and target_contents(destination):
+        # The plan proved the destination empty at the start of this run: what is there now is this
+        # run's own interrupted attempt, so it is put back to empty before trying again.
+        log.warning("Retry: removing the interrupted attempt of this run from %s", req.target_conn_id)
+        reset_target(destination, FRESH_PUBLIC)
+    ring = res.keyring()
+    workers = res.policy.export_workers
+    if req.mode == "backup_id":
+        result: dict[str, Any] = restore_backup(manifest, storage, ring, destination, workers=workers).as_dict()
+        result["data_loss_minutes"] = _minutes_since(manifest.point.time)
+    else:
+        increments = [read_manifest(storage, b) for b in planned.get("incremental_backup_ids") or []]
+        chain = ChainPlan(
+            manifest,
+            increments,
+            req.until(),
+            planned.get("last_captured_change"),
+            str(planned.get("covered_until")),
+        )
+        result = restore_to_point(chain, storage, ring, destination, workers=workers)
+        result["data_loss_minutes"] = _data_loss_minutes(chain)
+    result["from_target"] = req.from_target
+    result["target_conn_id"] = req.target_conn_id
+    result["consistent_time"] = manifest.point.time
+    log.info("Restore complete: %s", result)
+    return result
+
+
+def _data_loss_minutes(chain: ChainPlan) -> float | None:
+    """Point in time: minutes between the chosen moment and the last captured change (what is left out).
+    Latest: minutes since the last captured change (what no backup holds)."""
+    last = chain.last_captured or chain.full.point.time
+    if chain.until is None:
+        return _minutes_since(last)
+    if not last:
+        return None
+    return round(max(0.0, (datetime.fromisoformat(last) - chain.until).total_seconds() / 60), 1)
+
+
+def _minutes_since(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    return round((datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds() / 60, 1)
