@@ -33,7 +33,11 @@ class BackupPreflightOperator(CommandOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         begun = self.call(
             lambda: cmd.begin(
-                self.resources(), self.run(context), backup_type=self.backup_type, tier=self.tier, reason=self.reason
+                self.build_resources(),
+                self.run_of(context),
+                backup_type=self.backup_type,
+                tier=self.tier,
+                reason=self.reason,
             )
         )
         ti = context["ti"]
@@ -57,7 +61,11 @@ class ExportOperator(CommandOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         result = self.call(
             lambda: cmd.export(
-                self.resources(), self.backup_id, self.run(context), backup_type=self.backup_type, tier=self.tier
+                self.build_resources(),
+                self.backup_id,
+                self.run_of(context),
+                backup_type=self.backup_type,
+                tier=self.tier,
             )
         )
         context["ti"].xcom_push(key="manifest_sha256", value=result.manifest_sha256)
@@ -77,7 +85,7 @@ class ReplicateOperator(CommandOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         return self.call(
-            lambda: cmd.replicate(self.resources(), self.backup_id, self.manifest_sha256, self.target_name)
+            lambda: cmd.replicate(self.build_resources(), self.backup_id, self.manifest_sha256, self.target_name)
         )
 
 
@@ -97,7 +105,9 @@ class VerifyOperator(CommandOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         return self.call(
-            lambda: cmd.verify(self.resources(), self.backup_id, self.manifest_sha256, self.target_name, deep=self.deep)
+            lambda: cmd.verify(
+                self.build_resources(), self.backup_id, self.manifest_sha256, self.target_name, deep=self.deep
+            )
         )
 
 
@@ -124,7 +134,7 @@ class CommitBackupOperator(CommandOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         result = self.call(
             lambda: cmd.commit(
-                self.resources(), self.backup_id, self.manifest_sha256, list(self.verifications), tier=self.tier
+                self.build_resources(), self.backup_id, self.manifest_sha256, list(self.verifications), tier=self.tier
             )
         )
         return result.as_dict()
@@ -140,7 +150,7 @@ class MarkBackupFailedOperator(CommandOperator):
         self.backup_id = backup_id
 
     def execute(self, context: Any) -> None:
-        self.call(lambda: cmd.mark_failed(self.resources(), self.backup_id))
+        self.call(lambda: cmd.mark_failed(self.build_resources(), self.backup_id))
 
 
 class PruneOperator(CommandOperator):
@@ -159,7 +169,7 @@ class PruneOperator(CommandOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         result = self.call(
             lambda: prune(
-                self.resources(),
+                self.build_resources(),
                 backup_type=self.backup_type,
                 tier=self.tier,
                 abandoned_after_hours=self.abandoned_after_hours,

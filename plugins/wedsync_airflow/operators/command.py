@@ -16,12 +16,15 @@ T = TypeVar("T")
 
 
 class CommandOperator(WedSyncOperator):
-    """Base of the adapters: ``resources()`` from connections, ``run(context)``, ``call`` one phase."""
+    """Base of the adapters: ``build_resources()`` from connections, ``run_of(context)``, ``call`` one phase.
 
-    def resources(self) -> Resources:
+    (Not ``resources``/``run``: BaseOperator has attributes of those names.)
+    """
+
+    def build_resources(self) -> Resources:
         return airflow_resources(self.policy())
 
-    def run(self, context: Any) -> RunRef:
+    def run_of(self, context: Any) -> RunRef:
         return run_ref(context)
 
     def call(self, phase: Callable[[], T], fatal: tuple[type[WedSyncError], ...] = (ConfigError,)) -> T:

@@ -17,7 +17,7 @@ class IncrementalPreflightOperator(CommandOperator):
     """Catalog, targets, 3-2-1; the chain to continue; slot safety; schema changes. Returns the plan."""
 
     def execute(self, context: Any) -> dict[str, Any]:
-        plan = self.call(lambda: cmd.begin(self.resources(), self.run(context)))
+        plan = self.call(lambda: cmd.begin(self.build_resources(), self.run_of(context)))
         ti = context["ti"]
         ti.xcom_push(key="backup_id", value=plan.backup_id)
         ti.xcom_push(key="action", value=plan.action)
@@ -36,7 +36,7 @@ class CaptureIncrementalOperator(CommandOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         plan = IncrementalPlan.from_dict(self.plan)
-        result = self.call(lambda: cmd.capture(self.resources(), self.backup_id, plan, self.run(context)))
+        result = self.call(lambda: cmd.capture(self.build_resources(), self.backup_id, plan, self.run_of(context)))
         context["ti"].xcom_push(key="manifest_sha256", value=result.manifest_sha256)
         return result.as_dict()
 
@@ -54,4 +54,4 @@ class ReleaseSlotOperator(CommandOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         plan = IncrementalPlan.from_dict(self.plan)
-        return self.call(lambda: cmd.release(self.resources(), self.backup_id, self.manifest_sha256, plan))
+        return self.call(lambda: cmd.release(self.build_resources(), self.backup_id, self.manifest_sha256, plan))

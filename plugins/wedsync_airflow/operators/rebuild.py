@@ -19,5 +19,5 @@ class RebuildCatalogOperator(CommandOperator):
         self.from_target = from_target
 
     def execute(self, context: Any) -> dict[str, Any]:
-        report = self.call(lambda: rebuild_catalog(self.resources(), self.from_target, self.run(context)))
+        report = self.call(lambda: rebuild_catalog(self.build_resources(), self.from_target, self.run_of(context)))
         return report.as_dict()

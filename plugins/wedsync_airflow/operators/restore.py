@@ -68,7 +68,7 @@ class PlanRestoreOperator(_RestoreParams):
     """Validate every parameter and the backup, record the event, and report the plan. Touches nothing."""
 
     def execute(self, context: Any) -> dict[str, Any]:
-        planned = self.call(lambda: cmd.plan(self.resources(), self.request(), self.run(context)))
+        planned = self.call(lambda: cmd.plan(self.build_resources(), self.request(), self.run_of(context)))
         context["ti"].xcom_push(key="event_id", value=planned.event_id)
         return planned.plan
 
@@ -88,10 +88,10 @@ class RestoreOperator(_RestoreParams):
         planned = self.plan if isinstance(self.plan, dict) else {}
         return self.call(
             lambda: cmd.restore(
-                self.resources(),
+                self.build_resources(),
                 self.request(),
                 planned,
-                self.run(context),
+                self.run_of(context),
                 event_id=event_id,
                 retry=context["ti"].try_number > 1,
             ),

@@ -14,7 +14,6 @@ from typing import Any
 import psycopg
 import pytest
 from wedsync_backup.catalog import Catalog
-from wedsync_backup.commands import backup
 from wedsync_backup.commands.resources import Resources, RunRef
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import ConfigError
@@ -23,6 +22,7 @@ from wedsync_backup.policy import Policy, TargetPolicy
 from wedsync_backup.storage.base import Storage
 
 from devstack.postgres import Cluster
+from tests.fixtures.backups import copy_and_commit, full_backup
 from tests.fixtures.storage import StorageTargets
 from tests.wedsync_backup.test_incremental import drop_db
 
@@ -84,19 +84,10 @@ class World:
             conn.execute(stmt, params)
 
     def full_backup(self, res: Resources | None = None, *, reason: str | None = "test") -> str:
-        """Every phase of a full backup, in the DAG's order; returns its id."""
-        res = res or self.resources()
-        run = self.run()
-        begun = backup.begin(res, run, reason=reason)
-        exported = backup.export(res, begun.backup_id, run)
-        return self.copy_and_commit(res, begun.backup_id, exported.manifest_sha256)
+        return full_backup(res or self.resources(), self.run(), reason=reason)
 
     def copy_and_commit(self, res: Resources, backup_id: str, sha: str, tier: str = "full") -> str:
-        for name in res.policy.target_names[1:]:
-            backup.replicate(res, backup_id, sha, name)
-        checks = [backup.verify(res, backup_id, sha, name) for name in res.policy.target_names]
-        backup.commit(res, backup_id, sha, checks, tier=tier)
-        return backup_id
+        return copy_and_commit(res, backup_id, sha, tier)
 
 
 @pytest.fixture
