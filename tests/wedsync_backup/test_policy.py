@@ -20,7 +20,7 @@ def write_policy(tmp_path: Path, edit: Any = None) -> Path:
     if edit:
         edit(raw)
     path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
 
@@ -149,3 +149,42 @@ def test_wrongly_typed_value_is_named(tmp_path: Path, edit: Any, field: str) -> 
     with pytest.raises(ConfigError) as e:
         load(tmp_path, edit)
     assert field in str(e.value)
+
+
+# --- targets by role -----------------------------------------------------------------------------------------
+def test_targets_by_role() -> None:
+    p = load_policy(env={})
+    assert p.roles() == {"primary": "primary", "secondary": "secondary", "offsite": "offsite"}
+    assert [t.name for t in p.replicas] == ["secondary", "offsite"]
+
+
+def test_a_fourth_target_and_default_roles(tmp_path: Path) -> None:
+    def add(raw: dict[str, Any]) -> None:
+        raw["targets"]["nas"] = {"kind": "local", "conn_id": "backup_nas", "medium": "nas", "site": "dc-primary"}
+        raw["targets"]["cold"] = {"kind": "local", "conn_id": "backup_cold", "medium": "tape", "site": "vault"}
+
+    p = load(tmp_path, add)
+    assert p.target_names == ("primary", "secondary", "offsite", "nas", "cold")
+    assert p.target("nas").role == "secondary" and p.target("cold").role == "offsite"  # by site
+
+
+def test_the_primary_is_listed_first_wherever_it_is_written(tmp_path: Path) -> None:
+    def move(raw: dict[str, Any]) -> None:
+        primary = raw["targets"].pop("primary")
+        raw["targets"]["disk"] = {**primary, "role": "primary"}
+
+    p = load(tmp_path, move)
+    assert p.primary.name == "disk" and p.target_names == ("disk", "secondary", "offsite")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r["targets"]["secondary"].update(role="primary"), "2 primary targets"),
+        (lambda r: r["targets"]["primary"].update(role="offsite"), "0 primary targets"),
+        (lambda r: r["targets"]["offsite"].update(role="tape"), "unknown role 'tape'"),
+    ],
+)
+def test_roles_are_validated(tmp_path: Path, edit: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(tmp_path, edit)
