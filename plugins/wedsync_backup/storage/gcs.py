@@ -139,6 +139,8 @@ class GCSStorage(BucketStorage):
 
     def _error(self, what: str, full_key: str, e: BaseException) -> StorageError:
         conn = self.conn_id or "the GCS connection"
+        if isinstance(e, gexc.RetryError) and e.cause is not None:
+            e = e.cause  # the client gave up retrying: classify what it kept running into
         status = getattr(getattr(e, "response", None), "status_code", 0)
         if isinstance(e, InvalidResponse) and status:
             e = gexc.from_http_status(status, str(e))

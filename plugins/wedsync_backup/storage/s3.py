@@ -224,7 +224,7 @@ class S3Storage(BucketStorage):
             return StorageError(
                 f"Cannot {what} s3://{self.bucket}/{full_key} ({self._where()})",
                 f"S3 endpoint {self.endpoint} is unreachable ({e})",
-                f"the task is retried; if it persists check the network and 'endpoint_url' in connection {conn}",
+                f"check the network and 'endpoint_url' in connection {conn} (mid-work, the task is retried first)",
             )
         return StorageError(
             f"Cannot {what} s3://{self.bucket}/{full_key} ({self._where()})",
