@@ -29,6 +29,9 @@ CREATE TABLE guests (id bigserial PRIMARY KEY, couple_id int REFERENCES couples,
 INSERT INTO guests (couple_id, note)
 SELECT 1 + g % 200, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 150000) g;
 CREATE INDEX guests_couple ON guests (couple_id);
+CREATE TABLE events (id int, happened date NOT NULL) PARTITION BY RANGE (happened);
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO events SELECT g, DATE '2026-01-01' + g % 300 FROM generate_series(1, 1000) g;
 """
 
 
