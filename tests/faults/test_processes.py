@@ -257,3 +257,32 @@ def test_two_writers(world: FaultWorld) -> None:
         assert isinstance(manifest, Manifest), manifest
         assert verify_copy(manifest, storage, world.ring).verified
     assert {m.backup_id for m in (a_out[0], c_out[0])} == {first, other}
+
+
+def test_task_timeout_mid_restore_propagates_after_the_clean_up(
+    world: FaultWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Airflow's execution_timeout (SIGALRM raising AirflowTaskTimeout, a BaseException) in the middle of a
+    restore: the workers and pg_restore are stopped, the target is put back, and the timeout itself comes out,
+    not an ordinary RestoreError that would be retried."""
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+
+    app = f"{APP}-timeout"
+    target_db = world.new_db("timeout")
+    target = world.target(target_db, app=app)
+
+    def timeout(signum: int, frame: object) -> None:
+        raise AirflowTaskTimeout("Timeout, PID: test")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.6)
+        with pytest.raises(AirflowTaskTimeout):
+            restore_backup(world.backup, world.targets[0], world.ring, target)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert "putting" in caplog.text and "back as it was" in caplog.text  # it struck mid-restore
+    assert target_contents(target) == []
+    assert child_tools() == []
+    wait_for(lambda: not sessions(world.cluster.dsn(), app), 10, "the restore's sessions to end")
