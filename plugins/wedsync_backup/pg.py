@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,12 @@ class PgTarget:
             return psycopg.connect(self.conninfo(), **kwargs)  # type: ignore[arg-type]
         except psycopg.OperationalError as e:
             raise self.connect_error(e) from e
+        except BaseException as e:
+            if not isinstance(e, Exception):
+                # A timeout or kill in the middle of the handshake: the half-open connection lives in the
+                # frames of the traceback; let go of it now rather than when the exception is freed.
+                traceback.clear_frames(e.__traceback__)
+            raise
 
     def connect_error(self, error: psycopg.Error) -> WedSyncError:
         """Why a connection failed, by cause: a server restarting or refusing connections is retried; a wrong

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -277,12 +278,17 @@ def test_task_timeout_mid_restore_propagates_after_the_clean_up(
     previous = signal.signal(signal.SIGALRM, timeout)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.6)
-        with pytest.raises(AirflowTaskTimeout):
+        with pytest.raises(AirflowTaskTimeout) as raised:
             restore_backup(world.backup, world.targets[0], world.ring, target)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    del raised  # Airflow ends the task process after a timeout; what must not outlive it is running work
+    gc.collect()
     assert "putting" in caplog.text and "back as it was" in caplog.text  # it struck mid-restore
     assert target_contents(target) == []
     assert child_tools() == []
-    wait_for(lambda: not sessions(world.cluster.dsn(), app), 10, "the restore's sessions to end")
+    try:
+        wait_for(lambda: not sessions(world.cluster.dsn(), app), 10, "the restore's sessions to end")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {sessions(world.cluster.dsn(), app)}\n{caplog.text[-3000:]}") from None
