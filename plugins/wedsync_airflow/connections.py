@@ -5,7 +5,7 @@ from __future__ import annotations
 from wedsync_backup.catalog import Catalog
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import ConfigError
-from wedsync_backup.pg import PgTarget
+from wedsync_backup.pg import LIBPQ_KEYWORDS, PgTarget
 from wedsync_backup.policy import Policy
 
 from wedsync_airflow.targets import get_connection
@@ -14,7 +14,15 @@ PG_CONN_TYPES = ("postgres", "postgresql")
 
 
 def pg_target(conn_id: str, role: str = "database") -> PgTarget:
-    """A PostgreSQL connection (conn_type postgres; schema = database name; extra sslmode etc.)."""
+    """A PostgreSQL connection, read as the postgres provider's hook reads it.
+
+    The host, port, login, password and schema (the database name) are the connection's fields; every extra
+    is a libpq keyword (sslmode, sslrootcert, sslcert, sslkey, options, keepalives, connect_timeout...), as
+    PostgresHook passes them on. psycopg and the client tools (pg_dump, pg_restore, psql) then all get the
+    same parameters.
+    """
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
     conn = get_connection(conn_id, role)
     if conn.conn_type not in PG_CONN_TYPES:
         raise ConfigError(
@@ -24,17 +32,36 @@ def pg_target(conn_id: str, role: str = "database") -> PgTarget:
         )
     if not conn.host:
         raise ConfigError(f"Airflow connection '{conn_id}' ({role}) has no host", fix="set its host")
-    extra = conn.extra_dejson or {}
-    options = {k: str(v) for k, v in extra.items() if k in ("sslmode", "sslrootcert", "application_name")}
+    hook = PostgresHook(postgres_conn_id=conn_id)
+    extra = dict(conn.extra_dejson or {})
+    login, password, port = conn.login, conn.password, conn.port
+    if extra.get("iam"):
+        login, password, port = hook.get_iam_token(conn)
+    options = {k: v for k, v in extra.items() if k not in hook.ignored_extra_options}
+    unknown = sorted(k for k in options if k not in LIBPQ_KEYWORDS)
+    if unknown:
+        raise ConfigError(
+            f"Airflow connection '{conn_id}' ({role}) has extra field(s) {', '.join(unknown)}",
+            "they are not PostgreSQL (libpq) connection parameters",
+            "remove them, or spell them as libpq does (sslmode, sslrootcert, sslcert, sslkey, options, "
+            "keepalives, connect_timeout...)",
+        )
     return PgTarget(
         host=conn.host,
-        port=int(conn.port or 5432),
-        user=conn.login or "postgres",
-        password=conn.password or None,
+        port=int(port or 5432),
+        user=login or "postgres",
+        password=password or None,
         dbname=conn.schema or "postgres",
-        options=options,
+        options={k: _libpq_value(v) for k, v in options.items()},
         label=conn_id,
     )
+
+
+def _libpq_value(value: object) -> str:
+    """JSON extras -> libpq text: true/false as 1/0 (keepalives), everything else as written."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
 
 
 def keyring(conn_id: str) -> Keyring:

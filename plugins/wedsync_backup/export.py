@@ -13,7 +13,6 @@ import re
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -22,7 +21,7 @@ from typing import Any
 import psycopg
 
 from wedsync_backup.crypto import DataKey, Keyring
-from wedsync_backup.errors import WedSyncError
+from wedsync_backup.errors import ConcurrentWriterError, WedSyncError
 from wedsync_backup.manifest import (
     ChainSection,
     Manifest,
@@ -32,7 +31,18 @@ from wedsync_backup.manifest import (
     backup_prefix,
     content_checksum,
 )
-from wedsync_backup.pg import PgTarget, find_tool, qualified, quote_ident, server_major
+from wedsync_backup.parallel import Crew, run_crew
+from wedsync_backup.pg import (
+    PgTarget,
+    end_process,
+    find_tool,
+    pg_error_is_transient,
+    qualified,
+    quote_ident,
+    server_major,
+    spawn_tool,
+    tool_error,
+)
 from wedsync_backup.pipeline import EncodeResult, encode_to_storage
 from wedsync_backup.repository import begin_attempt, seal_pending
 from wedsync_backup.storage.base import Storage
@@ -243,26 +253,58 @@ def _dump_schema(
     ]
     # pg_dump patterns fold case unless quoted: quote so "Wedding Data" means exactly that schema
     cmd += ['--exclude-schema="{}"'.format(s.replace('"', '""')) for s in options.exclude_schemas]
+    cmd.append(f"--dbname={source.tool_dsn()}")
     version = subprocess.run([str(pg_dump), "--version"], capture_output=True, text=True).stdout.strip()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=source.env())
+    proc = spawn_tool(cmd, source, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
+    # stderr is drained beside stdout: pg_dump must never block on either pipe while we are busy with the other
+    err = bytearray()
+    drain = threading.Thread(target=lambda: err.extend(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+    drain.start()
 
     def chunks() -> Iterator[bytes]:
-        while piece := proc.stdout.read(COPY_BATCH):
+        while piece := proc.stdout.read(COPY_BATCH):  # type: ignore[union-attr]
             yield piece
+        code = proc.wait()
+        drain.join()
+        if code != 0:  # raised inside the writer: a truncated schema archive is never stored
+            raise tool_error("pg_dump", source, code, err.decode(errors="replace"), "schema")
 
     try:
         result = encode_to_storage(chunks(), storage, key, data_key, zstd_level=options.zstd_level)
+    except BaseException:
+        # The storage or the pipe failed (a full disk, a target error, a timeout): end pg_dump now, so that it
+        # neither hangs on a full stdout pipe nor keeps its snapshot open on the source.
+        end_process(proc)
+        raise
     finally:
-        err = proc.stderr.read().decode(errors="replace")
-        code = proc.wait()
-    if code != 0:
-        raise WedSyncError(
-            f"pg_dump of the schema of {source.label} failed (exit {code})",
-            err.strip()[-2000:],
-            "fix the cause above and re-run the backup",
-        )
+        proc.stdout.close()
+        drain.join(timeout=5)
     return result, version
+
+
+@contextmanager
+def backup_writer_lock(source: PgTarget, backup_id: str) -> Iterator[None]:
+    """Be the only writer of ``backup_id``: a session advisory lock on the source, held for the whole export.
+
+    The lock lives in a server session, so a writer killed outright (SIGKILL) releases it with its
+    connection, and a retry can take over; a second run of the same backup meanwhile is refused.
+    """
+    with source.connect(autocommit=True) as conn:
+        got, holder = conn.execute(
+            "SELECT pg_try_advisory_lock(k), (SELECT min(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND granted AND ((classid::bigint << 32) | objid::bigint) = k AND objsubid = 1) "
+            "FROM (SELECT hashtextextended(%s, 0) AS k) s",
+            (f"wedsync-backup-writer:{backup_id}",),
+        ).fetchone()
+        if not got:
+            raise ConcurrentWriterError(
+                f"Backup {backup_id} is being written by another run right now (session pid {holder} on "
+                f"{source.label})",
+                "two writers on one backup would mix their objects",
+                "let that run finish (or stop it); this run does not touch the backup",
+            )
+        yield
 
 
 def run_export(
@@ -284,6 +326,29 @@ def run_export(
     that is already committed is returned as it is.
     """
     options = options or ExportOptions()
+    try:
+        with backup_writer_lock(source, backup_id):
+            return _export(source, storage, keyring, backup_id, backup_type, options, parent_backup_id, extra)
+    except psycopg.Error as e:  # the source failed mid-work: say so, and whether a retry can help
+        transient = bool(pg_error_is_transient(e))
+        raise WedSyncError(
+            f"Export of {backup_id} from {source.describe()} failed",
+            str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+            "the task is retried (a restart or failover passes)" if transient else "fix the cause and re-run",
+            transient=transient,
+        ) from e
+
+
+def _export(
+    source: PgTarget,
+    storage: Storage,
+    keyring: Keyring,
+    backup_id: str,
+    backup_type: str,
+    options: ExportOptions,
+    parent_backup_id: str | None,
+    extra: dict[str, Any] | None,
+) -> Manifest:
     done = begin_attempt(storage, backup_id)
     if done is not None:
         return done
@@ -381,13 +446,12 @@ def _export_parts(
     queue = list(parts)
     lock = threading.Lock()
     results: dict[str, EncodeResult] = {}
-    stop = threading.Event()
 
-    def worker() -> None:
-        with source.connect(autocommit=False) as conn:
+    def worker(crew: Crew) -> None:
+        with crew.enlist(source.connect(autocommit=False)) as conn:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-            while not stop.is_set():
+            while not crew.stopped:
                 with lock:
                     if not queue:
                         return
@@ -403,13 +467,5 @@ def _export_parts(
                 with lock:
                     results[part.key] = res
 
-    n = max(1, min(options.workers, len(parts)))
-    with ThreadPoolExecutor(n, thread_name_prefix="export") as pool:
-        futures = [pool.submit(worker) for _ in range(n)]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for f in done:
-            if f.exception():
-                stop.set()
-        for f in futures:
-            f.result()
+    run_crew(min(options.workers, len(parts)), worker, "export")
     return results

@@ -28,7 +28,16 @@ def read_manifest(storage: Storage, backup_id: str) -> Manifest:
             "it does not exist there or was never completed",
             "pick a completed backup (see the backup_operations table) or another target",
         )
-    return Manifest.from_bytes(storage.get_bytes(key), source=f"manifest of {backup_id} on {storage.name}")
+    manifest = Manifest.from_bytes(storage.get_bytes(key), source=f"manifest of {backup_id} on {storage.name}")
+    if manifest.backup_id != backup_id:
+        # Its MAC is genuine, but for another backup: a copied or moved manifest must not pass for this one.
+        raise IntegrityError(
+            f"The manifest in the folder of backup {backup_id} on target {storage.name} is the manifest of "
+            f"backup {manifest.backup_id}",
+            "it was copied or moved there; this folder holds no valid backup",
+            "restore from another target, or pick the backup the manifest belongs to",
+        )
+    return manifest
 
 
 def committed_manifests(storage: Storage) -> list[Manifest]:

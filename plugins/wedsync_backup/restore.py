@@ -10,22 +10,32 @@ afterwards the target is put back as it was: empty.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
 
 from wedsync_backup.crypto import Keyring
-from wedsync_backup.errors import IntegrityError, RestoreError, WedSyncError
+from wedsync_backup.errors import IntegrityError, RestoreError, WedSyncError, is_transient
 from wedsync_backup.manifest import Manifest, StoredObject, TableEntry
-from wedsync_backup.pg import PgTarget, find_tool, qualified, quote_ident, server_major
+from wedsync_backup.parallel import Crew, run_crew
+from wedsync_backup.pg import (
+    PgTarget,
+    end_process,
+    find_tool,
+    message_is_transient,
+    qualified,
+    quote_ident,
+    server_major,
+    spawn_tool,
+)
 from wedsync_backup.pipeline import decode_from_storage
 from wedsync_backup.storage.base import Storage
 
@@ -119,7 +129,14 @@ def plan_restore(manifest: Manifest, storage: Storage, keyring: Keyring, target:
     """Every check that can be made without touching the target; raises with the fix on the first fault."""
     verify_manifest_mac(manifest, keyring)
     check_objects_present(manifest, storage)
-    found = target_contents(target)
+    warnings = []
+    interrupted = interrupted_restore(target)
+    found = [] if interrupted else target_contents(target)
+    if interrupted:
+        warnings.append(
+            f"the target holds a restore of {interrupted.get('backup_id')} that was interrupted (the process "
+            "died): it is cleared first, putting the target back as it was"
+        )
     if found:
         raise RestoreError(
             f"Restore target {target.label} (database {target.dbname}) is not empty",
@@ -138,7 +155,40 @@ def plan_restore(manifest: Manifest, storage: Storage, keyring: Keyring, target:
         stored_bytes=manifest.stored_bytes,
         plain_bytes=manifest.plain_bytes,
         consistent_time=manifest.consistent_point.get("time", manifest.created_at),
+        warnings=warnings,
     )
+
+
+# A restore marks its target while it works, so that if it is killed outright (no clean-up can run), the
+# retry knows that what it finds there is an interrupted restore and how to put the target back as it was.
+RESTORE_MARK = "wedsync_restore_in_progress"
+
+
+def interrupted_restore(target: PgTarget) -> dict[str, object] | None:
+    """The mark an interrupted restore left in ``target`` (backup id, original schema public), or None."""
+    with target.connect(autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s", (RESTORE_MARK,)
+        ).fetchone()
+    if row is None:
+        return None
+    try:
+        return dict(json.loads(row[0] or "{}"))
+    except ValueError:
+        return {}
+
+
+def _mark_restore(target: PgTarget, backup_id: str, public_state: PublicState | None) -> None:
+    text = json.dumps({"backup_id": backup_id, "public": public_state})
+    with target.connect(autocommit=False) as conn:
+        conn.execute(f"CREATE SCHEMA {quote_ident(RESTORE_MARK)}")
+        conn.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(RESTORE_MARK), sql.Literal(text)))
+        conn.commit()
+
+
+def _unmark_restore(target: PgTarget) -> None:
+    with target.connect(autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(RESTORE_MARK)}")
 
 
 EARLY_INDEX_MIN_BYTES = 8 << 20  # smaller tables: their indexes are cheap, leave them to the final pass
@@ -161,28 +211,34 @@ def _run_pg_restore(
     if toc_list is not None:
         r, w = os.pipe()
         fds = (r,)
-        cmd += ["-L", f"/dev/fd/{r}", "--exit-on-error", f"--dbname={target.dbname}"]
+        cmd += ["-L", f"/dev/fd/{r}", "--exit-on-error"]
 
         def write_list() -> None:
             with os.fdopen(w, "w") as f:
                 f.write(toc_list)
 
         list_writer = threading.Thread(target=write_list, daemon=True)
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=target.env(), pass_fds=fds
-    )
-    if toc_list is not None:
-        os.close(fds[0])
-        assert list_writer is not None
-        list_writer.start()
-    out, err = proc.communicate(archive)
+    if "-l" not in args:
+        cmd.append(f"--dbname={target.tool_dsn()}")
+    proc = spawn_tool(cmd, target, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=fds)
+    try:
+        if toc_list is not None:
+            os.close(fds[0])
+            assert list_writer is not None
+            list_writer.start()
+        out, err = proc.communicate(archive)
+    except BaseException:
+        end_process(proc)  # a timeout or kill of the task: pg_restore must not go on writing to the target
+        raise
     if list_writer is not None:
         list_writer.join()
     if proc.returncode != 0:
+        message = err.decode(errors="replace")
         raise RestoreError(
             f"pg_restore ({' '.join(args) or 'list'}) of backup {manifest.backup_id} failed",
-            err.decode(errors="replace").strip()[-2000:],
+            message.strip()[-2000:],
             "see the error above (a missing role or extension on the target server is the usual cause)",
+            transient=bool(message_is_transient(message)),
         )
     return out.decode(errors="replace")
 
@@ -241,12 +297,11 @@ def _load_data(
     remaining = {t.qualified: len(t.parts) for t in manifest.tables}
     lock = threading.Lock()
     loaded: dict[str, int] = {}
-    stop = threading.Event()
 
-    def worker() -> None:
-        with target.connect(autocommit=True) as conn:
+    def worker(crew: Crew) -> None:
+        with crew.enlist(target.connect(autocommit=True)) as conn:
             conn.execute("SET synchronous_commit = off")
-            while not stop.is_set():
+            while not crew.stopped:
                 with lock:
                     if not queue:
                         return
@@ -259,14 +314,7 @@ def _load_data(
                 if last and on_table_loaded is not None:
                     on_table_loaded(table)
 
-    n = max(1, min(workers, len(queue)))
-    with ThreadPoolExecutor(n, thread_name_prefix="restore") as pool:
-        futures = [pool.submit(worker) for _ in range(n)]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        if any(f.exception() for f in done):
-            stop.set()
-        for f in futures:
-            f.result()
+    run_crew(min(workers, len(queue)), worker, "restore")
     for t in manifest.tables:
         if loaded.get(t.qualified, 0) != t.row_count:
             raise IntegrityError(
@@ -347,15 +395,27 @@ def restore_backup(
     """Restore ``manifest``'s backup from ``storage`` into the empty database ``target``; all or nothing."""
     started = time.monotonic()
     plan_restore(manifest, storage, keyring, target)
-    public_state = _public_schema_state(target)
+    interrupted = interrupted_restore(target)
+    if interrupted is not None:
+        log.warning(
+            "%s holds an interrupted restore of %s: putting it back as it was first",
+            target.label,
+            interrupted.get("backup_id"),
+        )
+        saved = interrupted.get("public")
+        public_state: PublicState | None = (saved[0], [tuple(g) for g in saved[1]], saved[2]) if saved else None
+        reset_target(target, public_state)
+    else:
+        public_state = _public_schema_state(target)
     log.info("Restoring %s from %s into %s", manifest.backup_id, storage.name, target.label)
     try:
+        _mark_restore(target, manifest.backup_id, public_state)
         archive = _schema_archive(manifest, storage, keyring)
         _run_pg_restore(
             manifest,
             archive,
             target,
-            ["--section=pre-data", "--exit-on-error", "--single-transaction", f"--dbname={target.dbname}"],
+            ["--section=pre-data", "--exit-on-error", "--single-transaction"],
         )
         post_data = _post_data_entries(manifest, archive, target)
         done: set[str] = set()
@@ -375,22 +435,28 @@ def restore_backup(
         if rest:
             _run_pg_restore(manifest, archive, target, ["--single-transaction"], toc_list="\n".join(rest) + "\n")
         _set_sequences(manifest, target)
+        _unmark_restore(target)
     except BaseException as e:
         log.error("Restore of %s failed, putting %s back as it was: %s", manifest.backup_id, target.label, e)
         try:
             reset_target(target, public_state)
         except Exception as cleanup_error:  # report both: the cause first
+            if not isinstance(e, Exception):
+                raise  # a timeout or kill still ends the task; the mark lets the retry clean up
             raise RestoreError(
                 f"Restore of backup {manifest.backup_id} failed ({e}) and so did the clean-up",
                 str(cleanup_error),
-                f"drop and re-create database {target.dbname} by hand before trying again",
+                "run the restore again: it clears the interrupted attempt first (or drop and re-create "
+                f"database {target.dbname} by hand)",
+                transient=is_transient(cleanup_error),
             ) from e
-        if isinstance(e, WedSyncError):
-            raise
+        if not isinstance(e, Exception) or isinstance(e, WedSyncError):
+            raise  # a timeout or a kill propagates as itself, after the clean-up
         raise RestoreError(
             f"Restore of backup {manifest.backup_id} into {target.label} failed",
             str(e),
             "the target was put back as it was; fix the cause and run the restore again",
+            transient=is_transient(e),
         ) from e
     return RestoreResult(
         backup_id=manifest.backup_id,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from wedsync_backup.crypto import Keyring, decrypt_stream
-from wedsync_backup.errors import IntegrityError, WedSyncError
+from wedsync_backup.errors import IntegrityError, WedSyncError, is_transient
 from wedsync_backup.manifest import Manifest, StoredObject
 from wedsync_backup.pipeline import decode_from_storage
 from wedsync_backup.restore import verify_manifest_mac
@@ -78,7 +78,10 @@ def verify_copy(manifest: Manifest, storage: Storage, keyring: Keyring, *, deep:
             raise
         except Exception as e:  # storage/network faults: say which object and which target
             raise IntegrityError(
-                f"Could not verify object {obj.key} on target {storage.name}", str(e), "check the target"
+                f"Could not verify object {obj.key} on target {storage.name}",
+                str(e),
+                "check the target",
+                transient=is_transient(e),  # a dropped connection is retried; damaged data is not
             ) from e
     log.info("Verified %d objects of %s on %s", len(objects), manifest.backup_id, storage.name)
     return VerifyResult(

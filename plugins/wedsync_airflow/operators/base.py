@@ -1,4 +1,4 @@
-"""What every WedSync operator shares: the policy, and errors that say what to fix."""
+"""What every WedSync operator shares: the policy, and errors that say what to fix and whether to retry."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
-from wedsync_backup.errors import ConfigError, WedSyncError
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from wedsync_backup.errors import is_transient
 from wedsync_backup.policy import Policy, load_policy
 
 T = TypeVar("T")
@@ -27,15 +27,22 @@ class WedSyncOperator(BaseOperator):
     def policy(self) -> Policy:
         return load_policy(self.policy_path or None)
 
-    def guarded(self, fn: Callable[[], T], fatal: tuple[type[WedSyncError], ...] = (ConfigError,)) -> T:
-        """Run ``fn``; a ``fatal`` error fails at once (a retry cannot fix a wrong key or param)."""
+    def guarded(self, fn: Callable[[], T], fatal: tuple[type[Exception], ...] = ()) -> T:
+        """Run ``fn``, and let the error's cause decide: a transient fault (a restart, a dropped connection, a
+        5xx, a timeout) is raised for Airflow to retry with backoff; a permanent one (a missing connection,
+        wrong credentials, a missing bucket, a wrong key, a bad param, or a class in ``fatal``) fails at once,
+        since no retry can fix it. Timeouts and kills (not ``Exception``) pass through untouched."""
         try:
             return fn()
-        except fatal as e:
-            self.log.error("%s", e)
-            raise AirflowFailException(str(e)) from e
-        except WedSyncError as e:
-            self.log.error("%s", e)
+        except AirflowException:
+            raise  # Airflow's own signals (skip, fail, ...) keep their meaning
+        except Exception as e:
+            if isinstance(e, fatal) or not is_transient(e):
+                self.log.error("%s", e)
+                self.log.error("This cannot be fixed by retrying: failing now, without retries")
+                raise AirflowFailException(str(e)) from e
+            self.log.warning("%s", e)
+            self.log.warning("This fault is transient: the task is retried with backoff if it has retries left")
             raise
 
 

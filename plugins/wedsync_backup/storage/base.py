@@ -112,6 +112,14 @@ class Storage(abc.ABC):
         return f"<{type(self).__name__} {self.name} {self.url()}>"
 
 
+def unreachable_at_check(error: StorageError) -> StorageError:
+    """A target that cannot be reached when preflight first checks it: before any work this is a set-up
+    fault (a wrong endpoint, a missing network route), so preflight fails at once, naming it. The same fault
+    in the middle of the work (the endpoint answered before) is transient and retried."""
+    error.transient = False
+    return error
+
+
 class BucketStorage(Storage):
     """An object store (S3, GCS): keys live under ``prefix`` in a bucket reached through ``conn_id``."""
 

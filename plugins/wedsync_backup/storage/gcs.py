@@ -19,13 +19,14 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from requests.exceptions import RequestException
 
 from wedsync_backup.errors import MissingTargetError, StorageError
-from wedsync_backup.storage.base import READ_CHUNK, BucketStorage, ObjectInfo, ObjectWriter
+from wedsync_backup.storage.base import READ_CHUNK, BucketStorage, ObjectInfo, ObjectWriter, unreachable_at_check
 
 CHUNK_SIZE = 16 << 20  # must be a multiple of 256 KiB
 READ_AHEAD = 8 << 20  # one ranged request fetches this much; read() hands it out in chunk_size pieces
 DELETE_BATCH = 100  # the GCS batch API takes at most 100 calls per request
 BUCKET_ENV = "WEDSYNC_BACKUP_GCS_BUCKET"
 PROBE_PREFIX = ".wedsync-check-"
+CHECK_TIMEOUT = 5.0  # seconds preflight keeps trying to reach the endpoint before it fails
 # Everything the client raises for a failed call: API errors, raw upload/download errors, network.
 _ERRORS = (
     gexc.GoogleAPIError,
@@ -138,6 +139,8 @@ class GCSStorage(BucketStorage):
 
     def _error(self, what: str, full_key: str, e: BaseException) -> StorageError:
         conn = self.conn_id or "the GCS connection"
+        if isinstance(e, gexc.RetryError) and e.cause is not None:
+            e = e.cause  # the client gave up retrying: classify what it kept running into
         status = getattr(getattr(e, "response", None), "status_code", 0)
         if isinstance(e, InvalidResponse) and status:
             e = gexc.from_http_status(status, str(e))
@@ -149,12 +152,18 @@ class GCSStorage(BucketStorage):
                 where,
                 f"GCS at {self.endpoint} refused the credentials ({e})",
                 f"check the key file / service account and its bucket permissions in connection {conn}",
+                transient=False,
             )
         if isinstance(e, gexc.GoogleAPIError):
+            # 5xx, throttling (429) and timeouts pass; another 4xx is a request no retry will change
+            passes = isinstance(e, gexc.ServerError | gexc.TooManyRequests | gexc.RetryError | gexc.DeadlineExceeded)
             return StorageError(
                 where,
                 f"GCS at {self.endpoint} answered: {e}",
-                "retry; if it persists check the service status",
+                "the task is retried; if it persists check the service status"
+                if passes
+                else "check the request against the bucket's settings",
+                transient=passes,
             )
         return StorageError(
             where,
@@ -240,9 +249,10 @@ class GCSStorage(BucketStorage):
 
     def check(self) -> None:
         try:
-            found = self.client.lookup_bucket(self.bucket, retry=DEFAULT_RETRY.with_timeout(10))
+            found = self.client.lookup_bucket(self.bucket, retry=DEFAULT_RETRY.with_timeout(CHECK_TIMEOUT))
         except _ERRORS as e:
-            raise self._error("reach", "", e) from e
+            error = self._error("reach", "", e)
+            raise (unreachable_at_check(error) if error.transient else error) from e
         if found is None:
             raise self._no_bucket()
         probe = self._full(f"{PROBE_PREFIX}{secrets.token_hex(6)}")

@@ -7,6 +7,7 @@ crash leaves at most a ``.partial-`` file that :meth:`LocalStorage.list` never s
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -18,6 +19,12 @@ from wedsync_backup.storage.base import READ_CHUNK, ObjectInfo, ObjectWriter, St
 
 PARTIAL_MARK = ".partial-"
 PROBE_PREFIX = ".wedsync-check-"
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_SETUP = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 def _is_internal(filename: str) -> bool:
@@ -115,10 +122,33 @@ class LocalStorage(Storage):
         return f"target {self.name}{conn}"
 
     def _error(self, what: str, err: OSError) -> StorageError:
-        fix = "check the disk has space and the backup user may write there"
-        if self.conn_id:
-            fix += f", or point connection {self.conn_id} (extra 'path') at another directory"
-        return StorageError(f"{what} ({self._where()})", err.strerror or str(err), fix)
+        other = f", or point connection {self.conn_id} (extra 'path') at another directory" if self.conn_id else ""
+        if err.errno in _FULL:
+            return StorageError(
+                f"{what} ({self._where()}): the disk is full",
+                f"{err.strerror}; {self._space()}",
+                f"free space on the disk of {self.root} (or let retention prune old backups){other}",
+                transient=False,
+            )
+        if err.errno in _SETUP:
+            return StorageError(
+                f"{what} ({self._where()})",
+                err.strerror or str(err),
+                f"check the directory exists and the backup user may write there{other}",
+                transient=False,
+            )
+        return StorageError(
+            f"{what} ({self._where()})", err.strerror or str(err), f"check the disk and the directory{other}"
+        )
+
+    def _space(self) -> str:
+        """How much room the target's file system has, for the error that says it is full."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return "free space unknown"
+        free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        return f"{_mib(free)} free of {_mib(total)} on the file system of {self.root}"
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")

@@ -12,10 +12,18 @@ import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
 
 from wedsync_backup.errors import MissingTargetError, StorageError
-from wedsync_backup.storage.base import READ_CHUNK, BucketStorage, ObjectInfo, ObjectWriter
+from wedsync_backup.storage.base import READ_CHUNK, BucketStorage, ObjectInfo, ObjectWriter, unreachable_at_check
 
 PART_SIZE = 16 << 20
 # Every part carries a CRC32 that S3 verifies, declared up front as s3transfer does (an upload whose
@@ -28,10 +36,19 @@ PROBE_PREFIX = ".wedsync-check-"
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 _NO_BUCKET = {"NoSuchBucket"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+# Answers a retry outlives: throttling, timeouts and server-side faults (every 5xx).
+_PASSING = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "InternalError"}
+# Failures to talk to the endpoint at all (refused, reset, timed out): transient once work has begun.
+_NETWORK = (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError, HTTPClientError)
 
 
 def _code(e: ClientError) -> str:
     return str(e.response.get("Error", {}).get("Code", ""))
+
+
+def _passes(e: ClientError) -> bool:
+    status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return status >= 500 or status == 429 or _code(e) in _PASSING
 
 
 class S3Writer(ObjectWriter):
@@ -185,22 +202,35 @@ class S3Storage(BucketStorage):
                     f"Cannot {what} s3://{self.bucket}/{full_key} ({self._where()})",
                     f"S3 at {self.endpoint} refused the credentials ({code})",
                     f"check the access key, secret and permissions in connection {conn}",
+                    transient=False,
                 )
+            passes = _passes(e)
             return StorageError(
                 f"Cannot {what} s3://{self.bucket}/{full_key} ({self._where()})",
                 f"S3 at {self.endpoint} answered {code}: {e.response.get('Error', {}).get('Message', e)}",
-                "retry; if it persists check the bucket's policy and the service status",
+                "the task is retried; if it persists check the service status"
+                if passes
+                else "check the request against the bucket's policy and settings",
+                transient=passes,
             )
         if isinstance(e, NoCredentialsError):
             return StorageError(
                 f"Cannot {what} s3://{self.bucket}/{full_key} ({self._where()})",
                 "no AWS credentials were found",
                 f"set login/password (access key/secret) or a role in connection {conn}",
+                transient=False,
+            )
+        if isinstance(e, _NETWORK):
+            return StorageError(
+                f"Cannot {what} s3://{self.bucket}/{full_key} ({self._where()})",
+                f"S3 endpoint {self.endpoint} is unreachable ({e})",
+                f"check the network and 'endpoint_url' in connection {conn} (mid-work, the task is retried first)",
             )
         return StorageError(
             f"Cannot {what} s3://{self.bucket}/{full_key} ({self._where()})",
-            f"S3 endpoint {self.endpoint} is unreachable ({e})",
-            f"check the network and 'endpoint_url'/'region_name' in connection {conn}",
+            f"the S3 client refused the request ({type(e).__name__}: {e})",
+            f"check 'endpoint_url', 'region_name' and the other settings of connection {conn}",
+            transient=False,
         )
 
     def _no_bucket(self) -> StorageError:
@@ -301,7 +331,7 @@ class S3Storage(BucketStorage):
                 raise self._no_bucket() from e
             raise self._error("reach", "", e) from e
         except BotoCoreError as e:
-            raise self._error("reach", "", e) from e
+            raise unreachable_at_check(self._error("reach", "", e)) from e
         probe = self._full(f"{PROBE_PREFIX}{secrets.token_hex(6)}")
         self._call("write a probe object to", probe, self.client.put_object, Key=probe, Body=b"wedsync")
         self._call("delete the probe object", probe, self.client.delete_object, Key=probe)

@@ -1,0 +1,81 @@
+"""Worker threads that stop together: the first failure cancels every other worker's query at once.
+
+Without this, one failed part lets the other workers finish their (possibly huge) parts while the task is
+already lost, holding the exported snapshot or the restore target's sessions open all that time; and a
+timeout or kill in the main thread would wait for them too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+import psycopg
+
+CANCEL_TIMEOUT = 5.0
+
+
+class Crew:
+    """What the workers share: a stop flag, the first error, and the connections to cancel."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._conns: list[psycopg.Connection] = []
+        self.error: BaseException | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def enlist(self, conn: psycopg.Connection) -> psycopg.Connection:
+        """Register a worker's connection so that a failure elsewhere cancels its running query."""
+        with self._lock:
+            self._conns.append(conn)
+            stopped = self._stop.is_set()
+        if stopped:
+            with contextlib.suppress(Exception):
+                conn.cancel_safe(timeout=CANCEL_TIMEOUT)
+        return conn
+
+    def fail(self, error: BaseException) -> None:
+        """Record the first error and stop everyone now."""
+        with self._lock:
+            if self.error is None:
+                self.error = error
+            conns = list(self._conns)
+            self._stop.set()
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.cancel_safe(timeout=CANCEL_TIMEOUT)
+
+
+def run_crew(workers: int, work: Callable[[Crew], None], name: str) -> None:
+    """Run ``work(crew)`` in ``workers`` threads; raise the first failure once every thread has ended.
+
+    A BaseException in the calling thread (a task timeout, a kill) stops the workers the same way before it
+    propagates, so no query outlives the task.
+    """
+    crew = Crew()
+
+    def guarded() -> None:
+        try:
+            work(crew)
+        except BaseException as e:
+            crew.fail(e)
+            raise
+
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix=name)
+    try:
+        futures = [pool.submit(guarded) for _ in range(max(1, workers))]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        wait(futures)
+    except BaseException as e:
+        crew.fail(e)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    if crew.error is not None:
+        raise crew.error
