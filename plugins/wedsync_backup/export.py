@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from typing import Any
 
@@ -23,6 +23,7 @@ import psycopg
 
 from wedsync_backup.crypto import DataKey, Keyring
 from wedsync_backup.errors import WedSyncError
+from wedsync_backup.logical.ddl import CAPTURE_SCHEMA, fingerprint_query
 from wedsync_backup.manifest import (
     Manifest,
     SequenceEntry,
@@ -280,6 +281,8 @@ def run_export(
     that is already committed is returned as it is.
     """
     options = options or ExportOptions()
+    # our DDL capture (logical/ddl.py) lives on the source but is never user schema: never backed up
+    options = replace(options, exclude_schemas=(*options.exclude_schemas, CAPTURE_SCHEMA))
     done = begin_attempt(storage, backup_id)
     if done is not None:
         return done
@@ -294,6 +297,12 @@ def run_export(
             "(SELECT system_identifier::text FROM pg_control_system())"
         ).fetchone()
         parts = plan_parts(backup_id, tables, options.split_pages)
+        extra = dict(extra or {})
+        if options.slot:  # the schema the chain starts from, read in the very snapshot the data comes from
+            holder.execute("SET LOCAL search_path = pg_catalog")
+            fingerprint = holder.execute(fingerprint_query(options.exclude_schemas).encode()).fetchone()[0]
+            holder.execute("RESET search_path")
+            extra["schema_fingerprint"] = fingerprint
         log.info(
             "Exporting %d tables (%d parts, %d sequences) of %s at LSN %s with %d workers",
             len(tables),
@@ -349,7 +358,7 @@ def run_export(
         tables=entries,
         sequences=sequences,
         parent_backup_id=parent_backup_id,
-        extra=dict(extra or {}),
+        extra=extra,
     )
     seal_pending(storage, manifest, data_key)
     log.info(

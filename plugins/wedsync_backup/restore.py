@@ -24,6 +24,7 @@ from psycopg import sql
 
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError, RestoreError, WedSyncError
+from wedsync_backup.logical.ddl import TRIGGERS as DDL_TRIGGERS
 from wedsync_backup.manifest import Manifest, StoredObject, TableEntry
 from wedsync_backup.pg import PgTarget, find_tool, qualified, quote_ident, server_major
 from wedsync_backup.pipeline import decode_from_storage
@@ -190,7 +191,12 @@ def _run_pg_restore(
 def _post_data_entries(manifest: Manifest, archive: bytes, target: PgTarget) -> list[str]:
     """The archive's TOC lines of the post-data section, as `pg_restore -l` prints them."""
     listing = _run_pg_restore(manifest, archive, target, ["--section=post-data", "-l"])
-    return [line for line in listing.splitlines() if line and not line.startswith(";")]
+    return [line for line in listing.splitlines() if line and not line.startswith(";") and not _ours(line)]
+
+
+def _ours(line: str) -> bool:
+    """Our DDL capture's event triggers (pg_dump cannot leave them out): never restored as user schema."""
+    return any(f" EVENT TRIGGER - {name} " in line for name in DDL_TRIGGERS)
 
 
 def _entry_key(line: str) -> str:
