@@ -25,6 +25,7 @@ from wedsync_backup.manifest import Manifest, backup_prefix
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pipeline import decode_from_storage, encode_to_storage
 from wedsync_backup.repository import begin_attempt, seal_pending
+from wedsync_backup.schema_changes import chain_end_warning
 from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,7 @@ def capture_incremental(
             "schema_fingerprint": guard.expected,  # the schema at the end, as the stream accounts for it
             "schema_changes": guard.ddl,  # replayed at their position
             "chain_end": chain_end,
+            **({"warnings": [chain_end_warning(chain_end)]} if chain_end else {}),
             # sequences are not in the change stream: their values now, so a restore never hands out a
             # number the source already used (even for rows deleted since)
             "sequences": sequences,

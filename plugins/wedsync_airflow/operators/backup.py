@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 from wedsync_backup.errors import ConfigError, IntegrityError, StorageError
 from wedsync_backup.export import ExportOptions, run_export
 from wedsync_backup.incremental import schema_fingerprint
+from wedsync_backup.logical.ddl import capture_state
 from wedsync_backup.logical.slot import (
     check_logical_decoding,
     drop_slot,
@@ -27,6 +28,7 @@ from wedsync_backup.rule321 import check_321, enforce_321
 from wedsync_backup.verify import verify_copy
 from wedsync_backup.watermark import WARNING as WATERMARK_WARNING
 
+from wedsync_airflow.chain_source import prepare_chain_source
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
 from wedsync_airflow.targets import build_storage, build_targets
@@ -101,6 +103,10 @@ class BackupPreflightOperator(WedSyncOperator):
             self.log.info("Target %s ok: %s (%s, %s)", storage.name, storage.url(), storage.medium, storage.site)
 
         backup_id = backup_id_for(context, self.backup_type)
+        if self.backup_type == "full":  # the chain this backup starts: DDL capture, large-object warning
+            source = pg_target(policy.source_conn_id, "source")
+            actor = f"airflow:{self.dag_id}"
+            warnings = [*warnings, *prepare_chain_source(policy, cat, source, actor=actor, backup_id=backup_id)]
         fresh = cat.start_backup(
             backup_id=backup_id,
             backup_type=self.backup_type,
@@ -156,6 +162,7 @@ class ExportOperator(WedSyncOperator):
                         details={"tables": changed},
                     )
                 extra["replica_identity_full_set"] = changed
+                extra["ddl_capture"] = capture_state(source).as_dict()
                 extra["schema_fingerprint"] = schema_fingerprint(source, policy.exclude_schemas)
             elif mode == "watermark":
                 self.log.warning(

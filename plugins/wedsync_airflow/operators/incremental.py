@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from wedsync_backup.errors import ConfigError, IntegrityError
-from wedsync_backup.incremental import capture_incremental, schema_fingerprint
+from wedsync_backup.incremental import capture_incremental
+from wedsync_backup.logical.ddl import FINGERPRINT_VERSION
 from wedsync_backup.logical.slot import advance_slot, check_logical_decoding, drop_slot, wedsync_slots
 from wedsync_backup.pitr import chain_of
 from wedsync_backup.policy import Policy
 from wedsync_backup.repository import committed_manifests, read_manifest
 from wedsync_backup.rule321 import check_321, enforce_321
+from wedsync_backup.schema_changes import record_outcome
 from wedsync_backup.watermark import WARNING as WATERMARK_WARNING
 from wedsync_backup.watermark import capture_watermark
 
+from wedsync_airflow.chain_source import large_object_warning
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.operators.backup import backup_id_for, load_pending_manifest, retention_until
 from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
@@ -49,6 +52,7 @@ def chain_work(policy: Policy) -> dict[str, Any]:
             "closing": newer is not None,
             "upto_lsn": newer.consistent_point["lsn"] if newer else None,
             "fingerprint": full.extra.get("schema_fingerprint"),
+            "end_fingerprint": newer.extra.get("schema_fingerprint") if newer else None,
         }
     raise ConfigError(
         "No incremental chain to continue",
@@ -131,13 +135,18 @@ class IncrementalPreflightOperator(WedSyncOperator):
         action = "close" if work["closing"] else "capture"
         if work["slot"] in dropped:
             action = "end_chain"
-        if not work["closing"] and work["fingerprint"]:
-            now_fp = schema_fingerprint(source, policy.exclude_schemas)
-            if now_fp != work["fingerprint"]:
-                action = "end_chain"
+        # Schema changes are followed by the capture (captured DDL is replayed; at an uncaptured one the chain
+        # ends right there). A chain whose full predates that cannot compare fingerprints: it ends now.
+        legacy = bool(work["fingerprint"]) and not str(work["fingerprint"]).startswith(FINGERPRINT_VERSION)
+        if legacy and not work["closing"] and action == "capture":
+            action = "end_chain"
+        lo = large_object_warning(source)
+        if lo:
+            self.log.warning("!!! %s", lo)
+            warnings = [*warnings, lo]
         backup_id = backup_id_for(context, "incremental")
         if action == "end_chain":
-            reason = "slot dropped: too much retained WAL" if work["slot"] in dropped else "schema change"
+            reason = "slot dropped: too much retained WAL" if work["slot"] in dropped else "chain of an older version"
             drop_slot(source, work["slot"])
             cat.audit(
                 "chain_ended",
@@ -256,7 +265,11 @@ class CaptureIncrementalOperator(WedSyncOperator):
                 zstd_level=policy.zstd_level,
                 upto_lsn=self.plan.get("upto_lsn"),
                 extra={"dag_id": self.dag_id, "run_id": run_id_of(context), "closes_chain": self.plan["closing"]},
+                exclude_schemas=policy.exclude_schemas,
+                end_fingerprint=self.plan.get("end_fingerprint"),
             )
+            record_outcome(catalog(policy), manifest, actor=f"airflow:{self.dag_id}")
+        context["ti"].xcom_push(key="chain_ended", value=bool(manifest.extra.get("chain_end")))
         sha = manifest.sha256()  # of exactly the bytes left on the primary
         context["ti"].xcom_push(key="manifest_sha256", value=sha)
         return {
@@ -268,6 +281,8 @@ class CaptureIncrementalOperator(WedSyncOperator):
             "end_lsn": manifest.extra.get("end_lsn"),
             "stored_bytes": manifest.stored_bytes,
             "captures_deletes": manifest.extra.get("captures_deletes", True),
+            "schema_changes": len(manifest.extra.get("schema_changes") or []),
+            "chain_end": manifest.extra.get("chain_end"),
         }
 
 
@@ -299,7 +314,7 @@ class ReleaseSlotOperator(WedSyncOperator):
         slot = self.plan["slot"]
         if slot is None:  # watermark chain: no slot to move
             return {"slot": None, "method": "watermark"}
-        if self.plan["closing"]:
+        if self.plan["closing"] or manifest.extra.get("chain_end"):
             drop_slot(source, slot)
             self.log.info(
                 "Chain of %s closed at %s; slot %s dropped", self.plan["full"], manifest.extra["end_lsn"], slot
