@@ -23,6 +23,7 @@ import psycopg
 
 from wedsync_backup.crypto import DataKey, Keyring
 from wedsync_backup.errors import WedSyncError
+from wedsync_backup.large_objects import export_large_objects
 from wedsync_backup.logical.ddl import CAPTURE_SCHEMA, fingerprint_query
 from wedsync_backup.manifest import (
     Manifest,
@@ -316,6 +317,9 @@ def run_export(
             source, storage, f"{backup_prefix(backup_id)}schema.wsb", data_key, point.snapshot, options, major
         )
         results = _export_parts(source, storage, data_key, point.snapshot, tables, parts, options)
+        large_objects = export_large_objects(holder, storage, backup_id, data_key, options.zstd_level)
+        if large_objects:
+            extra["large_objects"] = large_objects
 
     entries = []
     for i, t in enumerate(tables):

@@ -136,6 +136,8 @@ class Manifest:
         out += [p for t in self.tables for p in t.parts]
         if self.changes_object:
             out.append(self.changes_object)
+        if self.extra.get("large_objects"):  # full backups: the large objects' contents (large_objects.py)
+            out.append(StoredObject(**self.extra["large_objects"]["object"]))
         return out
 
     @property

@@ -24,6 +24,7 @@ from psycopg import sql
 
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError, RestoreError, WedSyncError
+from wedsync_backup.large_objects import restore_large_objects
 from wedsync_backup.logical.ddl import TRIGGERS as DDL_TRIGGERS
 from wedsync_backup.manifest import Manifest, StoredObject, TableEntry
 from wedsync_backup.pg import PgTarget, find_tool, qualified, quote_ident, server_major
@@ -110,6 +111,8 @@ def target_contents(target: PgTarget) -> list[str]:
              WHERE nspname NOT IN {SYSTEM_SCHEMAS} AND nspname NOT LIKE 'pg\\_%' AND nspname <> 'public'
             UNION ALL
             SELECT 'extension ' || extname FROM pg_extension WHERE extname <> 'plpgsql'
+            UNION ALL
+            SELECT 'large object ' || oid FROM pg_largeobject_metadata
             ORDER BY 1 LIMIT 20
             """
         ).fetchall()
@@ -326,6 +329,7 @@ def reset_target(target: PgTarget, public_state: PublicState | None) -> None:
                 f"SELECT nspname FROM pg_namespace WHERE nspname NOT IN {SYSTEM_SCHEMAS} AND nspname NOT LIKE 'pg\\_%'"
             ).fetchall()
         ]
+        conn.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
         for ext in conn.execute("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'").fetchall():
             conn.execute(f"DROP EXTENSION IF EXISTS {quote_ident(ext[0])} CASCADE")
         for s in schemas:
@@ -377,6 +381,8 @@ def restore_backup(
                     done.update(entries)
 
         loaded = _load_data(manifest, storage, keyring, target, workers, on_table_loaded=build_indexes)
+        with target.connect(autocommit=True) as conn:
+            restore_large_objects(manifest, storage, keyring, conn)
         rest = [line for line in post_data if line not in done]
         if rest:
             _run_pg_restore(manifest, archive, target, ["--single-transaction"], toc_list="\n".join(rest) + "\n")
