@@ -206,6 +206,9 @@ def install_ddl_capture(source: PgTarget, exclude_schemas: tuple[str, ...] = ())
             conn.rollback()
             return CaptureState(False, reason=NOT_SUPERUSER, exclude_schemas=list(exclude_schemas))
         try:
+            # our own DDL must not reach a running chain as a change to replay: event triggers are off in
+            # replica mode (our schema is outside every fingerprint, so nothing looks uncaptured either)
+            conn.execute("SET LOCAL session_replication_role = replica")
             conn.execute(_install_sql(exclude_schemas).encode())
             conn.commit()
         except psycopg.errors.InsufficientPrivilege as e:
@@ -232,6 +235,7 @@ def remove_ddl_capture(source: PgTarget) -> bool:
     """Drop our event triggers and schema; True when something was there. Schema changes then end chains."""
     with source.connect(autocommit=False) as conn:
         found = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (CAPTURE_SCHEMA,)).fetchone()[0]
+        conn.execute("SET LOCAL session_replication_role = replica")
         for name in TRIGGERS:
             conn.execute(f"DROP EVENT TRIGGER IF EXISTS {name}")
         conn.execute(f"DROP SCHEMA IF EXISTS {CAPTURE_SCHEMA} CASCADE")
