@@ -17,7 +17,7 @@ from typing import Any
 
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
-from wedsync_backup.logical.ddl import CAPTURE_SCHEMA, Ddl, fingerprint_query
+from wedsync_backup.logical.ddl import CAPTURE_SCHEMA, Ddl, emit_marker, fingerprint_query
 from wedsync_backup.logical.decoding import Begin, Change, Commit, Message, parse_line
 from wedsync_backup.logical.guard import CaptureStats, ChangeGuard
 from wedsync_backup.logical.slot import STABLE_OUTPUT, slot_info
@@ -146,7 +146,7 @@ def capture_incremental(
         # a synchronous (empty) commit flushes everything before it.
         conn.execute("SET synchronous_commit = on")
         with conn.transaction():
-            conn.execute("SELECT pg_current_xact_id()")
+            emit_marker(conn, "capture flush")  # a transaction of ours, not a schema change
         current = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]
         closing = upto_lsn is not None
         upto_lsn = upto_lsn or current

@@ -34,6 +34,9 @@ from wedsync_backup.pg import PgTarget
 CAPTURE_SCHEMA = "_wedsync_backup"
 MESSAGE_PREFIX = "wedsync.ddl"
 FENCE_PREFIX = "wedsync.ddl.fence"
+# Our own transactions on the source (install, removal, a capture's flush): they write no user rows, and
+# would otherwise look like a schema-only change to the uncaptured-change check (see guard.py).
+MARKER_PREFIX = "wedsync.marker"
 VERSION = 1
 TRIGGERS = ("wedsync_backup_ddl_start", "wedsync_backup_ddl_end", "wedsync_backup_ddl_drop")
 
@@ -210,11 +213,17 @@ def install_ddl_capture(source: PgTarget, exclude_schemas: tuple[str, ...] = ())
             # replica mode (our schema is outside every fingerprint, so nothing looks uncaptured either)
             conn.execute("SET LOCAL session_replication_role = replica")
             conn.execute(_install_sql(exclude_schemas).encode())
+            emit_marker(conn, "ddl capture installed")
             conn.commit()
         except psycopg.errors.InsufficientPrivilege as e:
             conn.rollback()
             return CaptureState(False, reason=f"{NOT_SUPERUSER}: {e}", exclude_schemas=list(exclude_schemas))
     return CaptureState(True, VERSION, exclude_schemas=list(exclude_schemas))
+
+
+def emit_marker(conn: psycopg.Connection, what: str) -> None:
+    """Mark the current transaction as ours in the change stream."""
+    conn.execute("SELECT pg_logical_emit_message(true, %s, %s)", (MARKER_PREFIX, what))
 
 
 def capture_state(source: PgTarget) -> CaptureState:
@@ -239,6 +248,7 @@ def remove_ddl_capture(source: PgTarget) -> bool:
         for name in TRIGGERS:
             conn.execute(f"DROP EVENT TRIGGER IF EXISTS {name}")
         conn.execute(f"DROP SCHEMA IF EXISTS {CAPTURE_SCHEMA} CASCADE")
+        emit_marker(conn, "ddl capture removed")
         conn.commit()
     return bool(found)
 

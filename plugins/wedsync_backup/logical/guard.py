@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from wedsync_backup.logical.ddl import FENCE_PREFIX, MESSAGE_PREFIX, Ddl, DdlMessage, message_content
+from wedsync_backup.logical.ddl import FENCE_PREFIX, MARKER_PREFIX, MESSAGE_PREFIX, Ddl, DdlMessage, message_content
 from wedsync_backup.logical.decoding import Commit, change_head, parse_line
 from wedsync_backup.logical.statements import Statement, Unsplittable, ddl_statements, replayable
 
@@ -134,7 +134,8 @@ class ChangeGuard:
         found = message_content(data)
         if found and found[0] == MESSAGE_PREFIX:
             return self._ddl_message(lsn, xid, DdlMessage.parse(found[1]))
-        if found and found[0] == FENCE_PREFIX:
+        if found and found[0] in (FENCE_PREFIX, MARKER_PREFIX):
+            self._tx_explained = True
             return []
         return self._content((lsn, xid, data))
 
