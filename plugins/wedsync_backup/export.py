@@ -357,7 +357,7 @@ def run_export(
             "format": "pg_dump-custom",
             "sections": ["pre-data", "post-data"],
             "pg_dump_version": pg_dump_version,
-            "exclude_schemas": list(options.exclude_schemas),
+            "exclude_schemas": [s for s in options.exclude_schemas if s != CAPTURE_SCHEMA],
         },
         tables=entries,
         sequences=sequences,
