@@ -68,10 +68,16 @@ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND n.ns
 """
 
 
-def catalog_xids(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) -> set[str]:
+def catalog_xids(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) -> tuple[set[str], set[str]]:
+    """(transactions that wrote catalog rows of user objects, transactions that only gathered statistics).
+
+    ANALYZE (autovacuum's too) writes no user rows, like a schema-only transaction; its statistics rows say
+    it was one, so it is not taken for a schema change.
+    """
     with source.connect(autocommit=True) as conn:
         rows = conn.execute(CATALOG_XIDS, ([*exclude_schemas, CAPTURE_SCHEMA],)).fetchall()
-    return {r[0] for r in rows}
+        analyzed = conn.execute("SELECT DISTINCT xmin::text FROM pg_statistic").fetchall()
+    return {r[0] for r in rows}, {r[0] for r in analyzed}
 
 
 def _peek(source: PgTarget, slot: str, upto_lsn: str, guard: ChangeGuard) -> Iterator[bytes]:
@@ -160,10 +166,9 @@ def capture_incremental(
     # the schema at the stopping point: read after it (or, closing a chain, the next full backup's)
     live_fingerprint = end_fingerprint if closing else schema_fingerprint(source, exclude_schemas)
     data_key = keyring.new_data_key(backup_id)
+    ddl_xids, analyze_xids = catalog_xids(source, exclude_schemas)
     guard = ChangeGuard(
-        parent.extra.get("schema_fingerprint"),
-        catalog_xids(source, exclude_schemas),
-        {*exclude_schemas, CAPTURE_SCHEMA},
+        parent.extra.get("schema_fingerprint"), ddl_xids, {*exclude_schemas, CAPTURE_SCHEMA}, analyze_xids
     )
     sequences = read_sequence_values(source)
     key = f"{backup_prefix(backup_id)}changes.wsb"

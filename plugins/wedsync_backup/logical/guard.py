@@ -12,8 +12,9 @@ the incremental:
   each message carries the fingerprint before and after its command, and the capture compares the source's
   fingerprint at its end with the last one the stream accounts for. Then the chain ends before the first
   transaction since the last verified point that may have changed the schema: one that wrote no rows (a DDL-only
-  transaction looks like that) or that wrote catalog rows of user objects (``ddl_xids``). That is never later
-  than the change itself, so every moment kept is exact; it may be earlier (the gap is reported).
+  transaction looks like that; not our own, marked ones, nor an ANALYZE) or that wrote catalog rows of user
+  objects (``ddl_xids``). That is never later than the change itself, so every moment kept is exact; it may be
+  earlier (the gap is reported).
 
 When the chain ends, the incremental records how many of its transactions to replay and the moment from which
 it no longer knows the database exactly (``covered_until``); everything up to there stays restorable.
@@ -93,9 +94,16 @@ class _Point:
 
 
 class ChangeGuard:
-    def __init__(self, expected_fingerprint: str | None, ddl_xids: set[str], skip_schemas: set[str]) -> None:
+    def __init__(
+        self,
+        expected_fingerprint: str | None,
+        ddl_xids: set[str],
+        skip_schemas: set[str],
+        analyze_xids: set[str] | None = None,
+    ) -> None:
         self.expected = expected_fingerprint  # the schema as the stream so far accounts for it
         self.ddl_xids = ddl_xids
+        self.analyze_xids = analyze_xids or set()  # transactions that only gathered statistics
         self.skip_schemas = skip_schemas
         self.stats = CaptureStats()
         self.ddl: list[dict[str, Any]] = []  # the schema changes this incremental replays
@@ -189,7 +197,7 @@ class ChangeGuard:
             return []
         if not self._tx_has_content:
             self._held = None
-            if not self._tx_explained and not self._tx_suspect:
+            if not self._tx_explained and not self._tx_suspect and xid not in self.analyze_xids:
                 self._suspect_here(f"transaction {xid} wrote no rows (a schema-only change looks like that)")
                 if self._suspect is not None and self._suspect.next_commit is None:
                     self._suspect.next_commit = when
