@@ -329,7 +329,10 @@ def main(argv: list[str]) -> int:
         print(json.dumps(capture_state(target).as_dict()))
         return 0
     removed = remove_ddl_capture(target)
-    print(f"{'Removed' if removed else 'Nothing to remove:'} schema {CAPTURE_SCHEMA} and its event triggers")
+    if removed:
+        print(f"Removed schema {CAPTURE_SCHEMA} and its event triggers: schema changes now end incremental chains")
+    else:
+        print(f"No DDL capture found (no schema {CAPTURE_SCHEMA}); event triggers dropped if any were left")
     return 0
 
 
