@@ -4,6 +4,10 @@ Changes come from the chain's logical replication slot (test_decoding), are stre
 the same zstd + AES-256-GCM pipeline as a full backup, and the slot is advanced only after the incremental is
 verified on every target (see ``advance_slot``). Peeking does not consume anything, so a crash anywhere
 before the advance loses nothing, and a retry produces the same chain: same start, no duplicate, no gap.
+
+Schema changes travel in the same stream (``logical/ddl.py`` captures them on the source); a ``ChangeGuard``
+(``logical/guard.py``) turns each into a statement to replay, or ends the chain just before a change that cannot
+be replayed exactly, and the manifest's ``chain_end`` says where and why.
 """
 
 from __future__ import annotations
