@@ -4,12 +4,14 @@ preflight (catalog, targets, 3-2-1, slot safety, which chain, schema changes) ->
 to primary) -> replicate (mapped) -> verify (mapped) -> commit -> release_slot (advance, or drop a closed
 chain's slot) -> prune (30 days; never what a kept backup depends on). The slot moves only after the
 incremental is committed on every target: a failure anywhere loses nothing and a retry repeats the same
-capture. A schema change ends the chain and triggers a new full backup.
+capture. Captured schema changes travel in the chain and are replayed in place; at a change that cannot be
+replayed exactly the chain ends just before it (its slot is dropped) and a new full backup is triggered.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
@@ -29,8 +31,9 @@ from wedsync_airflow.operators.incremental import (
 )
 
 
-def _chain_ended(plan: dict) -> bool:
-    return plan.get("action") == "end_chain"
+def _chain_ended(plan: dict, ti: Any = None) -> bool:
+    """Trigger a full backup when preflight ended the chain, or the capture ended it at a schema change."""
+    return plan.get("action") == "end_chain" or bool(ti and ti.xcom_pull(task_ids="capture", key="chain_ended"))
 
 
 with DAG(
@@ -72,6 +75,7 @@ with DAG(
         python_callable=_chain_ended,
         op_args=[preflight.output],
         ignore_downstream_trigger_rules=False,
+        trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,  # after release_slot, or when capture was skipped
     )
     new_full = TriggerDagRunOperator(task_id="trigger_full_backup", trigger_dag_id="backup_daily_full")
     mark_failed = MarkBackupFailedOperator(
@@ -84,4 +88,5 @@ with DAG(
     capture >> replicate >> verify
     commit >> release >> prune
     preflight >> chain_ended >> new_full
+    release >> chain_ended
     [preflight, capture, replicate, verify, commit, release] >> mark_failed

@@ -14,7 +14,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from typing import Any
 
@@ -22,6 +22,8 @@ import psycopg
 
 from wedsync_backup.crypto import DataKey, Keyring
 from wedsync_backup.errors import ConcurrentWriterError, WedSyncError
+from wedsync_backup.large_objects import export_large_objects
+from wedsync_backup.logical.ddl import CAPTURE_SCHEMA, fingerprint_query
 from wedsync_backup.manifest import (
     ChainSection,
     Manifest,
@@ -326,9 +328,13 @@ def run_export(
     that is already committed is returned as it is.
     """
     options = options or ExportOptions()
+    # our DDL capture (logical/ddl.py) lives on the source but is never user schema: never backed up
+    options = replace(options, exclude_schemas=(*options.exclude_schemas, CAPTURE_SCHEMA))
     try:
         with backup_writer_lock(source, backup_id):
-            return _export(source, storage, keyring, backup_id, backup_type, options, parent_backup_id, extra)
+            return _export(
+                source, storage, keyring, backup_id, backup_type, options, parent_backup_id, extra, chain, provenance
+            )
     except psycopg.Error as e:  # the source failed mid-work: say so, and whether a retry can help
         transient = bool(pg_error_is_transient(e))
         raise WedSyncError(
@@ -348,6 +354,8 @@ def _export(
     options: ExportOptions,
     parent_backup_id: str | None,
     extra: dict[str, Any] | None,
+    chain: ChainSection | None,
+    provenance: Provenance | None,
 ) -> Manifest:
     done = begin_attempt(storage, backup_id)
     if done is not None:
@@ -363,6 +371,14 @@ def _export(
             "(SELECT system_identifier::text FROM pg_control_system())"
         ).fetchone()
         parts = plan_parts(backup_id, tables, options.split_pages)
+        extra = dict(extra or {})
+        if options.slot:  # the schema the chain starts from, read in the very snapshot the data comes from
+            holder.execute("SET LOCAL search_path = pg_catalog")
+            fingerprint = holder.execute(fingerprint_query(options.exclude_schemas).encode()).fetchone()[0]
+            holder.execute("RESET search_path")
+            extra["schema_fingerprint"] = fingerprint
+            if chain is not None:
+                chain = replace(chain, schema_fingerprint=fingerprint)
         log.info(
             "Exporting %d tables (%d parts, %d sequences) of %s at LSN %s with %d workers",
             len(tables),
@@ -376,6 +392,9 @@ def _export(
             source, storage, f"{backup_prefix(backup_id)}schema.wsb", data_key, point.snapshot, options, major
         )
         results = _export_parts(source, storage, data_key, point.snapshot, tables, parts, options)
+        large_objects = export_large_objects(holder, storage, backup_id, data_key, options.zstd_level)
+        if large_objects:
+            extra["large_objects"] = large_objects
 
     entries = []
     for i, t in enumerate(tables):
@@ -413,12 +432,12 @@ def _export(
             "format": "pg_dump-custom",
             "sections": ["pre-data", "post-data"],
             "pg_dump_version": pg_dump_version,
-            "exclude_schemas": list(options.exclude_schemas),
+            "exclude_schemas": [s for s in options.exclude_schemas if s != CAPTURE_SCHEMA],
         },
         tables=entries,
         sequences=sequences,
         parent_backup_id=parent_backup_id,
-        extra=dict(extra or {}),
+        extra=extra,
         chain=chain,
         provenance=provenance,
     )

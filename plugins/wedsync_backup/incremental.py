@@ -4,6 +4,10 @@ Changes come from the chain's logical replication slot (test_decoding), are stre
 the same zstd + AES-256-GCM pipeline as a full backup, and the slot is advanced only after the incremental is
 verified on every target (see ``advance_slot``). Peeking does not consume anything, so a crash anywhere
 before the advance loses nothing, and a retry produces the same chain: same start, no duplicate, no gap.
+
+Schema changes travel in the same stream (``logical/ddl.py`` captures them on the source); a ``ChangeGuard``
+(``logical/guard.py``) turns each into a statement to replay, or ends the chain just before a change that cannot
+be replayed exactly, and the manifest's ``chain_end`` says where and why.
 """
 
 from __future__ import annotations
@@ -12,91 +16,82 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
-from wedsync_backup.logical.decoding import Begin, Change, Commit, change_head, parse_line
-from wedsync_backup.logical.slot import DECODING_OPTIONS, STABLE_OUTPUT, slot_info
+from wedsync_backup.logical.ddl import CAPTURE_SCHEMA, Ddl, emit_marker, fingerprint_query
+from wedsync_backup.logical.decoding import Begin, Change, Commit, Message, parse_line
+from wedsync_backup.logical.guard import CaptureStats, ChangeGuard
+from wedsync_backup.logical.slot import STABLE_OUTPUT, slot_info
 from wedsync_backup.manifest import Manifest, Provenance, backup_prefix
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pipeline import decode_from_storage, encode_to_storage
 from wedsync_backup.repository import begin_attempt, seal_pending
+from wedsync_backup.schema_changes import chain_end_warning
 from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
 FETCH = 2000
+# Empty transactions too: a transaction that only changed the schema decodes as BEGIN/COMMIT and nothing else.
+PEEK_OPTIONS = ("include-xids", "1", "include-timestamp", "1", "skip-empty-xacts", "0")
+__all__ = ["CaptureStats", "capture_incremental", "read_changes", "schema_fingerprint"]
 COMMIT_STAMP_MARGIN_S = 1.0
 
 
 def schema_fingerprint(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) -> str:
-    """A hash of the user schema (relations, columns, types, constraints, indexes): changes on any DDL."""
-    with source.connect(autocommit=True) as conn:
-        row = conn.execute(
-            """
-            SELECT md5(string_agg(x, E'\\n' ORDER BY x)) FROM (
-              SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text || ':' ||
-                     coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
-                                                 || ' ' || a.attgenerated::text, ',' ORDER BY a.attnum)
-                               FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
-                                 AND NOT a.attisdropped), '') AS x
-                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE c.relkind IN ('r', 'p', 'v', 'm', 'i', 'S', 'f')
-                 AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                 AND n.nspname NOT LIKE 'pg\\_%%' AND n.nspname <> ALL(%s)
-              UNION ALL
-              SELECT 'constraint ' || conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
-                FROM pg_constraint WHERE connamespace NOT IN (SELECT oid FROM pg_namespace
-                                                              WHERE nspname IN ('pg_catalog', 'information_schema'))
-              UNION ALL
-              SELECT 'function ' || p.oid::regprocedure::text || ' ' || md5(p.prosrc)
-                FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-               WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-              UNION ALL
-              SELECT 'trigger ' || tgrelid::regclass::text || ' ' || tgname FROM pg_trigger WHERE NOT tgisinternal
-              UNION ALL
-              SELECT 'policy ' || polrelid::regclass::text || ' ' || polname FROM pg_policy
-            ) s
-            """,
-            (list(exclude_schemas),),
-        ).fetchone()
+    """A hash of the user schema (relations, columns, types, constraints, indexes): changes on any DDL.
+
+    The same query the source-side DDL capture runs before and after each command (``logical/ddl.py``).
+    """
+    with source.connect(autocommit=False) as conn:
+        conn.execute("SET LOCAL search_path = pg_catalog")
+        row = conn.execute(fingerprint_query(exclude_schemas).encode()).fetchone()
+        conn.rollback()
     return row[0] or ""
 
 
-@dataclass
-class CaptureStats:
-    transactions: int = 0
-    changes: int = 0
-    first_commit: str | None = None
-    last_commit: str | None = None
-    last_commit_lsn: str | None = None
-    last_xid: str | None = None
-    per_table: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def see(self, lsn: str, xid: str, data: str) -> None:
-        """Count a captured line. Only its head is parsed: the values are parsed at restore time."""
-        if data.startswith("COMMIT "):
-            ev = parse_line(data)
-            assert isinstance(ev, Commit)
-            self.transactions += 1
-            at = ev.at.astimezone(UTC).isoformat()
-            self.first_commit = self.first_commit or at
-            self.last_commit, self.last_commit_lsn, self.last_xid = at, lsn, xid
-        elif data.startswith("table "):
-            self.changes += 1
-            tables, op = change_head(data)
-            for schema, table in tables:
-                counts = self.per_table.setdefault(f"{schema}.{table}", {})
-                counts[op] = counts.get(op, 0) + 1
+# Transactions whose catalog rows of user objects are still there: candidates for an uncaptured schema change.
+CATALOG_XIDS = """
+SELECT DISTINCT s.x::text FROM (
+  SELECT c.xmin AS x, c.relnamespace AS ns FROM pg_class c WHERE c.relpersistence <> 't'
+  UNION ALL SELECT a.xmin, c.relnamespace FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+             WHERE a.attnum > 0 AND c.relpersistence <> 't'
+  UNION ALL SELECT xmin, connamespace FROM pg_constraint
+  UNION ALL SELECT i.xmin, c.relnamespace FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+  UNION ALL SELECT d.xmin, c.relnamespace FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid
+  UNION ALL SELECT t.xmin, c.relnamespace FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+  UNION ALL SELECT p.xmin, c.relnamespace FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+  UNION ALL SELECT xmin, pronamespace FROM pg_proc
+  UNION ALL SELECT xmin, typnamespace FROM pg_type
+  UNION ALL SELECT xmin, oid FROM pg_namespace
+) s JOIN pg_namespace n ON n.oid = s.ns
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND n.nspname NOT LIKE 'pg\\_%%'
+  AND n.nspname <> ALL(%s)
+"""
 
 
-def _peek(source: PgTarget, slot: str, upto_lsn: str, stats: CaptureStats) -> Iterator[bytes]:
-    """Changes of the slot up to ``upto_lsn`` as JSON lines [lsn, xid, text], streamed with a cursor."""
+def catalog_xids(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) -> tuple[set[str], set[str]]:
+    """(transactions that wrote catalog rows of user objects, transactions that only gathered statistics).
+
+    ANALYZE (autovacuum's too) writes no user rows, like a schema-only transaction; its statistics rows say
+    it was one, so it is not taken for a schema change.
+    """
+    with source.connect(autocommit=True) as conn:
+        rows = conn.execute(CATALOG_XIDS, ([*exclude_schemas, CAPTURE_SCHEMA],)).fetchall()
+        analyzed = conn.execute("SELECT DISTINCT xmin::text FROM pg_statistic").fetchall()
+    return {r[0] for r in rows}, {r[0] for r in analyzed}
+
+
+def _peek(source: PgTarget, slot: str, upto_lsn: str, guard: ChangeGuard) -> Iterator[bytes]:
+    """Changes of the slot up to ``upto_lsn`` as JSON lines [lsn, xid, text | record], streamed with a cursor.
+
+    Empty transactions are decoded too (a schema-only transaction looks empty) but never written.
+    """
     with source.connect(autocommit=False) as conn:
         conn.execute(STABLE_OUTPUT)
-        opts = ", ".join(f"'{o}'" for o in DECODING_OPTIONS)
+        opts = ", ".join(f"'{o}'" for o in PEEK_OPTIONS)
         with conn.cursor(name="wedsync_peek") as cur:
             cur.itersize = FETCH
             cur.execute(
@@ -105,11 +100,13 @@ def _peek(source: PgTarget, slot: str, upto_lsn: str, stats: CaptureStats) -> It
             )
             batch: list[str] = []
             for lsn, xid, data in cur:
-                stats.see(lsn, xid, data)
-                batch.append(json.dumps([lsn, xid, data]))
+                for line in guard.feed(lsn, xid, data):
+                    batch.append(json.dumps(line))
                 if len(batch) >= FETCH:
                     yield ("\n".join(batch) + "\n").encode()
                     batch.clear()
+                if guard.done:
+                    break
             if batch:
                 yield ("\n".join(batch) + "\n").encode()
         conn.rollback()
@@ -128,11 +125,16 @@ def capture_incremental(
     upto_lsn: str | None = None,
     extra: dict[str, Any] | None = None,
     provenance: Provenance | None = None,
+    exclude_schemas: tuple[str, ...] = (),
+    end_fingerprint: str | None = None,
 ) -> Manifest:
     """Capture the slot's pending changes into a new incremental backup on ``storage`` (pending manifest).
 
     ``parent`` is the previous backup of the chain (the full, or the last incremental); ``chain`` lists the
-    chain's backup ids from the full on, this one excluded.
+    chain's backup ids from the full on, this one excluded. Schema changes are followed by a ``ChangeGuard``:
+    captured ones travel as statements to replay; at one that cannot be replayed exactly the chain ends, and
+    the manifest's ``chain_end`` says where and why. ``end_fingerprint`` is the schema at ``upto_lsn`` when
+    that is not now (closing a chain at the next full backup: that backup's fingerprint).
     """
     done = begin_attempt(storage, backup_id)
     if done is not None:
@@ -155,8 +157,9 @@ def capture_incremental(
         # a synchronous (empty) commit flushes everything before it.
         conn.execute("SET synchronous_commit = on")
         with conn.transaction():
-            conn.execute("SELECT pg_current_xact_id()")
+            emit_marker(conn, "capture flush")  # a transaction of ours, not a schema change
         current = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]
+        closing = upto_lsn is not None
         upto_lsn = upto_lsn or current
         if (
             start_lsn
@@ -165,12 +168,29 @@ def capture_incremental(
         ):
             # The slot was never advanced past the parent: the parent's capture was not committed
             log.warning("Slot %s is at %s, behind the parent's end %s", slot, start_lsn, expected)
+    # the schema at the stopping point: read after it (or, closing a chain, the next full backup's)
+    live_fingerprint = end_fingerprint if closing else schema_fingerprint(source, exclude_schemas)
     data_key = keyring.new_data_key(backup_id)
-    stats = CaptureStats()
+    ddl_xids, analyze_xids = catalog_xids(source, exclude_schemas)
+    guard = ChangeGuard(
+        parent.extra.get("schema_fingerprint"), ddl_xids, {*exclude_schemas, CAPTURE_SCHEMA}, analyze_xids
+    )
     sequences = read_sequence_values(source)
     key = f"{backup_prefix(backup_id)}changes.wsb"
-    result = encode_to_storage(_peek(source, slot, upto_lsn, stats), storage, key, data_key, zstd_level=zstd_level)
+    result = encode_to_storage(_peek(source, slot, upto_lsn, guard), storage, key, data_key, zstd_level=zstd_level)
+    guard.finish(live_fingerprint)
+    stats = guard.result_stats
+    captured_at = now.astimezone(UTC).isoformat()
+    chain_end = guard.chain_end(captured_at)
     end_lsn = stats.last_commit_lsn or start_lsn or expected
+    if chain_end:
+        log.error(
+            "!!! The chain ends in %s: %s. Everything committed before %s is restorable; a new full backup "
+            "starts the next chain",
+            backup_id,
+            chain_end["reason"],
+            chain_end["covered_until"],
+        )
     manifest = Manifest(
         backup_id=backup_id,
         backup_type="incremental",
@@ -194,13 +214,17 @@ def capture_incremental(
             "start_lsn": start_lsn,
             "end_lsn": end_lsn,
             "upto_lsn": upto_lsn,
-            "captured_at": now.astimezone(UTC).isoformat(),
+            "captured_at": captured_at,
             "first_commit": stats.first_commit,
             "last_commit": stats.last_commit,
             "transactions": stats.transactions,
             "changes": stats.changes,
             "per_table": stats.per_table,
             "captures_deletes": True,
+            "schema_fingerprint": guard.expected,  # the schema at the end, as the stream accounts for it
+            "schema_changes": guard.ddl,  # replayed at their position
+            "chain_end": chain_end,
+            **({"warnings": [chain_end_warning(chain_end)]} if chain_end else {}),
             # sequences are not in the change stream: their values now, so a restore never hands out a
             # number the source already used (even for rows deleted since)
             "sequences": sequences,
@@ -231,10 +255,25 @@ def read_sequence_values(source: PgTarget) -> dict[str, list[object]]:
         }
 
 
-def read_changes(
-    manifest: Manifest, storage: Storage, keyring: Keyring
-) -> Iterator[tuple[str, str, Begin | Change | Commit]]:
-    """The captured events of an incremental, in commit order, verified chunk by chunk."""
+Event = Begin | Change | Commit | Message | Ddl
+
+
+def read_changes(manifest: Manifest, storage: Storage, keyring: Keyring) -> Iterator[tuple[str, str, Event]]:
+    """The captured events of an incremental, in commit order, verified chunk by chunk.
+
+    When the chain ended inside this incremental, only the transactions before the end are read.
+    """
+    limit = (manifest.extra.get("chain_end") or {}).get("replay_transactions")
+    begins = 0
+    for lsn, xid, ev in _read_all(manifest, storage, keyring):
+        if isinstance(ev, Begin):
+            begins += 1
+            if limit is not None and begins > limit:
+                return
+        yield lsn, xid, ev
+
+
+def _read_all(manifest: Manifest, storage: Storage, keyring: Keyring) -> Iterator[tuple[str, str, Event]]:
     buf = b""
     obj = manifest.changes_object
     if obj is None:
@@ -249,8 +288,10 @@ def read_changes(
         yield _event(buf)
 
 
-def _event(line: bytes) -> tuple[str, str, Begin | Change | Commit]:
+def _event(line: bytes) -> tuple[str, str, Event]:
     lsn, xid, data = json.loads(line)
+    if isinstance(data, dict) and "ddl" in data:  # a captured schema change
+        return lsn, xid, Ddl(data["ddl"], data["path"], data["user"], data["tag"])
     if isinstance(data, dict):  # a watermark capture's row
         return lsn, xid, Change(data["op"], [tuple(data["table"])], new=data["new"])
     return lsn, xid, parse_line(data)

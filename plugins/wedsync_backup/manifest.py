@@ -131,6 +131,7 @@ class ChainSection:
     slot: str | None = None
     schema_fingerprint: str | None = None
     replica_identity_full_set: list[str] = field(default_factory=list)
+    ddl_capture: dict[str, Any] | None = None  # the source-side schema-change capture (logical/ddl.py) state
     # incrementals (read from the capture's fields): the chain's ids from its full on, this one last
     backup_ids: list[str] = field(default_factory=list)
     start_lsn: str | None = None
@@ -192,6 +193,8 @@ class Manifest:
         out += [p for t in self.tables for p in t.parts]
         if self.changes_object:
             out.append(self.changes_object)
+        if self.extra.get("large_objects"):  # full backups: the large objects' contents (large_objects.py)
+            out.append(StoredObject(**self.extra["large_objects"]["object"]))
         return out
 
     @property

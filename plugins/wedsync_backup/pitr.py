@@ -3,6 +3,11 @@
 Changes are applied in commit order, one source transaction per target transaction, up to the last one
 committed at or before the chosen moment. Each UPDATE and DELETE must hit exactly one row, or the replay
 stops with an error (the caller then puts the target back as it was): the result is exact or nothing.
+
+Schema changes captured on the source (``logical/ddl.py``) are replayed at their position, as the role and
+with the search_path they ran with; the rows around them carry the column names and types of their moment, so
+each change lands on the table shape of its time. Rows of materialized views are not replayed: a captured
+CREATE or REFRESH MATERIALIZED VIEW rebuilds them from the replayed tables, as it did on the source.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from psycopg import sql
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.incremental import read_changes
+from wedsync_backup.logical.ddl import Ddl
 from wedsync_backup.logical.decoding import UNCHANGED_TOAST, Begin, Change, Commit, Message
 from wedsync_backup.logical.slot import STABLE_OUTPUT
 from wedsync_backup.manifest import Manifest
@@ -35,6 +41,7 @@ class _Table:
     identity_always: set[str]
     key: list[str]  # primary key (or replica identity index) columns; empty: match the whole old row
     indexed: dict[str, str] = field(default_factory=dict)  # leading btree index columns -> their type
+    matview: bool = False  # its rows come from CREATE/REFRESH MATERIALIZED VIEW, never from replayed changes
 
 
 @dataclass
@@ -51,6 +58,10 @@ class _Applier:
         self.conn = conn
         self.tables: dict[tuple[str, str], _Table] = {}
         self._sql: dict[tuple[object, ...], str] = {}
+        # changes to a table that does not exist (yet): fine only if a DDL of the same transaction then
+        # creates it as a materialized view (its rows are decoded before the CREATE's message)
+        self.unknown: dict[tuple[str, str], str] = {}
+        self.user = conn.execute("SELECT current_user").fetchone()[0]
 
     def _stmt(self, key: tuple[object, ...], build: Callable[[], sql.Composable]) -> str:
         """Composing SQL is slow in Python: each statement shape is composed once, then reused."""
@@ -60,11 +71,17 @@ class _Applier:
         return text
 
     def table(self, schema: str, name: str) -> _Table:
+        t = self.find(schema, name)
+        if t is None:
+            raise _missing(schema, name)
+        return t
+
+    def find(self, schema: str, name: str) -> _Table | None:
         key = (schema, name)
         if key not in self.tables:
             row = self.conn.execute(
                 """
-                SELECT c.oid,
+                SELECT c.relkind = 'm',
                   ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0
                         AND NOT attisdropped AND attgenerated <> ''),
                   ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0
@@ -85,14 +102,37 @@ class _Applier:
                 (schema, name),
             ).fetchone()
             if row is None:
-                raise IntegrityError(
-                    f"A captured change is for table {schema}.{name}, which the restored backup does not have",
-                    "the schema changed inside this chain",
-                    "restore to a point before the change, or from the full backup taken after it",
-                )
+                return None
             indexed = dict(x.split(" ", 1) for x in row[4])
-            self.tables[key] = _Table(sql.Identifier(schema, name), set(row[1]), set(row[2]), list(row[3]), indexed)
+            self.tables[key] = _Table(
+                sql.Identifier(schema, name), set(row[1]), set(row[2]), list(row[3]), indexed, matview=row[0]
+            )
         return self.tables[key]
+
+    def ddl(self, ddl: Ddl, lsn: str) -> None:
+        """Run a captured schema change as it ran on the source; every cached table shape is stale after it."""
+        path = sql.SQL(", ").join(map(sql.Identifier, ddl.path)) if ddl.path else sql.Literal("")
+        self.conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(path))
+        if ddl.user and ddl.user != self.user:
+            self.conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(ddl.user)))
+        self.conn.execute(ddl.statement.encode())
+        self.conn.execute("RESET ROLE")
+        self.conn.execute("RESET search_path")
+        self.tables.clear()
+        self._sql.clear()
+
+    def resolve_unknown(self) -> None:
+        """After a DDL: changes decoded before a CREATE MATERIALIZED VIEW were its rows, rebuilt by the CREATE."""
+        for key in list(self.unknown):
+            t = self.find(*key)
+            if t is not None and t.matview:
+                del self.unknown[key]
+
+    def check_committable(self) -> None:
+        if self.unknown:
+            (schema, name), _lsn = next(iter(self.unknown.items()))
+            self.unknown.clear()
+            raise _missing(schema, name)
 
     def _where(
         self, t: _Table, change: Change
@@ -139,7 +179,13 @@ class _Applier:
                 stmt += sql.SQL(" CASCADE")
             self.conn.execute(stmt)
             return None
-        t = self.table(*change.table)
+        found = self.find(*change.table)
+        if found is None:
+            self.unknown.setdefault(change.table, lsn)
+            return None
+        t = found
+        if t.matview:
+            return None
         if change.op == "UPSERT":  # watermark captures: the row as it is now, inserted or overwritten
             cols = [c for c in change.new if c not in t.generated]
             sets = [c for c in cols if c not in t.key and c not in t.identity_always]
@@ -195,6 +241,24 @@ class _Applier:
         return cur, change, lsn
 
 
+def _missing(schema: str, name: str) -> IntegrityError:
+    return IntegrityError(
+        f"A captured change is for table {schema}.{name}, which the restored backup does not have",
+        "the schema changed inside this chain and the change was not captured",
+        "restore to a point before the change, or from the full backup taken after it",
+    )
+
+
+def _ddl_failed(ddl: Ddl, lsn: str, e: psycopg.Error) -> IntegrityError:
+    why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return IntegrityError(
+        f"Replaying the captured schema change at LSN {lsn} ({ddl.tag}) failed",
+        f"{why}; the statement: {ddl.statement[:300]}",
+        "check that the target server has the roles and extensions the source has; or restore to a point "
+        "before this change",
+    )
+
+
 def _check(pending: list[tuple[psycopg.Cursor, Change, str]]) -> None:
     for cur, change, lsn in pending:
         if cur.rowcount != 1:
@@ -239,8 +303,20 @@ def apply_chain(
                 for lsn, _xid, ev in read_changes(manifest, storage, keyring):
                     if isinstance(ev, Begin):
                         pending = 0
+                        applier.unknown.clear()
                         continue
                     if isinstance(ev, Message):
+                        continue
+                    if isinstance(ev, Ddl):
+                        pipe.sync()
+                        _check(checks)
+                        try:
+                            applier.ddl(ev, lsn)
+                            pipe.sync()
+                        except psycopg.Error as e:
+                            raise _ddl_failed(ev, lsn, e) from e
+                        applier.resolve_unknown()
+                        pending += 1
                         continue
                     if isinstance(ev, Commit):
                         if until is not None and ev.at > until:
@@ -252,6 +328,7 @@ def apply_chain(
                             return result
                         pipe.sync()
                         _check(checks)
+                        applier.check_committable()
                         conn.commit()
                         result.transactions += 1
                         result.changes += pending
@@ -342,6 +419,12 @@ def _at(iso: str | None) -> datetime | None:
     return datetime.fromisoformat(iso) if iso else None
 
 
+def _covered_until(m: Manifest) -> str | None:
+    """Up to when an incremental knows the database exactly: its capture, or just before where its chain ended."""
+    end = m.extra.get("chain_end") or {}
+    return end.get("covered_until") or m.extra.get("captured_at")
+
+
 def chain_of(full: Manifest, manifests: list[Manifest]) -> list[Manifest]:
     """The committed incrementals of ``full``'s chain, in order, stopping at the first gap."""
     by_parent = {m.parent_backup_id: m for m in manifests if m.backup_type == "incremental"}
@@ -367,7 +450,7 @@ def plan_chain(manifests: list[Manifest], until: datetime | None) -> ChainPlan:
     windows = []
     for f in fulls:
         chain = chain_of(f, manifests)
-        end = chain[-1].extra.get("captured_at") if chain else f.consistent_point.get("time")
+        end = _covered_until(chain[-1]) if chain else f.consistent_point.get("time")
         windows.append((f, chain, _at(f.consistent_point.get("time")), _at(end)))
     if until is None:
         f, chain, _, end = windows[-1]
@@ -379,7 +462,7 @@ def plan_chain(manifests: list[Manifest], until: datetime | None) -> ChainPlan:
                 keep = []
                 for m in chain:
                     keep.append(m)
-                    if (_at(m.extra.get("captured_at")) or until) >= until:
+                    if (_at(_covered_until(m)) or until) >= until:
                         break
                 last = keep[-1].extra.get("last_commit") if keep else None
                 return ChainPlan(f, keep, until, last, end.isoformat())

@@ -1,10 +1,12 @@
 """End to end on real components: the hourly incremental tier and point-in-time restore.
 
 One flow on the demo wedding database, run step by step in file order (each step needs the ones before):
-full backup (starts the chain) -> writes (batch A) -> T1 -> writes (B) -> hourly -> writes (C) -> hourly ->
-restore latest == source, restore to T1 == a clone taken at T1, a moment before the full is refused ->
-ALTER TABLE ends the chain (a full backup is triggered) -> new full -> writes -> hourly -> restore to a moment
-of the new chain == its clone, and T1 (old chain) still exact.
+full backup (starts the chain and installs the DDL capture) -> writes (batch A) -> T1 -> writes (B) -> hourly
+-> writes (C) -> hourly -> restore latest == source, restore to T1 == a clone taken at T1, a moment before the
+full is refused -> writes, T2, ALTER TABLE + writes (D), T3, writes (E) -> ONE hourly: restores to T2 (before the
+schema change), T3 (after it) and latest are each exact -> without the capture: writes, T4, ALTER TABLE, writes
+-> hourly ends the chain at the change (a full backup is triggered, the catalog says so): T4 exact, a moment
+after the change refused naming the restorable ranges.
 
 The writes cover what replay must get right: updates through BEFORE UPDATE triggers, identity ALWAYS columns,
 a standalone sequence, ON DELETE CASCADE / SET NULL, TRUNCATE ... RESTART IDENTITY, a partitioned table,
@@ -26,13 +28,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from wedsync_backup.errors import IntegrityError
+from wedsync_backup.logical.ddl import CAPTURE_SCHEMA, remove_ddl_capture
 from wedsync_backup.logical.slot import slot_name_for
 from wedsync_backup.manifest import Manifest
+from wedsync_backup.pg import PgTarget
+from wedsync_backup.pitr import plan_chain
 from wedsync_backup.repository import committed_manifests
 from wedsync_backup.storage.local import LocalStorage
 
 from devstack.demo import create_demo_schema, seed_demo
-from tests.fixtures.airflow import DagResult, Stack, fingerprint, is_empty, schema_dump
+from tests.fixtures.airflow import DagResult, Stack, fingerprint, is_empty
+from tests.fixtures.ddl import user_schema_dump
 from tests.fixtures.storage import unique_bucket
 
 pytestmark = pytest.mark.slow
@@ -98,6 +105,9 @@ BATCH_C = [
     "INSERT INTO public.bookings (wedding_id, vendor_id, amount) "
     "SELECT 1, max(id), 10 FROM public.vendors",
 ]
+BATCH_PRE = [
+    "UPDATE public.guests SET notes = 'just before the schema change' WHERE id = (SELECT max(id) FROM public.guests)",
+]
 SCHEMA_CHANGE = "ALTER TABLE public.guests ADD COLUMN seat text"
 BATCH_D = [
     "UPDATE public.guests SET seat = 'A' || id WHERE id IN (SELECT id FROM public.guests WHERE wedding_id = 1 "
@@ -105,6 +115,12 @@ BATCH_D = [
     "INSERT INTO public.guests (wedding_id, first_name, last_name, seat) VALUES (1, 'New', 'Chain', 'Z9')",
     "UPDATE public.weddings SET venue_name = 'Kew Gardens (D)' WHERE id = 1",
 ]
+UNCAPTURED_CHANGE = "ALTER TABLE public.vendors ADD COLUMN website text"
+BATCH_F = [
+    "UPDATE public.weddings SET venue_name = 'Kew Gardens (F)' WHERE id = 1",
+    "INSERT INTO public.guests (wedding_id, first_name, last_name, seat) VALUES (2, 'Before', 'Fallback', 'F1')",
+]
+BATCH_G = ["UPDATE public.vendors SET website = 'https://example.com' WHERE id = (SELECT min(id) FROM public.vendors)"]
 BATCH_E = [
     "UPDATE public.guests SET seat = NULL, rsvp = 'declined' WHERE id = (SELECT min(id) FROM public.guests "
     "WHERE seat LIKE 'A%')",
@@ -124,13 +140,18 @@ class Flow:
     gcs_bucket: str
     t0: datetime | None = None  # before the first full backup
     t1: datetime | None = None  # after batch A
-    t2: datetime | None = None  # after batch D (new chain)
+    t2: datetime | None = None  # just before the schema change
+    t3: datetime | None = None  # after the schema change and batch D
+    t4: datetime | None = None  # before the uncaptured schema change
     clone_t1: str | None = None
     clone_t2: str | None = None
+    clone_t3: str | None = None
+    clone_t4: str | None = None
     full1: str | None = None
     full2: str | None = None
     incrementals: list[str] = field(default_factory=list)
     done: set[str] = field(default_factory=set)
+    gap: datetime | None = None  # after the uncaptured schema change
 
     @property
     def dsn(self) -> str:
@@ -233,7 +254,7 @@ def assert_restored(stack: Stack, expected_db: str, restored_db: str) -> None:
     sequence changes, so a replay moves them past the data: a restored database must never hand out an id
     or invoice number the original already used)."""
     cluster = stack.cluster
-    assert schema_dump(cluster, restored_db) == schema_dump(cluster, expected_db)
+    assert user_schema_dump(cluster, restored_db) == user_schema_dump(cluster, expected_db)
     want, got = fingerprint(cluster.dsn(expected_db)), fingerprint(cluster.dsn(restored_db))
     wrong = {}
     for key in sorted(set(want) | set(got)):
@@ -357,60 +378,105 @@ def test_07_moment_before_the_full_is_refused(flow: Flow) -> None:
     assert status == ("refused",)
 
 
-def test_08_schema_change_ends_the_chain(flow: Flow) -> None:
+def test_08_one_incremental_carries_a_schema_change(flow: Flow) -> None:
     flow.needs("inc2")
     slot = slot_name_for(flow.full1)
-    with psycopg.connect(flow.dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA_CHANGE)
-    result = flow.run(HOURLY)
-    assert result.state == "success", result.output[-6000:]
-    states = task_states(flow.stack, HOURLY)
-    assert states.get("capture") == "skipped", states
-    assert states.get("commit") == "skipped", states
-    assert states.get("trigger_full_backup") == "success", states
-    assert slot not in flow.slots()
-    with flow.stack.catalog() as cat:
-        ended = cat.execute(
-            "SELECT details FROM audit_log WHERE action = 'chain_ended' AND details->>'full' = %s", (flow.full1,)
-        ).fetchall()
-    assert len(ended) == 1 and ended[0][0]["last"] == flow.incrementals[-1], ended
-    assert len([m for m in flow.manifests() if m.backup_type == "incremental"]) == 2  # nothing captured
-    flow.done.add("chain_ended")
-
-
-def test_09_new_chain_after_the_schema_change(flow: Flow) -> None:
-    flow.needs("chain_ended")
-    with psycopg.connect(flow.dsn, autocommit=True) as conn:
-        # A restore refreshes materialized views (as pg_restore does) and a replay does not touch them:
-        # refreshed here, the source's match what a restore of the new full brings back.
-        conn.execute("REFRESH MATERIALIZED VIEW public.wedding_rsvp_stats")
-    result = flow.run(FULL)
-    assert result.state == "success", result.output[-6000:]
-    full = flow.newest("full")
-    assert full.backup_id != flow.full1
-    flow.full2 = full.backup_id
-    assert list(flow.slots()) == [slot_name_for(full.backup_id)]
-    flow.write(BATCH_D)
+    with psycopg.connect(flow.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (CAPTURE_SCHEMA,)).fetchone()[0]
+    flow.write(BATCH_PRE)
     flow.t2 = flow.moment()
     flow.clone_t2 = flow.clone("clone_t2")
+    with psycopg.connect(flow.dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA_CHANGE)
+    flow.write(BATCH_D)
+    flow.t3 = flow.moment()
+    flow.clone_t3 = flow.clone("clone_t3")
     flow.write(BATCH_E)
     result = flow.run(HOURLY)
     assert result.state == "success", result.output[-6000:]
+    states = task_states(flow.stack, HOURLY)
+    assert states.get("capture") == "success" and states.get("trigger_full_backup") == "skipped", states
     inc = flow.newest("incremental")
-    assert inc.parent_backup_id == flow.full2
-    assert inc.extra["transactions"] == len(BATCH_D) + len(BATCH_E)
-    flow.done.add("chain2")
+    assert inc.parent_backup_id == flow.incrementals[-1]
+    assert [d["tag"] for d in inc.extra["schema_changes"]] == ["ALTER TABLE"]
+    assert inc.extra["chain_end"] is None
+    assert inc.extra["transactions"] == len(BATCH_PRE) + 1 + len(BATCH_D) + len(BATCH_E)
+    assert slot in flow.slots()  # the chain goes on
+    with flow.stack.catalog() as cat:
+        row = cat.execute(
+            "SELECT schema_changes, schema_change_details->'replayed'->0->>'statement' FROM backup_operations "
+            "WHERE backup_id = %s",
+            (inc.backup_id,),
+        ).fetchone()
+    assert row == ("replayed", SCHEMA_CHANGE), row
+    flow.incrementals.append(inc.backup_id)
+    flow.done.add("ddl")
 
 
-def test_10_restore_to_a_moment_of_the_new_chain(flow: Flow) -> None:
-    flow.needs("chain2")
+def test_09_restore_to_just_before_the_schema_change(flow: Flow) -> None:
+    flow.needs("ddl")
     result, target = flow.restore("point_in_time", flow.t2)
     assert result.state == "success", result.output[-6000:]
     assert_restored(flow.stack, flow.clone_t2, target)
 
 
-def test_11_moments_before_the_schema_change_stay_exact(flow: Flow) -> None:
-    flow.needs("chain2")
-    result, target = flow.restore("point_in_time", flow.t1)
+def test_10_restore_to_after_the_schema_change(flow: Flow) -> None:
+    flow.needs("ddl")
+    result, target = flow.restore("point_in_time", flow.t3)
     assert result.state == "success", result.output[-6000:]
-    assert_restored(flow.stack, flow.clone_t1, target)
+    assert_restored(flow.stack, flow.clone_t3, target)
+
+
+def test_11_restore_latest_after_the_schema_change(flow: Flow) -> None:
+    flow.needs("ddl")
+    result, target = flow.restore("latest")
+    assert result.state == "success", result.output[-6000:]
+    assert_restored(flow.stack, flow.source, target)
+
+
+def test_12_without_the_capture_the_chain_ends_at_the_change(flow: Flow) -> None:
+    """The fallback (a source without event-trigger rights looks the same): nothing before the change is lost."""
+    flow.needs("ddl")
+    slot = slot_name_for(flow.full1)
+    cluster = flow.stack.cluster
+    assert remove_ddl_capture(PgTarget(port=cluster.port, user=cluster.user, dbname=flow.source))
+    flow.write(BATCH_F)
+    flow.t4 = flow.moment()
+    flow.clone_t4 = flow.clone("clone_t4")
+    with psycopg.connect(flow.dsn, autocommit=True) as conn:
+        conn.execute(UNCAPTURED_CHANGE)
+    after_change = flow.moment()
+    flow.write(BATCH_G)
+    result = flow.run(HOURLY)
+    assert result.state == "success", result.output[-6000:]
+    states = task_states(flow.stack, HOURLY)
+    assert states.get("commit") == "success" and states.get("trigger_full_backup") == "success", states
+    assert slot not in flow.slots()
+    inc = flow.newest("incremental")
+    end = inc.extra["chain_end"]
+    assert end and "not captured" in end["reason"], end
+    assert inc.extra["transactions"] == len(BATCH_F)
+    assert flow.t4 < datetime.fromisoformat(end["covered_until"]) < after_change
+    with flow.stack.catalog() as cat:
+        row = cat.execute(
+            "SELECT schema_changes, warnings FROM backup_operations WHERE backup_id = %s", (inc.backup_id,)
+        ).fetchone()
+        audited = cat.execute(
+            "SELECT count(*) FROM audit_log WHERE action = 'chain_ended' AND backup_id = %s", (inc.backup_id,)
+        ).fetchone()[0]
+    assert row[0] == "chain_ended" and any("chain ended" in w for w in row[1]), row
+    assert audited == 1
+    flow.done.add("fallback")
+    flow.gap = after_change
+
+
+def test_13_before_the_uncaptured_change_exact_after_it_refused(flow: Flow) -> None:
+    flow.needs("fallback")
+    result, target = flow.restore("point_in_time", flow.t4)
+    assert result.state == "success", result.output[-6000:]
+    assert_restored(flow.stack, flow.clone_t4, target)
+    # the gap is reported: the restore plan refuses it naming the ranges (the DAG's refusal is test_07's)
+    with pytest.raises(IntegrityError, match="No backup covers") as e:
+        plan_chain(flow.manifests(), flow.gap)
+    covered = flow.newest("incremental").extra["chain_end"]["covered_until"]
+    assert f"to {datetime.fromisoformat(covered).isoformat()}" in str(e.value)

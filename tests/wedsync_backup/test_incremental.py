@@ -20,6 +20,7 @@ from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError, StorageError
 from wedsync_backup.export import ExportOptions, run_export
 from wedsync_backup.incremental import capture_incremental, read_changes, schema_fingerprint
+from wedsync_backup.logical.ddl import install_ddl_capture
 from wedsync_backup.logical.decoding import Change
 from wedsync_backup.logical.slot import advance_slot, drop_slot, slot_info, slot_name_for
 from wedsync_backup.manifest import Manifest, StoredObject, backup_prefix, manifest_key, pending_manifest_key
@@ -64,6 +65,7 @@ class Chain:
     full: Manifest | None = None
     increments: list[Manifest] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)
+    ddl_capture: bool = True  # install the source-side DDL capture before the full (as the full's preflight does)
 
     @property
     def source(self) -> PgTarget:
@@ -74,6 +76,8 @@ class Chain:
         return slot_name_for(f"{self.db}/{self.full_id}")
 
     def start(self) -> Manifest:
+        if self.ddl_capture:
+            assert install_ddl_capture(self.source).installed
         self.full = run_export(self.source, self.store, self.ring, backup_id=self.full_id, options=self.options())
         self.store.put_bytes(manifest_key(self.full_id), self.full.to_bytes())
         return self.full

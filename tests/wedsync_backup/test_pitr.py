@@ -4,6 +4,7 @@ marked moment (equal to a clone of the source taken then) and to the latest capt
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -19,11 +20,13 @@ from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
+from wedsync_backup.logical.ddl import remove_ddl_capture
 from wedsync_backup.pitr import apply_chain, plan_chain, restore_to_point
 from wedsync_backup.repository import committed_manifests
 from wedsync_backup.restore import restore_backup, target_contents
 
 from devstack.postgres import Cluster
+from tests.fixtures.ddl import user_schema_dump
 from tests.wedsync_backup.test_export import db_state, local_store
 from tests.wedsync_backup.test_incremental import SCHEMA, Chain, drop_db, new_db, rows, write
 
@@ -106,17 +109,58 @@ WRITES = st.one_of(
         st.booleans(),
     ),
 )
-# A step: one transaction of 1-4 writes (7 in 10), a backup run (2 in 10) or a mark (1 in 10).
-STEP = st.tuples(st.integers(0, 9), st.lists(WRITES, min_size=1, max_size=4)).map(
-    lambda p: ("tx", p[1]) if p[0] < 7 else ("backup", None) if p[0] < 9 else ("mark", None)
+# Schema changes at random positions (each replayed where it happened), and writes that use what they add.
+DDL = st.sampled_from(
+    [
+        "ALTER TABLE pk ADD COLUMN IF NOT EXISTS extra text DEFAULT 'd'",
+        "ALTER TABLE pk DROP COLUMN IF EXISTS extra",
+        "ALTER TABLE pk RENAME COLUMN n TO n2",
+        "ALTER TABLE pk RENAME COLUMN n2 TO n",
+        "ALTER TABLE nopk ALTER COLUMN a TYPE bigint",
+        "ALTER TABLE nopk ALTER COLUMN a TYPE int",
+        "CREATE TABLE IF NOT EXISTS extra_t (id int PRIMARY KEY, v text)",
+        "ALTER TABLE extra_t RENAME TO extra_r",
+        "ALTER TABLE extra_r RENAME TO extra_t",
+        "DROP TABLE IF EXISTS extra_t",
+        "CREATE INDEX IF NOT EXISTS pk_v_idx ON pk (v)",
+        "ALTER TABLE pk ADD CONSTRAINT pk_n_small CHECK (n < 100)",
+    ]
+).map(lambda stmt: (stmt, {}))
+AFTER_DDL = st.one_of(
+    w("INSERT INTO extra_t VALUES (%(id)s, %(v)s) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v", id=R, v=TEXT),
+    w("DELETE FROM extra_t WHERE id = %(id)s", id=R),
+    w(f"UPDATE pk SET extra = %(v)s WHERE id = {nth('pk', 'id')}", r=R, v=TEXT),
+    w("INSERT INTO pk (v, n2) VALUES (%(v)s, %(n)s)", v=TEXT, n=st.integers(0, 9)),
+)
+SCHEMA_TX = st.tuples(st.lists(WRITES | AFTER_DDL, max_size=2), DDL, st.lists(WRITES | AFTER_DDL, max_size=2)).map(
+    lambda p: [*p[0], p[1], *p[2]]
+)
+# A step: one transaction of 1-4 writes (6 in 11), one with a schema change among writes (1 in 11), a backup
+# run (2 in 11) or a mark (2 in 11, at most MAX_MARKS).
+STEP = st.tuples(st.integers(0, 10), st.lists(WRITES, min_size=1, max_size=4), SCHEMA_TX).map(
+    lambda p: (
+        ("tx", p[1]) if p[0] < 6 else ("tx", p[2]) if p[0] < 7 else ("backup", None) if p[0] < 9 else ("mark", None)
+    )
+)
+# a write that does not fit the schema of its moment (a renamed column, a dropped table) rolls its transaction
+# back: the history stays valid, with or without it
+SCHEMA_MISFITS = (
+    psycopg.errors.UndefinedColumn,
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.DuplicateObject,
+    psycopg.errors.DuplicateTable,
+    psycopg.errors.CheckViolation,
 )
 MAX_MARKS = 3  # each mark clones the database: keep the example fast
 
 
 def run_tx(conn: psycopg.Connection, writes: list[tuple[str, dict[str, Any]]]) -> None:
-    with conn.transaction():
-        for stmt, params in writes:
-            conn.execute(stmt, params)
+    try:
+        with conn.transaction():
+            for stmt, params in writes:
+                conn.execute(stmt, params)
+    except SCHEMA_MISFITS:
+        pass
 
 
 def mark(chain: Chain, clones: list[tuple[datetime, str]]) -> None:
@@ -131,6 +175,7 @@ def mark(chain: Chain, clones: list[tuple[datetime, str]]) -> None:
 
 
 def assert_restored(cluster: Cluster, restored: str, expected: str) -> None:
+    assert user_schema_dump(cluster, restored) == user_schema_dump(cluster, expected)
     got_rows, got_seqs = db_state(cluster, restored)
     want_rows, _ = db_state(cluster, expected)
     assert got_rows == want_rows
@@ -141,7 +186,7 @@ def assert_restored(cluster: Cluster, restored: str, expected: str) -> None:
             assert got_seqs[seq][0] >= top, f"{seq} would hand out an id that exists"
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 @given(steps=st.lists(STEP, min_size=6, max_size=20), data=st.data())
 def test_restore_to_any_marked_moment_and_to_the_latest_capture(
     pg_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, Any]], data: st.DataObject
@@ -200,21 +245,27 @@ def chain(pg_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def test_changes_to_a_table_the_full_lacks_are_refused_naming_it(chain: Chain) -> None:
+    remove_ddl_capture(chain.source)  # the CREATE TABLE goes uncaptured: the chain ends before it
     write(chain.cluster, chain.db, "CREATE TABLE public.seating_plan (id int PRIMARY KEY, tbl text)")
     write(chain.cluster, chain.db, "INSERT INTO public.seating_plan VALUES (1, 'head table')")
     m = chain.backup()
+    assert m.extra["chain_end"] and m.extra["chain_end"]["replay_transactions"] == 0
     target = chain.new_target()
     assert chain.full is not None
     restore_backup(chain.full, chain.store, chain.ring, target)
+    # the stream past the chain's end still holds the rows: replayed regardless, they are refused, never guessed
+    unbounded = dataclasses.replace(m, extra={**m.extra, "chain_end": None})
     with pytest.raises(IntegrityError) as e:
-        apply_chain(target, [(m, chain.store)], chain.ring)
+        apply_chain(target, [(unbounded, chain.store)], chain.ring)
     assert "public.seating_plan" in str(e.value)
     assert "schema changed" in str(e.value)
     # through restore_to_point the target is put back as it was: empty
     empty = chain.new_target()
     with pytest.raises(IntegrityError, match="seating_plan"):
-        restore_to_point(plan_chain(committed_manifests(chain.store), None), chain.store, chain.ring, empty)
+        restore_to_point(plan_chain([chain.full, unbounded], None), chain.store, chain.ring, empty)
     assert target_contents(empty) == []
+    # as captured, the chain ends before the change: the latest restore is the database before it
+    assert "public.seating_plan" not in rows(chain.cluster, chain.restore_to(None))
 
 
 def test_plan_chain_refuses_moments_outside_the_chain_naming_the_window(chain: Chain) -> None:

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from airflow.sdk.exceptions import AirflowSkipException
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef
-from wedsync_backup.errors import ConfigError, WedSyncError
+from wedsync_backup.errors import WedSyncError
 
 from wedsync_airflow.operators.base import WedSyncOperator
 from wedsync_airflow.resources import airflow_resources, run_ref
@@ -27,7 +27,7 @@ class CommandOperator(WedSyncOperator):
     def run_of(self, context: Any) -> RunRef:
         return run_ref(context)
 
-    def call(self, phase: Callable[[], T], fatal: tuple[type[WedSyncError], ...] = (ConfigError,)) -> T:
+    def call(self, phase: Callable[[], T], fatal: tuple[type[WedSyncError], ...] = ()) -> T:
         """Run one phase: a permanent error fails at once (no retry), a phase with nothing to do skips."""
         try:
             return self.guarded(phase, fatal=fatal)

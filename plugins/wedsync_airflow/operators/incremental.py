@@ -37,7 +37,9 @@ class CaptureIncrementalOperator(CommandOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         plan = IncrementalPlan.from_dict(self.plan)
         result = self.call(lambda: cmd.capture(self.build_resources(), self.backup_id, plan, self.run_of(context)))
-        context["ti"].xcom_push(key="manifest_sha256", value=result.manifest_sha256)
+        ti = context["ti"]
+        ti.xcom_push(key="manifest_sha256", value=result.manifest_sha256)
+        ti.xcom_push(key="chain_ended", value=bool(result.chain_end))  # the DAG then triggers a full backup
         return result.as_dict()
 
 

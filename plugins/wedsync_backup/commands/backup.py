@@ -15,10 +15,11 @@ from datetime import datetime
 from typing import Any
 
 from wedsync_backup.backup_id import parse_backup_id
+from wedsync_backup.chain_source import prepare_chain_source
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef, retention_until
 from wedsync_backup.errors import IntegrityError, StorageError
 from wedsync_backup.export import ExportOptions, run_export
-from wedsync_backup.incremental import schema_fingerprint
+from wedsync_backup.logical.ddl import capture_state
 from wedsync_backup.logical.slot import check_logical_decoding, drop_slot, ensure_replica_identity, slot_name_for
 from wedsync_backup.manifest import ChainSection, Manifest, Provenance, manifest_key, pending_manifest_key
 from wedsync_backup.replicate import replicate as copy_backup
@@ -123,12 +124,15 @@ def begin(
     """Preflight of a full (or manual) backup: check everything, then open its catalog row (in progress)."""
     checked = check_setup(res)
     backup_id = run.backup_id(backup_type)
+    warnings = list(checked.warnings)
+    if backup_type == "full":  # the chain this backup starts: DDL capture installed, large objects warned of
+        warnings += prepare_chain_source(res.policy, res.catalog(), res.source(), actor=run.actor, backup_id=backup_id)
     fresh = res.catalog().start_backup(
         backup_id=backup_id,
         backup_type=backup_type,
         created_by=run.actor,
         rule_321=checked.rule_321.as_dict(),
-        warnings=checked.warnings,
+        warnings=warnings,
         retention_until=retention_until(res.policy, tier),
         dag_id=run.dag_id,
         run_id=run.run_id,
@@ -138,7 +142,7 @@ def begin(
         log.info("Backup %s is already completed; the later phases will find it committed", backup_id)
     names = list(res.policy.target_names)
     return BeginResult(
-        backup_id, checked.rule_321.as_dict(), checked.warnings, fresh, names, [t.name for t in res.policy.replicas]
+        backup_id, checked.rule_321.as_dict(), warnings, fresh, names, [t.name for t in res.policy.replicas]
     )
 
 
@@ -172,8 +176,8 @@ def chain_start(res: Resources, backup_id: str, run: RunRef) -> tuple[ChainSecti
                 "replica_identity_full", actor=run.actor, backup_id=backup_id, details={"tables": changed}
             )
         slot = slot_name_for(backup_id)
-        fingerprint = schema_fingerprint(source, policy.exclude_schemas)
-        return ChainSection("logical", slot, fingerprint, changed), slot
+        # the schema fingerprint is read by the export, in the very snapshot the data comes from
+        return ChainSection("logical", slot, None, changed, ddl_capture=capture_state(source).as_dict()), slot
     if mode == "watermark":
         log.warning(
             "!!! Incrementals after this backup use the %s watermark: %s",

@@ -11,14 +11,17 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from wedsync_backup.chain_source import large_object_warning
 from wedsync_backup.commands.backup import check_setup, check_targets, load_pending_manifest, provenance_of
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef, retention_until
 from wedsync_backup.errors import ConfigError, IntegrityError
-from wedsync_backup.incremental import capture_incremental, schema_fingerprint
+from wedsync_backup.incremental import capture_incremental
+from wedsync_backup.logical.ddl import FINGERPRINT_VERSION
 from wedsync_backup.logical.slot import advance_slot, check_logical_decoding, drop_slot, wedsync_slots
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pitr import chain_of
 from wedsync_backup.repository import committed_manifests, read_manifest
+from wedsync_backup.schema_changes import record_outcome
 from wedsync_backup.watermark import WARNING as WATERMARK_WARNING
 from wedsync_backup.watermark import capture_watermark
 
@@ -48,6 +51,7 @@ class IncrementalPlan:
     upto_lsn: str | None = None
     fingerprint: str | None = None
     retained_wal_bytes: int = 0
+    end_fingerprint: str | None = None  # closing: the newer full's schema, where this chain must end
     method: str = "logical"
     captures_deletes: bool = True
     dropped: list[str] = field(default_factory=list)
@@ -71,6 +75,7 @@ class ChainWork:
     closing: bool
     upto_lsn: str | None
     fingerprint: str | None
+    end_fingerprint: str | None = None
 
 
 def chain_work(res: Resources) -> ChainWork:
@@ -102,6 +107,7 @@ def chain_work(res: Resources) -> ChainWork:
             closing=newer is not None,
             upto_lsn=newer.point.lsn if newer else None,
             fingerprint=started.schema_fingerprint if started else None,
+            end_fingerprint=newer.chain_info.schema_fingerprint if newer and newer.chain_info else None,
         )
     raise NoChainToContinue(
         "No incremental chain to continue",
@@ -173,6 +179,7 @@ def begin(res: Resources, run: RunRef) -> IncrementalPlan:
             w.upto_lsn,
             w.fingerprint,
             w.retained_wal_bytes,
+            w.end_fingerprint,
             dropped=dropped,
             warnings=checked.warnings,
         )
@@ -183,12 +190,14 @@ def begin(res: Resources, run: RunRef) -> IncrementalPlan:
         plan = IncrementalPlan("end_chain", backup_id, None, None, [], dropped[0], dropped=dropped)
     if plan.slot in dropped:
         plan.action = "end_chain"
-    elif (
-        not plan.closing
-        and plan.fingerprint
-        and schema_fingerprint(source, policy.exclude_schemas) != plan.fingerprint
-    ):
-        plan.action = "end_chain"  # the schema changed since the chain's full backup
+    elif _legacy_chain(plan) and plan.action == "capture":
+        # Schema changes are followed by the capture (captured DDL is replayed; at an uncaptured one the chain
+        # ends right there). A chain whose full predates that cannot compare fingerprints: it ends now.
+        plan.action = "end_chain"
+    lo = large_object_warning(source)
+    if lo:
+        log.warning("!!! %s", lo)
+        plan.warnings = [*plan.warnings, lo]
     if plan.action == "end_chain":
         _end_chain(res, source, plan, run)
     else:
@@ -197,7 +206,7 @@ def begin(res: Resources, run: RunRef) -> IncrementalPlan:
             backup_type="incremental",
             created_by=run.actor,
             rule_321=checked.rule_321.as_dict(),
-            warnings=checked.warnings,
+            warnings=plan.warnings,
             retention_until=retention_until(policy, TIER),
             dag_id=run.dag_id,
             run_id=run.run_id,
@@ -206,8 +215,13 @@ def begin(res: Resources, run: RunRef) -> IncrementalPlan:
     return plan
 
 
+def _legacy_chain(plan: IncrementalPlan) -> bool:
+    """A chain started by a full backup whose schema fingerprint predates the DDL capture."""
+    return bool(plan.fingerprint) and not str(plan.fingerprint).startswith(FINGERPRINT_VERSION)
+
+
 def _end_chain(res: Resources, source: PgTarget, plan: IncrementalPlan, run: RunRef) -> None:
-    reason = "slot dropped: too much retained WAL" if plan.slot in plan.dropped else "schema change"
+    reason = "slot dropped: too much retained WAL" if plan.slot in plan.dropped else "chain of an older version"
     if plan.slot:
         drop_slot(source, plan.slot)
     res.catalog().audit(
@@ -268,6 +282,8 @@ class CaptureResult:
     end_lsn: str | None
     stored_bytes: int
     captures_deletes: bool
+    schema_changes: int = 0  # captured schema changes, replayed in place by a point-in-time restore
+    chain_end: dict[str, Any] | None = None  # set when the chain ended at a change that cannot be replayed
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -276,7 +292,7 @@ class CaptureResult:
 def capture(res: Resources, backup_id: str, plan: IncrementalPlan, run: RunRef) -> CaptureResult:
     """Capture the chain's pending changes to the primary (manifest pending until commit)."""
     if plan.action == "end_chain":
-        raise NothingToDo("The chain ended (schema change): a new full backup starts the next one")
+        raise NothingToDo("The chain ended (its slot was given up): a new full backup starts the next one")
     policy = res.policy
     primary = res.primary()
     parent = read_manifest(primary, str(plan.parent))
@@ -307,7 +323,10 @@ def capture(res: Resources, backup_id: str, plan: IncrementalPlan, run: RunRef) 
             upto_lsn=plan.upto_lsn,
             extra={"closes_chain": plan.closing},
             provenance=provenance,
+            exclude_schemas=policy.exclude_schemas,
+            end_fingerprint=plan.end_fingerprint,
         )
+        record_outcome(res.catalog(), manifest, actor=run.actor)
     x, chain = manifest.extra, manifest.chain_info
     assert chain is not None
     return CaptureResult(
@@ -319,6 +338,8 @@ def capture(res: Resources, backup_id: str, plan: IncrementalPlan, run: RunRef) 
         end_lsn=chain.end_lsn,
         stored_bytes=manifest.stored_bytes,
         captures_deletes=chain.captures_deletes,
+        schema_changes=len(x.get("schema_changes") or []),
+        chain_end=x.get("chain_end"),
     )
 
 
@@ -336,7 +357,7 @@ def release(res: Resources, backup_id: str, manifest_sha256: str, plan: Incremen
         return {"slot": None, "method": "watermark"}
     source = res.source()
     end_lsn = manifest.chain_info.end_lsn if manifest.chain_info else None
-    if plan.closing:
+    if plan.closing or manifest.extra.get("chain_end"):
         drop_slot(source, plan.slot)
         log.info("Chain of %s closed at %s; slot %s dropped", plan.full, end_lsn, plan.slot)
         return {"slot": plan.slot, "dropped": True}

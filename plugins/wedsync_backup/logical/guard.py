@@ -1,0 +1,270 @@
+"""Follow a chain's decoded stream through schema changes: replay them, or end the chain just before one.
+
+The guard reads test_decoding's lines in commit order (peeked with empty transactions included, so a
+transaction that only changed the schema is visible as ``BEGIN x`` / ``COMMIT x``) and decides what goes into
+the incremental:
+
+* a captured schema change (``wedsync.ddl`` message, see ``ddl.py``) that maps exactly onto one statement of
+  its query becomes a ``{"ddl": statement, ...}`` record, replayed at its position by the PITR replay;
+* a change that cannot be replayed exactly (run inside a function or DO block, CREATE TABLE AS, a query whose
+  statements do not line up with the trigger's commands) ends the chain *before its transaction*;
+* an uncaptured change (no capture installed, or one that bypassed it) is detected by the schema fingerprint:
+  each message carries the fingerprint before and after its command, and the capture compares the source's
+  fingerprint at its end with the last one the stream accounts for. Then the chain ends before the first
+  transaction since the last verified point that may have changed the schema: one that wrote no rows (a DDL-only
+  transaction looks like that; not our own, marked ones, nor an ANALYZE) or that wrote catalog rows of user
+  objects (``ddl_xids``). That is never later than the change itself, so every moment kept is exact; it may be
+  earlier (the gap is reported).
+
+When the chain ends, the incremental records how many of its transactions to replay and the moment from which
+it no longer knows the database exactly (``covered_until``); everything up to there stays restorable.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from wedsync_backup.logical.ddl import FENCE_PREFIX, MARKER_PREFIX, MESSAGE_PREFIX, Ddl, DdlMessage, message_content
+from wedsync_backup.logical.decoding import Commit, change_head, parse_line
+from wedsync_backup.logical.statements import Statement, Unsplittable, ddl_statements, replayable
+
+log = logging.getLogger(__name__)
+NOT_REPLAYABLE_TAGS = {"CREATE TABLE AS", "SELECT INTO"}  # their rows are decoded before the table exists
+
+
+@dataclass
+class CaptureStats:
+    """Counts of what an incremental holds: committed transactions only (a cut drops the open one)."""
+
+    transactions: int = 0
+    changes: int = 0
+    first_commit: str | None = None
+    last_commit: str | None = None
+    last_commit_lsn: str | None = None
+    last_xid: str | None = None
+    per_table: dict[str, dict[str, int]] = field(default_factory=dict)
+    _open: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
+    _open_changes: int = 0
+
+    def see(self, lsn: str, xid: str, data: str | dict[str, Any]) -> None:
+        """Count a captured line. Only its head is parsed: the values are parsed at restore time."""
+        if not isinstance(data, str):
+            return
+        if data.startswith("COMMIT "):
+            ev = parse_line(data)
+            assert isinstance(ev, Commit)
+            self.transactions += 1
+            at = ev.at.astimezone(UTC).isoformat()
+            self.first_commit = self.first_commit or at
+            self.last_commit, self.last_commit_lsn, self.last_xid = at, lsn, xid
+            self.changes += self._open_changes
+            for table, ops in self._open.items():
+                counts = self.per_table.setdefault(table, {})
+                for op, n in ops.items():
+                    counts[op] = counts.get(op, 0) + n
+            self._open, self._open_changes = {}, 0
+        elif data.startswith("BEGIN "):
+            self._open, self._open_changes = {}, 0
+        elif data.startswith("table "):
+            self._open_changes += 1
+            tables, op = change_head(data)
+            for schema, table in tables:
+                counts = self._open.setdefault(f"{schema}.{table}", {})
+                counts[op] = counts.get(op, 0) + 1
+
+    def committed(self) -> CaptureStats:
+        """A copy without the open transaction."""
+        c = copy.deepcopy(self)
+        c._open, c._open_changes = {}, 0
+        return c
+
+
+@dataclass
+class _Point:
+    """A place between two transactions where the chain may end: what was captured before it."""
+
+    transactions: int  # transactions written before this point
+    stats: CaptureStats
+    why: str = ""
+    next_commit: str | None = None  # commit time of the first transaction after the point
+
+
+class ChangeGuard:
+    def __init__(
+        self,
+        expected_fingerprint: str | None,
+        ddl_xids: set[str],
+        skip_schemas: set[str],
+        analyze_xids: set[str] | None = None,
+    ) -> None:
+        self.expected = expected_fingerprint  # the schema as the stream so far accounts for it
+        self.ddl_xids = ddl_xids
+        self.analyze_xids = analyze_xids or set()  # transactions that only gathered statistics
+        self.skip_schemas = skip_schemas
+        self.stats = CaptureStats()
+        self.ddl: list[dict[str, Any]] = []  # the schema changes this incremental replays
+        self.cut: _Point | None = None  # where the chain ends, once decided
+        self.done = False  # nothing more to read
+        self._written = 0  # transactions written
+        self._held: tuple[str, str, str] | None = None  # a BEGIN not yet written (empty transactions are not)
+        self._tx_has_content = False
+        self._tx_explained = False  # a verified capture message in it
+        self._tx_suspect = False
+        self._verified = _Point(0, CaptureStats(), "the last point the schema fingerprint was verified")
+        self._suspect: _Point | None = None  # first transaction since then that may have changed the schema
+        self._groups: dict[str, list[Statement] | None] = {}
+
+    # --- reading ---------------------------------------------------------------------------------------
+    def feed(self, lsn: str, xid: str, data: str) -> list[tuple[str, str, str | dict[str, Any]]]:
+        """The lines to write for one decoded line (none while a transaction's BEGIN is held)."""
+        if self.done:
+            return []
+        if data.startswith("BEGIN "):
+            self._held = (lsn, xid, data)
+            self._tx_has_content = self._tx_explained = False
+            self._tx_suspect = xid in self.ddl_xids
+            if self._tx_suspect:
+                self._suspect_here(f"transaction {xid} changed the catalog rows of user objects")
+            return []
+        if data.startswith("COMMIT "):
+            return self._commit(lsn, xid, data)
+        if self.cut is not None:  # reading on only to learn when the cut transaction committed
+            return []
+        if data.startswith("table "):
+            tables, _ = change_head(data)
+            if all(s in self.skip_schemas for s, _ in tables):
+                return []
+            return self._content((lsn, xid, data))
+        found = message_content(data)
+        if found and found[0] == MESSAGE_PREFIX:
+            return self._ddl_message(lsn, xid, DdlMessage.parse(found[1]))
+        if found and found[0] in (FENCE_PREFIX, MARKER_PREFIX):
+            self._tx_explained = True
+            return []
+        return self._content((lsn, xid, data))
+
+    def finish(self, live_fingerprint: str | None) -> None:
+        """End of the stream: the source's schema now must be the one the stream accounts for."""
+        if self.cut is None and self.expected and live_fingerprint and live_fingerprint != self.expected:
+            self._end_at_suspect("the source's schema changed and the change was not captured")
+        self.done = True
+
+    # --- results ---------------------------------------------------------------------------------------
+    @property
+    def result_stats(self) -> CaptureStats:
+        return self.cut.stats if self.cut else self.stats.committed()
+
+    def chain_end(self, captured_at: str) -> dict[str, Any] | None:
+        """What the manifest records when the chain ends here (None: it goes on)."""
+        if self.cut is None:
+            return None
+        covered = captured_at
+        if self.cut.next_commit:
+            nxt = _iso(self.cut.next_commit)
+            covered = (nxt - timedelta(microseconds=1)).isoformat()
+        return {
+            "reason": self.cut.why,
+            "replay_transactions": self.cut.transactions,
+            "covered_until": covered,
+            "next_commit": self.cut.next_commit,
+        }
+
+    # --- internals -------------------------------------------------------------------------------------
+    def _content(self, line: tuple[str, str, str | dict[str, Any]]) -> list[tuple[str, str, str | dict[str, Any]]]:
+        out = []
+        if self._held is not None:
+            out.append(self._held)
+            self._held = None
+        self._tx_has_content = True
+        out.append(line)
+        for ln in out:
+            self.stats.see(*ln)
+        return out
+
+    def _commit(self, lsn: str, xid: str, data: str) -> list[tuple[str, str, str | dict[str, Any]]]:
+        at = parse_line(data)
+        assert isinstance(at, Commit)
+        when = at.at.astimezone(UTC).isoformat()
+        for p in (self.cut, self._suspect, self._verified):
+            if p is not None and p.next_commit is None and p.transactions == self._written:
+                p.next_commit = when
+        if self.cut is not None:
+            self.done = True
+            return []
+        if not self._tx_has_content:
+            self._held = None
+            if not self._tx_explained and not self._tx_suspect and xid not in self.analyze_xids:
+                self._suspect_here(f"transaction {xid} wrote no rows (a schema-only change looks like that)")
+                if self._suspect is not None and self._suspect.next_commit is None:
+                    self._suspect.next_commit = when
+            return []
+        line = (lsn, xid, data)
+        self.stats.see(*line)
+        self._written += 1
+        return [line]
+
+    def _suspect_here(self, why: str) -> None:
+        """The transaction starting now may have changed the schema unseen: remember the place before it."""
+        if self._suspect is None:
+            self._suspect = _Point(self._written, self.stats.committed(), why)
+
+    def _end_before_this_tx(self, why: str) -> None:
+        self.cut = _Point(self._written, self.stats.committed(), why)
+        log.warning("The chain ends before this transaction: %s", why)
+
+    def _end_at_suspect(self, why: str) -> None:
+        point = self._suspect or self._verified
+        self.cut = _Point(point.transactions, point.stats, f"{why}; {point.why}", point.next_commit)
+        log.warning("The chain ends early: %s", self.cut.why)
+
+    def _ddl_message(self, lsn: str, xid: str, m: DdlMessage) -> list[tuple[str, str, str | dict[str, Any]]]:
+        if self.expected is not None and (m.before is None or m.before != self.expected):
+            self._end_at_suspect(f"a schema change before the {m.tag} at LSN {lsn} was not captured")
+            return []
+        if m.nested:
+            if m.skip:
+                return []  # internal temporary objects (REFRESH ... CONCURRENTLY): nothing to replay
+            self._end_before_this_tx(f"the {m.tag} at LSN {lsn} ran inside a function or DO block")
+            return []
+        if m.skip:
+            self._tx_explained = True
+            return []  # temporary objects, excluded schemas, our own schema
+        if m.tag in NOT_REPLAYABLE_TAGS:
+            self._end_before_this_tx(f"{m.tag} (at LSN {lsn}) cannot be replayed exactly")
+            return []
+        statement = self._statement(m)
+        if statement is None:
+            self._end_before_this_tx(f"the {m.tag} at LSN {lsn} does not map onto one statement of its query")
+            return []
+        self.expected = m.after
+        # verified: the schema was exactly as expected just before this command
+        self._verified = _Point(self._written, self.stats.committed(), f"before transaction {xid}")
+        self._suspect = None
+        if self._tx_suspect:
+            self._suspect_here(f"transaction {xid} changed the catalog rows of user objects")
+        self._tx_explained = True
+        ddl = Ddl(replayable(statement.text), m.path, m.user, m.tag)
+        self.ddl.append({"lsn": lsn, "xid": xid, "tag": m.tag, "statement": statement.text[:500]})
+        return self._content((lsn, xid, ddl.record()))
+
+    def _statement(self, m: DdlMessage) -> Statement | None:
+        if m.group is None or m.ordinal is None:
+            return None
+        if m.query is not None:
+            try:
+                self._groups = {m.group: ddl_statements(m.query)}  # groups never interleave within a session
+            except Unsplittable as e:
+                log.warning("Cannot split the query of a schema change: %s", e)
+                self._groups = {m.group: None}
+        statements = self._groups.get(m.group)
+        if not statements or m.ordinal >= len(statements) or not statements[m.ordinal].matches(m.tag):
+            return None
+        return statements[m.ordinal]
+
+
+def _iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)

@@ -1,0 +1,256 @@
+"""Schema changes in the change stream: captured and replayed at their position, or the chain ends just before.
+
+Each test runs a real chain (full backup with its slot, writes, DDL, an incremental) on the session cluster and
+compares restores with ``CREATE DATABASE ... TEMPLATE`` clones of the source taken at marked moments.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from wedsync_backup.crypto import Keyring
+from wedsync_backup.errors import IntegrityError
+from wedsync_backup.incremental import read_changes, schema_fingerprint
+from wedsync_backup.logical.ddl import (
+    CAPTURE_SCHEMA,
+    Ddl,
+    capture_state,
+    install_ddl_capture,
+    remove_ddl_capture,
+)
+from wedsync_backup.logical.statements import Unsplittable, ddl_statements, replayable, split_statements
+from wedsync_backup.pitr import plan_chain
+from wedsync_backup.repository import committed_manifests
+from wedsync_backup.restore import target_contents
+
+from devstack.postgres import Cluster
+from tests.fixtures.ddl import user_schema_dump
+from tests.wedsync_backup.test_export import local_store, pg_target
+from tests.wedsync_backup.test_incremental import SCHEMA, Chain, drop_db, new_db, rows, write
+
+# --- statements (no database) ------------------------------------------------------------------------------
+
+
+def test_split_keeps_literals_comments_and_dollar_quotes_whole() -> None:
+    q = (
+        "INSERT INTO t VALUES ('a;b', E'it\\'s;', \"we;ird\"); -- c;d\n"
+        "ALTER TABLE t ADD COLUMN x int /* a; /* nested; */ b */;"
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $body$ SELECT 1; $body$;;"
+        "  SET search_path = x"
+    )
+    parts = split_statements(q)
+    assert [p.words[0] for p in parts] == ["INSERT", "ALTER", "CREATE", "SET"]
+    assert parts[1].text == "-- c;d\nALTER TABLE t ADD COLUMN x int /* a; /* nested; */ b */"
+    assert [s.words[0] for s in ddl_statements(q)] == ["ALTER", "CREATE"]
+    assert ddl_statements(q)[1].matches("CREATE FUNCTION")
+
+
+def test_statements_match_their_command_tags() -> None:
+    (s,) = ddl_statements("create unique index concurrently on t (x)")
+    assert s.matches("CREATE INDEX") and not s.matches("CREATE TABLE")
+    assert replayable(s.text) == "create unique index on t (x)"
+    (v,) = ddl_statements("CREATE OR REPLACE TEMP VIEW v AS SELECT 1")
+    assert v.matches("CREATE VIEW")
+    assert ddl_statements("GRANT admin TO bob; CREATE ROLE x; ALTER SYSTEM SET a = 1") == []
+    assert [s.words[0] for s in ddl_statements("GRANT SELECT ON t TO bob; COMMENT ON TABLE t IS 'x'")] == [
+        "GRANT",
+        "COMMENT",
+    ]
+    with pytest.raises(Unsplittable):
+        split_statements("CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END")
+
+
+# --- chains on a real source ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def source(pg_cluster: Cluster) -> Iterator[str]:
+    db = new_db(pg_cluster, SCHEMA)
+    yield db
+    drop_db(pg_cluster, db)
+
+
+def make_chain(cluster: Cluster, db: str, tmp_path: Path) -> Chain:
+    c = Chain(cluster, db, local_store(tmp_path / f"primary-{uuid.uuid4().hex[:6]}"), Keyring(os.urandom(32)))
+    c.start()
+    return c
+
+
+def mark(c: Chain) -> tuple[datetime, str]:
+    """A moment strictly between the writes before and after it, and the source as it is then."""
+    time.sleep(0.05)
+    at = datetime.now(UTC)
+    time.sleep(0.05)
+    name = f"clone_{uuid.uuid4().hex[:10]}"
+    c.cluster.create_database(name, template=c.db)
+    c.restored.append(name)
+    return at, name
+
+
+def assert_same(cluster: Cluster, restored: str, expected: str) -> None:
+    assert user_schema_dump(cluster, restored) == user_schema_dump(cluster, expected)
+    assert rows(cluster, restored) == rows(cluster, expected)
+
+
+def test_a_schema_change_travels_in_the_chain_and_both_sides_restore_exactly(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        write(c.cluster, c.db, "INSERT INTO guests (name, seat) VALUES ('before', 1)")
+        before, clone_before = mark(c)
+        write(c.cluster, c.db, "ALTER TABLE guests ADD COLUMN email text DEFAULT 'none'")
+        write(c.cluster, c.db, "INSERT INTO guests (name, email) VALUES ('after', 'a@example.com')")
+        write(c.cluster, c.db, "UPDATE guests SET email = 'b@example.com' WHERE name = 'before'")
+        after, clone_after = mark(c)
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN body TO text_body")
+        write(c.cluster, c.db, "CREATE TABLE seating (id int PRIMARY KEY, guest int REFERENCES guests)")
+        write(c.cluster, c.db, "INSERT INTO seating VALUES (1, 1)")
+        install_ddl_capture(c.source)  # as the next full backup's preflight does, while this chain runs
+        m = c.backup()
+        assert m.extra["chain_end"] is None
+        assert [d["tag"] for d in m.extra["schema_changes"]] == ["ALTER TABLE", "ALTER TABLE", "CREATE TABLE"]
+        assert any(isinstance(ev, Ddl) for _, _, ev in read_changes(m, c.store, c.ring))
+        assert_same(c.cluster, c.restore_to(before), clone_before)
+        assert_same(c.cluster, c.restore_to(after), clone_after)
+        assert_same(c.cluster, c.restore_to(None), c.db)
+        # the capture is not user schema: not in the backup, not in any restore
+        assert CAPTURE_SCHEMA not in user_schema_dump(c.cluster, c.restored[-1])
+        assert not any(CAPTURE_SCHEMA in x for x in target_contents(pg_target(c.cluster, c.restored[-1])))
+    finally:
+        c.close()
+
+
+def test_several_statements_in_one_query_replay_one_by_one(pg_cluster: Cluster, source: str, tmp_path: Path) -> None:
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        write(
+            c.cluster,
+            c.db,
+            "INSERT INTO guests (name) VALUES ('x;y'); ALTER TABLE guests ADD COLUMN note text; "
+            "INSERT INTO guests (name, note) VALUES ('z', 'n'); CREATE TEMP TABLE scratch (x int); "
+            "CREATE INDEX guests_note ON guests (note); SET search_path = public, pg_temp; "
+            "ALTER TABLE guests ALTER COLUMN seat TYPE bigint",
+        )
+        with psycopg.connect(c.cluster.dsn(c.db), autocommit=True, options="-c synchronous_commit=on") as conn:
+            conn.execute("CREATE SCHEMA app")
+            conn.execute("SET search_path = app")
+            conn.execute("CREATE TABLE plan (id int PRIMARY KEY, what text)")  # lands in app: path recorded
+            conn.execute("INSERT INTO plan VALUES (1, 'dance')")
+            conn.execute("ALTER TABLE plan RENAME TO plans")
+            conn.execute("DROP INDEX public.guests_note")
+        m = c.backup()
+        assert m.extra["chain_end"] is None, m.extra["chain_end"]
+        tags = [d["tag"] for d in m.extra["schema_changes"]]
+        assert tags == [
+            "ALTER TABLE",
+            "CREATE INDEX",
+            "ALTER TABLE",
+            "CREATE SCHEMA",
+            "CREATE TABLE",
+            "ALTER TABLE",
+            "DROP INDEX",
+        ]
+        assert_same(c.cluster, c.restore_to(None), c.db)
+    finally:
+        c.close()
+
+
+def test_ddl_inside_a_function_ends_the_chain_before_it(pg_cluster: Cluster, source: str, tmp_path: Path) -> None:
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('kept')")
+        before, clone_before = mark(c)
+        write(c.cluster, c.db, "DO $$ BEGIN EXECUTE 'ALTER TABLE guests ADD COLUMN z int'; END $$")
+        write(c.cluster, c.db, "INSERT INTO guests (name, z) VALUES ('lost', 1)")
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "inside a function or DO block" in end["reason"], end
+        assert m.extra["transactions"] == 1 and end["replay_transactions"] == 1
+        assert datetime.fromisoformat(end["covered_until"]) > before
+        assert_same(c.cluster, c.restore_to(before), clone_before)
+        assert_same(c.cluster, c.restore_to(None), clone_before)
+        with pytest.raises(IntegrityError, match="No backup covers"):
+            plan_chain(committed_manifests(c.store), datetime.now(UTC))
+    finally:
+        c.close()
+
+
+def test_without_the_capture_the_chain_ends_at_the_change(pg_cluster: Cluster, source: str, tmp_path: Path) -> None:
+    """The fallback: everything before the uncaptured change restorable, the gap after it reported."""
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
+        c.backup()  # its flush transaction and the removal below are ours: neither may look like a change
+        assert remove_ddl_capture(c.source) and not capture_state(c.source).installed
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a1')")
+        write(c.cluster, c.db, "UPDATE guests SET seat = 7 WHERE name = 'a1'")
+        write(c.cluster, c.db, "ANALYZE guests")  # as autovacuum does: writes no rows, yet is no schema change
+        before, clone_before = mark(c)
+        write(c.cluster, c.db, "ALTER TABLE guests ADD COLUMN email text")
+        ddl_done = datetime.now(UTC)
+        write(c.cluster, c.db, "INSERT INTO guests (name, email) VALUES ('b1', 'b@example.com')")
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "not captured" in end["reason"], end
+        assert m.extra["transactions"] == 2 and m.extra["per_table"] == {"public.guests": {"insert": 1, "update": 1}}
+        assert before < datetime.fromisoformat(end["covered_until"]) < ddl_done
+        assert_same(c.cluster, c.restore_to(before), clone_before)
+        assert_same(c.cluster, c.restore_to(None), clone_before)
+        with pytest.raises(IntegrityError, match="No backup covers") as e:
+            plan_chain(committed_manifests(c.store), ddl_done)
+        assert end["covered_until"] in str(e.value)  # the gap: the restorable range ends there
+    finally:
+        c.close()
+
+
+def test_a_change_that_bypassed_the_capture_ends_the_chain_before_it(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a1')")
+        before, clone_before = mark(c)
+        # event triggers do not fire in replica mode: this change is not captured
+        write(c.cluster, c.db, "SET session_replication_role = replica; ALTER TABLE notes ADD COLUMN hidden int")
+        write(c.cluster, c.db, "ALTER TABLE guests ADD COLUMN email text")  # captured, but after an uncaptured one
+        write(c.cluster, c.db, "INSERT INTO guests (name, email) VALUES ('b1', 'b@example.com')")
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "was not captured" in end["reason"], end
+        assert m.extra["transactions"] == 1
+        assert_same(c.cluster, c.restore_to(before), clone_before)
+        assert_same(c.cluster, c.restore_to(None), clone_before)
+    finally:
+        c.close()
+
+
+def test_install_status_and_remove(pg_cluster: Cluster, source: str) -> None:
+    target = pg_target(pg_cluster, source)
+    state = install_ddl_capture(target, ("scratch",))
+    assert state.installed and capture_state(target).installed
+    fp = schema_fingerprint(target)
+    assert install_ddl_capture(target).installed  # idempotent
+    assert schema_fingerprint(target) == fp  # our schema is never user schema
+    assert remove_ddl_capture(target)
+    assert not capture_state(target).installed
+    assert "_wedsync_backup" not in pg_cluster.psql("-Atc", "SELECT nspname FROM pg_namespace", dbname=source)
+    assert not remove_ddl_capture(target)
+    role = f"nosuper_{uuid.uuid4().hex[:6]}"
+    pg_cluster.psql("-c", f'CREATE ROLE {role} LOGIN REPLICATION; GRANT ALL ON DATABASE "{source}" TO {role}')
+    try:
+        weak = pg_target(pg_cluster, source).__class__(
+            host="127.0.0.1", port=pg_cluster.port, user=role, dbname=source, label="wedsync_source"
+        )
+        state = install_ddl_capture(weak)
+        assert not state.installed and "SUPERUSER" in (state.reason or "")
+        assert not capture_state(target).installed
+    finally:
+        pg_cluster.psql("-c", f'REVOKE ALL ON DATABASE "{source}" FROM {role}; DROP ROLE {role}')
