@@ -108,6 +108,8 @@ def test_restore_params_accept_good_values_and_default_to_dry_run(dagbag: DagBag
         {"backup_id": "../etc"},
         {"dry_run": "maybe"},
         {"reason": "x"},
+        {"reason": "   "},
+        {"confirm": "yes"},
         {"target_time": "yesterday"},
         {"target_time": "2026-11-21 14:30"},
     ],

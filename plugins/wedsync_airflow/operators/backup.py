@@ -29,6 +29,7 @@ from wedsync_backup.watermark import WARNING as WATERMARK_WARNING
 
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
+from wedsync_airflow.preconditions import completion_summary
 from wedsync_airflow.targets import build_storage, build_targets
 
 
@@ -299,14 +300,7 @@ class CommitBackupOperator(WedSyncOperator):
             if isinstance(r.get("verified_at"), str):
                 r["verified_at"] = datetime.fromisoformat(r["verified_at"])
         catalog(policy).complete_backup(manifest, self.manifest_sha256, replicas, retention_until(policy, self.tier))
-        self.log.info(
-            "Backup %s completed: %d tables, %d rows, %d bytes stored x %d verified copies",
-            self.backup_id,
-            len(manifest.tables),
-            manifest.total_rows,
-            manifest.stored_bytes,
-            len(replicas),
-        )
+        self.log.info("%s", completion_summary(manifest, len(replicas)))
         return {
             "backup_id": self.backup_id,
             "status": "completed",

@@ -17,6 +17,7 @@ from wedsync_backup.watermark import capture_watermark
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.operators.backup import backup_id_for, load_pending_manifest, retention_until
 from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
+from wedsync_airflow.preconditions import skip_until_first_full
 from wedsync_airflow.targets import build_storage, build_targets
 
 
@@ -80,6 +81,7 @@ class IncrementalPreflightOperator(WedSyncOperator):
                 "set wal_level=logical and give the backup user REPLICATION, then run backup_daily_full; "
                 "or set incremental.fallback: updated_at in the policy (it does not capture deletes)",
             )
+        skip_until_first_full(policy)  # a fresh installation: skip (green), saying what starts the chain
         if mode == "watermark":
             return self._watermark_plan(context, policy, cat, verdict.as_dict(), warnings)
         for storage in build_targets(policy):

@@ -24,16 +24,13 @@ from wedsync_backup.restore import (
 
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
+from wedsync_airflow.restore_checks import expected_confirmation
 from wedsync_airflow.targets import build_storage
 
 MODES = ("latest", "backup_id", "point_in_time")
 # A damaged or undecryptable copy reads the same on a retry: fail at once, pointing to another target.
 RESTORE_FATAL = (ConfigError, CryptoError, IntegrityError)
 SCOPES = ("complete",)
-
-
-def expected_confirmation(target_conn_id: str) -> str:
-    return f"RESTORE {target_conn_id}"
 
 
 class _RestoreParams(WedSyncOperator):
