@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="./scripts/run.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("command", nargs="?", choices=["start", "env"], default="start")
-    p.add_argument("--scale", type=float, default=DEFAULT_SCALE, help="demo data scale (1 = about 20 MB)")
+    p.add_argument(
+        "--scale", type=float, default=DEFAULT_SCALE, help="demo data scale (1 = 80 weddings, a 21 MB database)"
+    )
     p.add_argument("--no-backup", action="store_true", help="do not trigger the first full backup")
     p.add_argument("--fresh", action="store_true", help="throw away the state directory first")
     p.add_argument(
@@ -320,7 +322,10 @@ class Launcher:
         api = AirflowApi(url, ADMIN_USER, config.admin_password)
         deadline = time.monotonic() + 180
         while not api.healthy():
-            if time.monotonic() > deadline or self.registry.exited():
+            if proc := self.registry.exited():
+                name = next(r.name for r in self.registry.records if r.pid == proc.pid)
+                raise StackError(f"{name} exited ({proc.returncode}) while the stack was starting; see {logs}")
+            if time.monotonic() > deadline:
                 raise StackError(f"the api-server did not come up; see {logs / 'api-server.log'}")
             time.sleep(1)
         first = "not triggered (--no-backup)" if args.no_backup else _first_full_backup(api)
@@ -360,7 +365,8 @@ class Launcher:
         last_check = time.monotonic()
         while True:
             if proc := self.registry.exited():
-                _say(f"{' '.join(map(str, proc.args[:2]))} exited ({proc.returncode}); see {logs}")
+                name = next(r.name for r in self.registry.records if r.pid == proc.pid)
+                _say(f"{name} exited ({proc.returncode}); see {logs}; stopping the stack")
                 return 1
             if time.monotonic() - last_check > 15:  # DAG files added while running
                 last_check = time.monotonic()

@@ -57,6 +57,8 @@ class StackProcess:
     executor: str = "local"
     extra_args: tuple[str, ...] = ()
     proc: subprocess.Popen | None = None
+    ready: dict = field(default_factory=dict)  # what the launcher wrote when ready (its pid, the first full run)
+    started_at: float = 0.0  # time.monotonic() when it was ready
 
     @property
     def url(self) -> str:
@@ -98,7 +100,8 @@ class StackProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if ready.exists() and json.loads(ready.read_text()).get("pid") == self.proc.pid:
-                return json.loads(ready.read_text())
+                self.ready, self.started_at = json.loads(ready.read_text()), time.monotonic()
+                return self.ready
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the stack exited ({self.proc.returncode}):\n{self.log_tail()}")
             time.sleep(0.5)
