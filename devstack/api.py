@@ -70,7 +70,7 @@ class AirflowApi:
                 return None
             raise
 
-    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> dict[str, Any]:
+    def wait_for_dag(self, dag_id: str, timeout: float = 300) -> dict[str, Any]:
         """The DAG as the api-server knows it, once the dag-processor has parsed it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -309,8 +309,7 @@ class Launcher:
             WEDSYNC_RETRY_DELAY_SECONDS="30",
         )
         _write_env(self.state_dir, env)
-        _say("migrating the Airflow metadata database ...")
-        migrate_metadata(env)
+        self._migrate_metadata(config, env, state)
         for component in AIRFLOW_COMPONENTS:
             cmd = [airflow_bin(), component]
             if component == "api-server":
@@ -320,7 +319,7 @@ class Launcher:
         if executor == "celery":
             self._start_workers(env, logs)
         api = AirflowApi(url, ADMIN_USER, config.admin_password)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while not api.healthy():
             if proc := self.registry.exited():
                 name = next(r.name for r in self.registry.records if r.pid == proc.pid)
@@ -333,6 +332,25 @@ class Launcher:
         self._tell(config, url, logs, first)
         (self.state_dir / "ready.json").write_text(json.dumps({"pid": os.getpid(), "first_full_run": first}))
         return self._watch(api, state, logs)
+
+    def _migrate_metadata(self, config: StackConfig, env: dict[str, str], state: StackState) -> None:
+        """`airflow db migrate`, skipped (it takes half a minute) when this Airflow already migrated this database."""
+        from importlib.metadata import version
+
+        try:
+            revision = config.cluster.psql("-Atc", "SELECT version_num FROM alembic_version", dbname=config.airflow_db)
+        except RuntimeError:
+            revision = ""
+        stamp = {"airflow": version("apache-airflow"), "revision": revision.strip()}
+        if revision and state.data.get("metadata_migrated") == stamp:
+            return
+        _say("migrating the Airflow metadata database ...")
+        migrate_metadata(env)
+        stamp["revision"] = config.cluster.psql(
+            "-Atc", "SELECT version_num FROM alembic_version", dbname=config.airflow_db
+        )
+        state.data["metadata_migrated"] = {**stamp, "revision": stamp["revision"].strip()}
+        state.save()
 
     def _start_workers(self, env: dict[str, str], logs: Path) -> None:
         """Celery workers as separate machines would run them: each its own home and working directory."""
@@ -403,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         _say(str(e))
         return 2
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second signal must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         launcher.shutdown()
 
 

@@ -127,12 +127,14 @@ class StackProcess:
         self.proc.wait()
         return recorded
 
-    def stop(self, timeout: float = 120) -> int | None:
-        """SIGTERM the launcher: it stops everything it started. Returns its exit code."""
+    def stop(self, timeout: float = 120, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the launcher (SIGTERM, or SIGHUP as a closed terminal): it stops everything it started.
+
+        Returns its exit code."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return proc.returncode if proc else None
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -1,6 +1,6 @@
 """The local stack as a newcomer meets it, against a real stack (`./scripts/run.sh` as a subprocess).
 
-One stack for the whole module, on free ports in its own state directory, in this order:
+One stack (the session's ``local_stack``, on free ports in its own state directory), in this order:
 1. the first start is green (no failed run in the first scheduler minute, exactly one full backup);
 2. the README's restore example runs as written (CLI dry run, REST API dry run, real restore from GCS);
 3. an invalid restore is refused by the api-server before a run exists;
@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -26,7 +24,7 @@ import pytest
 from devstack.airflow_env import REPO, RESTORE_TARGET
 from devstack.api import ApiError
 from devstack.postgres import Cluster
-from devstack.testing import StackProcess, alive, new_state_dir, postmaster_running
+from devstack.testing import StackProcess, alive, postmaster_running
 from tests.fixtures.airflow import assert_same_database, fingerprint
 
 pytestmark = pytest.mark.slow
@@ -35,21 +33,8 @@ SOURCE = "wedsync"
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[StackProcess]:
-    s = StackProcess(new_state_dir())
-    t = time.monotonic()
-    s.start()
-    print(f"first start took {time.monotonic() - t:.0f}s")
-    try:
-        yield s
-    finally:
-        records = s.recorded()
-        running = s.proc is not None and s.proc.poll() is None
-        rc = s.stop()
-        assert rc == 0 or not running, s.log_tail()
-        assert not alive(records), "a clean stop leaves nothing running"
-        assert not postmaster_running(s.state_dir)
-        shutil.rmtree(s.state_dir, ignore_errors=True)
+def stack(local_stack: StackProcess) -> StackProcess:
+    return local_stack
 
 
 def _cluster(stack: StackProcess) -> Cluster:
