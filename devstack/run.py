@@ -393,6 +393,8 @@ class Launcher:
             time.sleep(1)
 
     def shutdown(self) -> None:
+        if not self.registry.popens and self.cluster is None:
+            return  # nothing was started
         _say("stopping everything this run started ...")
         self.registry.stop_all(last=("pg-watchdog",))  # the watchdog stops PostgreSQL last
         for svc in self.services:
