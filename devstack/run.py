@@ -113,8 +113,8 @@ class StackState:
         self.dir = state_dir
         self.path = state_dir / "state.json"
         data = json.loads(self.path.read_text()) if self.path.exists() else {}
-        if "ports" not in data:  # the earlier format: just the ports
-            data = {"ports": data}
+        if "ports" not in data:  # the earlier format may hold a random port an earlier bug chose: not kept
+            data = {}
         self.data: dict = data
 
     def save(self) -> None:

@@ -87,3 +87,10 @@ def test_ports_are_kept_across_runs_and_a_given_port_wins(tmp_path: Path) -> Non
     first.save()
     again = StackState(tmp_path).ports(_parser().parse_args(["--api-port", "9999"]))
     assert again["api"] == 9999 and again["postgres"] == 54329
+
+
+def test_ports_of_the_earlier_state_format_are_not_kept(tmp_path: Path) -> None:
+    """Earlier runs moved to a random port when one was busy and saved it: back to the README's defaults."""
+    (tmp_path / "state.json").write_text('{"postgres": 41234, "s3": 1, "gcs": 2, "api": 54135}')
+    ports = StackState(tmp_path).ports(_parser().parse_args([]))
+    assert (ports["api"], ports["postgres"]) == (8080, 54329)
