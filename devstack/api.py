@@ -5,6 +5,7 @@ Used by the launcher (trigger the first full backup, unpause the DAGs) and by te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -27,7 +28,7 @@ class AirflowApi:
     password: str = "admin"
     _token: str | None = field(default=None, repr=False)
 
-    def _raw(self, method: str, path: str, body: Any = None, *, auth: bool = True, timeout: float = 30) -> Any:
+    def _raw(self, method: str, path: str, body: Any = None, *, auth: bool = True, timeout: float = 60) -> Any:
         headers = {"Content-Type": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self.token()}"
@@ -74,8 +75,9 @@ class AirflowApi:
         """The DAG as the api-server knows it, once the dag-processor has parsed it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if info := self.dag(dag_id):
-                return info
+            with contextlib.suppress(OSError):  # the api-server may still be busy starting
+                if info := self.dag(dag_id):
+                    return info
             time.sleep(1)
         raise TimeoutError(f"DAG {dag_id} did not appear within {timeout:.0f}s (see the dag-processor log)")
 
@@ -93,7 +95,10 @@ class AirflowApi:
         """The run once it is finished (success or failed)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            try:
+                run = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            except OSError:  # a busy api-server timed out: ask again
+                continue
             if run["state"] in ("success", "failed"):
                 return run
             time.sleep(2)

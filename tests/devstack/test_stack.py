@@ -44,7 +44,10 @@ def _cluster(stack: StackProcess) -> Cluster:
 def _wait_all_finished(stack: StackProcess, dag_id: str, count: int, timeout: float = 600) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = stack.api.dag_runs(dag_id)
+        try:
+            runs = stack.api.dag_runs(dag_id)
+        except OSError:  # a busy api-server timed out: ask again
+            continue
         if len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs):
             return runs
         time.sleep(2)
