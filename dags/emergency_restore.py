@@ -4,6 +4,11 @@ Runs as a dry run by default: the plan task checks everything (parameters, confi
 manifest and key, every object on the chosen target, the target database being empty) and reports what
 would happen, touching nothing. To restore, trigger with dry_run=false and confirm='RESTORE <target_conn_id>'.
 A restore is all or nothing: on any failure the target is put back as it was.
+
+Where bad input is refused: each parameter alone by its JSON schema below (UI form, REST API and CLI, before
+a run exists); the combinations (confirm with dry_run=false, target_time for point_in_time, backup_id for
+backup_id) by the api-server (plugins/wedsync_restore_guard.py: UI form and REST API, before a run exists)
+and again by the plan task (every trigger, including the CLI, before anything is touched).
 """
 
 from __future__ import annotations
@@ -57,12 +62,14 @@ PARAMS = {
         type="string",
         title="Confirmation",
         description="With dry_run=false, type exactly: RESTORE <target_conn_id>",
+        pattern=r"^(RESTORE [A-Za-z0-9_.-]+)?$",
     ),
     "reason": Param(
         type="string",
         minLength=3,
+        pattern=r"\S.*\S.*\S",
         title="Reason",
-        description="Why this restore is run (recorded)",
+        description="Required: why this restore is run, at least 3 characters (recorded), e.g. INC-42",
     ),
 }
 

@@ -17,6 +17,27 @@ from devstack.services import GcsEmulator, MotoServer
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_USER = "admin"
+RESTORE_TARGET = "restore_target"  # the empty database (and its connection id) the README's restore example uses
+
+
+def sizing(cores: int | None = None, parallelism: int | None = None) -> dict[str, str]:
+    """Airflow sized for a small machine: task slots in proportion to the cores, one process per service.
+
+    Airflow's defaults (32 task slots, each a pre-forked LocalExecutor worker, several api-server and
+    parsing processes) are made for a server. Here: 2 task slots per core (at least 4), which is also the
+    number of LocalExecutor workers and the Celery concurrency; one api-server worker; one parsing process.
+    ``--parallelism N`` (or WEDSYNC_STACK_PARALLELISM) overrides the slots.
+    """
+    cores = cores or os.cpu_count() or 2
+    slots = parallelism or max(4, 2 * cores)
+    return {
+        "AIRFLOW__CORE__PARALLELISM": str(slots),
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(slots),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(slots),
+        "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": str(slots),
+    }
 
 
 def pg_conn_json(cluster: Cluster, dbname: str) -> str:
@@ -45,6 +66,9 @@ class StackConfig:
     catalog_db: str = "backup_catalog"
     airflow_db: str = "airflow"
     admin_password: str = "admin"
+    executor: str = "LocalExecutor"
+    broker_url: str | None = None
+    dags_paused_at_creation: bool = True
 
     def connections(self) -> dict[str, str]:
         return {
@@ -54,6 +78,7 @@ class StackConfig:
             "BACKUP_SECONDARY_S3": self.s3.airflow_conn_json(),
             "BACKUP_OFFSITE_GCS": self.gcs.airflow_conn_json(),
             "BACKUP_ENCRYPTION": json.dumps({"conn_type": "generic", "password": self.master_key}),
+            RESTORE_TARGET.upper(): pg_conn_json(self.cluster, RESTORE_TARGET),
         }
 
     def env(self, extra_connections: dict[str, str] | None = None) -> dict[str, str]:
@@ -67,8 +92,8 @@ class StackConfig:
             AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
             AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO / "plugins"),
             AIRFLOW__CORE__LOAD_EXAMPLES="False",
-            AIRFLOW__CORE__EXECUTOR="LocalExecutor",
-            AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+            AIRFLOW__CORE__EXECUTOR=self.executor,
+            AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=str(self.dags_paused_at_creation),
             AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{ADMIN_USER}:admin",
             AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
             AIRFLOW__API_AUTH__JWT_SECRET="wedsync-local-stack-only",
@@ -81,13 +106,17 @@ class StackConfig:
             PYTHONPATH=os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
             **self.gcs.env(),
         )
+        if self.broker_url:
+            env["AIRFLOW__CELERY__BROKER_URL"] = self.broker_url
+            env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + self.cluster.url(self.airflow_db, "postgresql")
+            env["AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER"] = "1"
         for conn_id, value in {**self.connections(), **(extra_connections or {})}.items():
             env[f"AIRFLOW_CONN_{conn_id.upper()}"] = value
         return env
 
     def create_databases(self) -> None:
         existing = set(self.cluster.psql("-Atc", "SELECT datname FROM pg_database").split())
-        for db in (self.source_db, self.catalog_db, self.airflow_db):
+        for db in (self.source_db, self.catalog_db, self.airflow_db, RESTORE_TARGET):
             if db not in existing:
                 self.cluster.create_database(db)
 

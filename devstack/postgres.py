@@ -55,7 +55,8 @@ class Cluster:
     user: str = "postgres"
     bindir: Path = field(default_factory=find_bindir)
 
-    def _as_owner(self) -> list[str]:
+    def as_owner(self) -> list[str]:
+        """The command prefix that runs a server binary as the cluster's OS user (runuser when we are root)."""
         if os.geteuid() != 0:
             return []
         pwd.getpwnam("postgres")  # raises KeyError with a clear name if missing
@@ -79,7 +80,7 @@ class Cluster:
         os.chmod(self.datadir, 0o700)
         subprocess.run(
             [
-                *self._as_owner(),
+                *self.as_owner(),
                 str(self.bindir / "initdb"),
                 "-D",
                 str(self.datadir),
@@ -118,7 +119,7 @@ class Cluster:
         self._chown(log)
         subprocess.run(
             [
-                *self._as_owner(),
+                *self.as_owner(),
                 str(self.bindir / "pg_ctl"),
                 "-D",
                 str(self.datadir),
@@ -141,7 +142,7 @@ class Cluster:
         if (self.datadir / "postmaster.pid").exists():
             subprocess.run(
                 [
-                    *self._as_owner(),
+                    *self.as_owner(),
                     str(self.bindir / "pg_ctl"),
                     "-D",
                     str(self.datadir),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from types import TracebackType
 from typing import Self
 
 from devstack.ports import free_port, wait_for_port
+from devstack.procs import die_with_parent
 
 FAKE_AWS_KEY = "testing"
 FAKE_AWS_SECRET = "testing"
@@ -49,6 +51,14 @@ class _Service:
     def _proc_env(self) -> dict[str, str]:
         return dict(os.environ)
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self._proc
+
     def _ready(self) -> bool:
         try:
             with urllib.request.urlopen(self.endpoint + "/", timeout=2) as r:
@@ -71,6 +81,7 @@ class _Service:
                 stdin=subprocess.DEVNULL,
                 env=self._proc_env(),
                 start_new_session=True,  # own process group: stop() kills children too
+                preexec_fn=die_with_parent,  # and it stops when its starter dies, even by kill -9
             )
         deadline = time.monotonic() + timeout
         try:
@@ -213,6 +224,52 @@ class GcsEmulator(_Service):
     def env(self) -> dict[str, str]:
         """google-cloud-storage sends every request to STORAGE_EMULATOR_HOST when it is set."""
         return {"STORAGE_EMULATOR_HOST": self.endpoint}
+
+
+class RedisServer(_Service):
+    """redis-server from the OS packages: the Celery broker of the local stack. No persistence."""
+
+    label = "redis"
+
+    def __init__(self, port: int | None = None, data_dir: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(port)
+        self.data_dir = Path(data_dir or tempfile.gettempdir()).resolve()
+
+    def _command(self) -> list[str]:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
+            raise RuntimeError(
+                "redis-server was not found: the Celery executor needs it. Install it with "
+                "'apt-get install redis-server' (./scripts/bootstrap.sh does so as root), then run this again."
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.data_dir),
+        ]
+
+    def _ready(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
 
 def main() -> None:

@@ -34,6 +34,15 @@ if ! have_pg; then
     exit 1
   fi
 fi
+# Redis (the Celery executor's broker: ./scripts/run.sh --executor celery and its test)
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing redis-server from the OS packages ..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    say "redis-server is missing; only --executor celery needs it. Install it, e.g. 'sudo apt-get install redis-server'"
+  fi
+fi
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   say "PostgreSQL refuses to run as root; creating the 'postgres' user to run the throwaway clusters"
   useradd --system --no-create-home --shell /usr/sbin/nologin postgres

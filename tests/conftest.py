@@ -2,4 +2,5 @@
 
 from tests.fixtures.airflow import stack  # noqa: F401
 from tests.fixtures.postgres import empty_db, pg_cluster  # noqa: F401
+from tests.fixtures.stack import local_stack  # noqa: F401
 from tests.fixtures.storage import gcs_server, s3_server, storage_policy, storage_targets  # noqa: F401

@@ -15,13 +15,13 @@ from wedsync_backup.policy import Policy, TargetPolicy
 from wedsync_backup.storage.base import Storage
 
 
-def get_connection(conn_id: str, target: str) -> Any:
-    """The Airflow connection, or a ConfigError saying how to define it."""
+def get_connection(conn_id: str, role: str) -> Any:
+    """The Airflow connection, or a ConfigError saying how to define it. ``role``: e.g. 'source', 'target primary'."""
     try:
         return BaseHook.get_connection(conn_id)
     except AirflowNotFoundException as e:
         raise ConfigError(
-            f"Airflow connection '{conn_id}' (target {target}) is not defined",
+            f"Airflow connection '{conn_id}' ({role}) is not defined",
             fix=f"create it in Admin -> Connections or set AIRFLOW_CONN_{conn_id.upper()}",
         ) from e
 
@@ -42,7 +42,7 @@ def _client(target: TargetPolicy, make: Any) -> Any:
 def _local(target: TargetPolicy) -> Storage:
     from wedsync_backup.storage.local import LocalStorage
 
-    conn = get_connection(target.conn_id, target.name)
+    conn = get_connection(target.conn_id, f"target {target.name}")
     path = (conn.extra_dejson or {}).get("path")
     if not path:
         raise ConfigError(
@@ -54,7 +54,7 @@ def _local(target: TargetPolicy) -> Storage:
 
 def _bucket(target: TargetPolicy, make_client: Any, storage_class: type[Storage]) -> Storage:
     # Look the connection up first: without it S3Hook would silently fall back to default credentials.
-    get_connection(target.conn_id, target.name)
+    get_connection(target.conn_id, f"target {target.name}")
     return storage_class(
         _client(target, make_client),
         target.bucket or "",

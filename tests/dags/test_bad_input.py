@@ -261,8 +261,8 @@ def assert_refused(stack: Stack, run: RestoreRun, *expected: str) -> dict[str, A
 
 
 def test_restore_with_wrong_confirmation(stack: Stack, good_backup: GoodBackup) -> None:
-    run = run_restore(stack, confirmed(good_backup.backup_id, confirm="yes"))
-    assert_refused(stack, run, "Restore not confirmed", "'RESTORE restore_target'")
+    run = run_restore(stack, confirmed(good_backup.backup_id, confirm="RESTORE wedsync_source"))
+    assert_refused(stack, run, "Restore not confirmed", "'RESTORE restore_target'")  # plan checks it (CLI path)
 
 
 def test_restore_without_target_conn_id_is_refused_before_a_run(stack: Stack, good_backup: GoodBackup) -> None:

@@ -119,6 +119,8 @@ def test_restore_and_rebuild_offer_the_policys_targets(dagbag: DagBag) -> None:
         {"backup_id": "../etc"},
         {"dry_run": "maybe"},
         {"reason": "x"},
+        {"reason": "   "},
+        {"confirm": "yes"},
         {"target_time": "yesterday"},
         {"target_time": "2026-11-21 14:30"},
     ],

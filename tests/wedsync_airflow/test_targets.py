@@ -71,3 +71,11 @@ def test_unknown_kind_is_a_config_error() -> None:
     t = TargetPolicy(name="tape", kind="tape", conn_id="c", medium="tape", site="vault")
     with pytest.raises(ConfigError, match="unknown kind 'tape'"):
         build_storage(t)
+
+
+def test_undefined_database_connection_names_its_role(storage_policy: Policy) -> None:
+    from wedsync_airflow.connections import pg_target
+
+    with pytest.raises(ConfigError) as e:
+        pg_target("restore_db_missing", "restore target")
+    assert "Airflow connection 'restore_db_missing' (restore target) is not defined" in str(e.value)

@@ -292,15 +292,24 @@ def commit(
     recorded = manifest.provenance_info.retention_until  # set when the backup began
     until = datetime.fromisoformat(recorded) if recorded else retention_until(policy, tier)
     res.catalog().complete_backup(manifest, manifest_sha256, replicas, until, roles=policy.roles())
-    log.info(
-        "Backup %s completed: %d tables, %d rows, %d bytes stored x %d verified copies",
-        backup_id,
-        len(manifest.tables),
-        manifest.total_rows,
-        manifest.stored_bytes,
-        len(replicas),
-    )
+    log.info("%s", completion_summary(manifest, len(replicas)))
     return CommitResult(backup_id, "completed", len(replicas), manifest.total_rows, manifest.stored_bytes)
+
+
+def completion_summary(manifest: Manifest, copies: int) -> str:
+    """The commit log line: tables and rows for a full backup, changes and transactions for an incremental."""
+    m = manifest
+    if m.backup_type == "incremental":
+        x = m.extra
+        what = (
+            f"{x.get('changes', 0)} changes in {x.get('transactions', 0)} transactions"
+            f" (LSN {x.get('start_lsn')} -> {x.get('end_lsn')})"
+        )
+        if x.get("closes_chain"):
+            what += ", closing the chain of its full backup"
+    else:
+        what = f"{len(m.tables)} tables, {m.total_rows} rows"
+    return f"Backup {m.backup_id} completed: {what}, {m.stored_bytes} bytes stored x {copies} verified copies"
 
 
 def mark_failed(res: Resources, backup_id: str | None) -> bool:

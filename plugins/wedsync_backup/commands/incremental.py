@@ -22,11 +22,26 @@ from wedsync_backup.pg import PgTarget
 from wedsync_backup.pitr import chain_of
 from wedsync_backup.repository import committed_manifests, read_manifest
 from wedsync_backup.schema_changes import record_outcome
+from wedsync_backup.storage.base import Storage
 from wedsync_backup.watermark import WARNING as WATERMARK_WARNING
 from wedsync_backup.watermark import capture_watermark
 
 log = logging.getLogger(__name__)
 TIER = "incremental"
+
+
+NO_FULL_YET = (
+    "No full backup exists yet on the primary target ({url}), so there is no chain for an incremental to "
+    "continue: this run skips. The first completed run of backup_daily_full (triggered by ./scripts/run.sh, "
+    "by hand, or at its daily schedule) starts the chain; the next backup_hourly_incremental run continues it."
+)
+
+
+def require_a_full_backup(primary: Storage) -> None:
+    """A fresh installation has no full backup yet: nothing is at risk that the first full will not cover, so
+    the run has nothing to do (it skips, green) rather than failing."""
+    if not any(m.backup_type == "full" for m in committed_manifests(primary)):
+        raise NothingToDo(NO_FULL_YET.format(url=primary.url()))
 
 
 class NoChainToContinue(ConfigError):
@@ -161,6 +176,7 @@ def begin(res: Resources, run: RunRef) -> IncrementalPlan:
             "set wal_level=logical and give the backup user REPLICATION, then run backup_daily_full; "
             "or set incremental.fallback: updated_at in the policy (it does not capture deletes)",
         )
+    require_a_full_backup(res.primary())
     if mode == "watermark":
         return _watermark_plan(res, run, checked.rule_321.as_dict(), checked.warnings)
     check_targets(res)
