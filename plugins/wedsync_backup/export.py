@@ -376,9 +376,10 @@ def _export(
             holder.execute("SET LOCAL search_path = pg_catalog")
             fingerprint = holder.execute(fingerprint_query(options.exclude_schemas).encode()).fetchone()[0]
             holder.execute("RESET search_path")
-            extra["schema_fingerprint"] = fingerprint
             if chain is not None:
                 chain = replace(chain, schema_fingerprint=fingerprint)
+            else:
+                extra["schema_fingerprint"] = fingerprint
         log.info(
             "Exporting %d tables (%d parts, %d sequences) of %s at LSN %s with %d workers",
             len(tables),

@@ -52,6 +52,15 @@ def schema_fingerprint(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) 
     return row[0] or ""
 
 
+def schema_at_end(parent: Manifest) -> str | None:
+    """The schema fingerprint a chain's next capture starts from: the full's (typed chain section), or the one
+    the previous incremental accounted for."""
+    if parent.backup_type == "incremental":
+        return parent.extra.get("schema_fingerprint")
+    chain = parent.chain_info
+    return chain.schema_fingerprint if chain else None
+
+
 # Transactions whose catalog rows of user objects are still there: candidates for an uncaptured schema change.
 CATALOG_XIDS = """
 SELECT DISTINCT s.x::text FROM (
@@ -173,7 +182,7 @@ def capture_incremental(
     data_key = keyring.new_data_key(backup_id)
     ddl_xids, analyze_xids = catalog_xids(source, exclude_schemas)
     guard = ChangeGuard(
-        parent.extra.get("schema_fingerprint"), ddl_xids, {*exclude_schemas, CAPTURE_SCHEMA}, analyze_xids
+        schema_at_end(parent), ddl_xids, {*exclude_schemas, CAPTURE_SCHEMA}, analyze_xids
     )
     sequences = read_sequence_values(source)
     key = f"{backup_prefix(backup_id)}changes.wsb"
