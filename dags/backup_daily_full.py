@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, TriggerRule
 from wedsync_airflow.dag_support import retry_delay, target_names
+from wedsync_airflow.notifiers import alert_on
 from wedsync_airflow.operators.backup import (
     BackupPreflightOperator,
     CommitBackupOperator,
@@ -32,6 +33,7 @@ with DAG(
         "retries": 2,
         "retry_delay": retry_delay(),
         "retry_exponential_backoff": True,
+        "on_failure_callback": alert_on("backup_failed"),
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(hours=6),
     },

@@ -22,6 +22,8 @@ from airflow.sdk.exceptions import ParamValidationError
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 PARSE_BUDGET_SECONDS = 1.0
+# Issue 10: the DAGs that prove backups over time.
+NEW_DAGS: set[str] = set()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def _run_probe(code: str, **env: str) -> dict[str, Any]:
 
 def test_no_import_errors(dagbag: DagBag) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"backup_daily_full", "backup_hourly_incremental", "emergency_restore"}
+    assert set(dagbag.dag_ids) == {"backup_daily_full", "backup_hourly_incremental", "emergency_restore"} | NEW_DAGS
 
 
 def test_schedules_and_concurrency(dagbag: DagBag) -> None:
