@@ -18,6 +18,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 from airflow.timetables.trigger import CronTriggerTimetable
 from wedsync_airflow.assets import FULL_BACKUP_VERIFIED
 from wedsync_airflow.operators.drill import RestoreDrillOperator
+from wedsync_airflow.params import backup_id_param
 
 with DAG(
     dag_id="restore_drill",
@@ -29,12 +30,9 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     params={
-        "backup_id": Param(
-            None,
-            type=["null", "string"],
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
-            title="Backup id",
-            description="The backup to drill (see backup_operations); empty: the newest verified full backup",
+        "backup_id": backup_id_param(
+            "Backup id",
+            "The backup to drill (see backup_operations); empty: the newest verified full backup",
         ),
         "target_time": Param(
             None,

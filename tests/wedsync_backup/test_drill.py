@@ -17,13 +17,7 @@ from wedsync_backup.repository import read_manifest
 
 from devstack.postgres import Cluster
 from tests.fixtures.alerts import Inbox
-from tests.fixtures.backups import (  # noqa: F401 - fixtures
-    commit_backup,
-    corrupt,
-    demo_source,
-    module_catalog,
-    module_targets,
-)
+from tests.fixtures.backups import commit_backup, corrupt
 from tests.fixtures.storage import StorageTargets
 from tests.wedsync_backup.test_export import pg_target
 
@@ -54,10 +48,10 @@ def drill(cat: Catalog, targets: StorageTargets, cluster: Cluster, ring: Keyring
 
 @pytest.fixture(scope="module")
 def backed_up(
-    module_targets: StorageTargets,  # noqa: F811
-    module_catalog: Catalog,  # noqa: F811
+    module_targets: StorageTargets,
+    module_catalog: Catalog,
     pg_cluster: Cluster,
-    demo_source: str,  # noqa: F811
+    demo_source: str,
 ) -> tuple[Catalog, StorageTargets, Keyring, str]:
     """One committed backup of the demo database for the module; a test that damages it puts it back."""
     ring = Keyring(os.urandom(32))
