@@ -402,7 +402,10 @@ def restore_to_point(
     on_table_loaded: Callable[[TableEntry], None] | None = None,
 ) -> dict[str, object]:
     """Restore ``plan``'s full backup, replay its increments up to ``plan.until``: all or nothing."""
-    from wedsync_backup.restore import _public_schema_state, reset_target, restore_backup
+    from wedsync_backup.restore import _public_schema_state, reset_target, restore_backup, verify_manifest_mac
+
+    for m in plan.increments:  # authenticate every manifest before the target is touched
+        verify_manifest_mac(m, keyring)
 
     public_state = _public_schema_state(target)
     full = restore_backup(plan.full, storage, keyring, target, workers=workers, on_table_loaded=on_table_loaded)

@@ -73,6 +73,7 @@ def verify_manifest_mac(manifest: Manifest, keyring: Keyring) -> None:
             "it was edited or damaged after the backup wrote it",
             "restore from another target",
         )
+    keyring.remember(data_key)  # objects written before a key rotation are opened with it
 
 
 def check_objects_present(manifest: Manifest, storage: Storage) -> None:
