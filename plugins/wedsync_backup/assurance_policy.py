@@ -1,4 +1,4 @@
-"""The policy sections that prove backups over time: ``alerts``, ``rpo``, ``drills``, ``scrub``.
+"""The policy sections that prove backups over time: ``alerts``, ``rpo``, ``drills``, ``scrub``, ``archive``.
 
 They live in the same policy file as the rest (include/config/backup_policy.yaml) and are validated here,
 once, with errors that name the field to fix. Every section is optional; its defaults are the platform's
@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from wedsync_backup.errors import ConfigError
-from wedsync_backup.policy import read_policy_file
+from wedsync_backup.policy import Rule321Policy, read_policy_file
 
 ALERT_EVENTS = (
     "backup_failed",
@@ -78,11 +78,21 @@ class ScrubPolicy:
 
 
 @dataclass(frozen=True)
+class ArchivePolicy:
+    retention_days: int = 365
+    targets: tuple[str, ...] = ("primary", "secondary", "offsite")  # the archive's copies; the first gets the export
+    storage_class: dict[str, str] = field(default_factory=dict)  # target -> class (GCS ARCHIVE, S3 GLACIER_IR...)
+    lock: bool = True  # retention lock (S3 Object Lock) or object hold (GCS) where the bucket supports it
+    rule_321: Rule321Policy = field(default_factory=Rule321Policy)
+
+
+@dataclass(frozen=True)
 class AssurancePolicy:
     alerts: AlertsPolicy = field(default_factory=AlertsPolicy)
     rpo: dict[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_RPO))
     drills: DrillPolicy = field(default_factory=DrillPolicy)
     scrub: ScrubPolicy = field(default_factory=ScrubPolicy)
+    archive: ArchivePolicy = field(default_factory=ArchivePolicy)
 
 
 def parse_duration(value: Any, where: str) -> timedelta:
@@ -181,6 +191,31 @@ def _drills(raw: dict[str, Any]) -> DrillPolicy:
     )
 
 
+def _archive(raw: dict[str, Any]) -> ArchivePolicy:
+    targets = raw.get("targets", ["primary", "secondary", "offsite"])
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise ConfigError("Backup policy field 'archive.targets' must list target names", fix="e.g. [primary, offsite]")
+    classes = _mapping(raw.get("storage_class"), "archive.storage_class")
+    unknown = sorted(set(classes) - set(targets))
+    if unknown:
+        raise ConfigError(
+            f"archive.storage_class names {unknown}, which are not archive targets", fix="list them in archive.targets"
+        )
+    r = _mapping(raw.get("rule_321"), "archive.rule_321")
+    return ArchivePolicy(
+        retention_days=_positive(raw, "retention_days", "archive", 365),
+        targets=tuple(targets),
+        storage_class={k: str(v).upper() for k, v in classes.items()},
+        lock=bool(raw.get("lock", True)),
+        rule_321=Rule321Policy(
+            min_copies=_positive(r, "min_copies", "archive.rule_321", 3),
+            min_media=_positive(r, "min_media", "archive.rule_321", 2),
+            min_offsite=_positive(r, "min_offsite", "archive.rule_321", 1),
+            enforce=bool(r.get("enforce", True)),
+        ),
+    )
+
+
 def load_assurance(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> AssurancePolicy:
     """Read and validate the assurance sections of the policy file (the same file ``load_policy`` reads)."""
     raw = read_policy_file(path, env)
@@ -189,6 +224,7 @@ def load_assurance(path: str | os.PathLike[str] | None = None, env: dict[str, st
         alerts=_alerts(_mapping(raw.get("alerts"), "alerts")),
         rpo=_rpo(_mapping(raw.get("rpo"), "rpo")),
         drills=_drills(_mapping(raw.get("drills"), "drills")),
+        archive=_archive(_mapping(raw.get("archive"), "archive")),
         scrub=ScrubPolicy(
             cycle_days=_positive(scrub, "cycle_days", "scrub", 7),
             daily_budget_mb=_positive(scrub, "daily_budget_mb", "scrub", 10240),

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 PARSE_BUDGET_SECONDS = 1.0
 # Issue 10: the DAGs that prove backups over time.
-NEW_DAGS = {"backup_rpo_watchdog", "restore_drill", "backup_scrub", "rotate_keys"}
+NEW_DAGS = {"backup_rpo_watchdog", "restore_drill", "backup_scrub", "rotate_keys", "backup_weekly_archive"}
 
 
 @pytest.fixture(scope="module")
