@@ -300,6 +300,27 @@ def healthy_copies(cat: Catalog, backup_id: str, order: list[str]) -> tuple[list
     return healthy, damaged
 
 
+def refuse_damaged_copy(cat: Catalog, backup_id: str, target: str) -> None:
+    """For a restore from ``target``: refuse, naming the healthy copies, when the catalog marks it damaged."""
+    row = cat.get_backup(backup_id)
+    if row is None:
+        return  # not in the catalog (rebuilt repository): the restore's own checks decide
+    if row["status"] == "damaged":
+        raise ConfigError(
+            f"Backup {backup_id} is marked damaged: the scrub found no intact copy ({row['error']})",
+            fix="restore another backup (mode latest or another backup_id), or a point in time before it",
+        )
+    roles = ("primary", "secondary", "offsite")
+    names = sorted((r["target_name"] for r in row["replicas"]), key=lambda n: (roles.index(n) if n in roles else 3, n))
+    healthy, damaged = healthy_copies(cat, backup_id, names)
+    if target in damaged:
+        raise ConfigError(
+            f"The {target} copy of backup {backup_id} is marked damaged by the scrub: {damaged[target]}",
+            f"the healthy copies are {', '.join(healthy) or 'none'}",
+            f"set from_target to {healthy[0]}" if healthy else "restore another backup",
+        )
+
+
 def random_moment(manifests: list[Manifest], full: Manifest, rng: random.Random) -> datetime | None:
     """A random moment inside ``full``'s point-in-time window (None when nothing was captured after it)."""
     start = datetime.fromisoformat(full.consistent_point.get("time") or full.created_at)

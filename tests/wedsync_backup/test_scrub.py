@@ -11,10 +11,10 @@ from wedsync_airflow.notifiers import send_alert
 from wedsync_backup.backup_tests import latest_tests
 from wedsync_backup.catalog import Catalog
 from wedsync_backup.crypto import Keyring
-from wedsync_backup.drill import DrillRequest, choose_backup, healthy_copies
+from wedsync_backup.drill import DrillRequest, choose_backup, healthy_copies, refuse_damaged_copy
 from wedsync_backup.errors import ConfigError
 from wedsync_backup.repository import read_manifest
-from wedsync_backup.scrub import MB, plan_today, run_scrub
+from wedsync_backup.scrub import MB, CopyCheck, plan_today, record_copy_state, run_scrub
 from wedsync_backup.verify import verify_copy
 
 from devstack.postgres import Cluster
@@ -80,6 +80,13 @@ def test_a_damaged_and_a_missing_copy_are_repaired_from_a_healthy_one_and_record
     alert_inbox.wait(2)
     assert sorted(alert_inbox.events()) == ["copy_repaired", "copy_repaired"]
 
+    # a copy the scrub could not repair is not restored from: the restore is pointed at a healthy one
+    record_copy_state(module_catalog, CopyCheck(m.backup_id, "secondary", intact=False, finding="bucket emptied"))
+    with pytest.raises(ConfigError, match=r"secondary copy .* damaged by the scrub: bucket emptied") as e:
+        refuse_damaged_copy(module_catalog, m.backup_id, "secondary")
+    assert "healthy copies are primary, offsite" in str(e.value) and "from_target to primary" in e.value.fix
+    refuse_damaged_copy(module_catalog, m.backup_id, "primary")
+
 
 def test_a_backup_with_no_intact_copy_is_marked_damaged_alerts_and_is_skipped(
     backup_of,
@@ -105,6 +112,8 @@ def test_a_backup_with_no_intact_copy_is_marked_damaged_alerts_and_is_skipped(
     assert m.backup_id not in {b["backup_id"] for b in module_catalog.list_completed()}
     with pytest.raises(ConfigError, match=rf"{m.backup_id} cannot be drilled: it is damaged"):
         choose_backup(module_catalog, DrillRequest("manual", backup_id=m.backup_id), random.Random())
+    with pytest.raises(ConfigError, match=rf"Backup {m.backup_id} is marked damaged"):
+        refuse_damaged_copy(module_catalog, m.backup_id, "offsite")  # emergency_restore's plan says so
     healthy, damaged = healthy_copies(module_catalog, m.backup_id, ["primary", "secondary", "offsite"])
     assert healthy == [] and set(damaged) == {"primary", "secondary", "offsite"}
     # a second scrub does not alert again

@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowSkipException
 from wedsync_backup.catalog import Catalog
+from wedsync_backup.drill import refuse_damaged_copy
 from wedsync_backup.errors import ConfigError, CryptoError, IntegrityError, WedSyncError
 from wedsync_backup.manifest import Manifest
 from wedsync_backup.pitr import ChainPlan, plan_chain, restore_to_point
@@ -196,6 +197,8 @@ class PlanRestoreOperator(_RestoreParams):
             )
         try:
             plan = self.guarded(lambda: self._plan(policy))
+            if cat is not None:  # the scrub's verdict: a copy (or backup) known damaged is not restored from
+                self.guarded(lambda: refuse_damaged_copy(cat, str(plan["backup_id"]), self.from_target))
         except Exception as e:
             if cat is not None and event_id is not None:
                 cat.finish_recovery_event(event_id, status="refused", error=str(e))
