@@ -54,6 +54,7 @@ class StackConfig:
             "BACKUP_SECONDARY_S3": self.s3.airflow_conn_json(),
             "BACKUP_OFFSITE_GCS": self.gcs.airflow_conn_json(),
             "BACKUP_ENCRYPTION": json.dumps({"conn_type": "generic", "password": self.master_key}),
+            "DRILL_TARGET": pg_conn_json(self.cluster, "postgres"),  # restore drills create scratch databases here
         }
 
     def env(self, extra_connections: dict[str, str] | None = None) -> dict[str, str]:
