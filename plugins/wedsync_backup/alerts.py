@@ -84,7 +84,7 @@ def backup_failed(
     return Alert(
         event="backup_failed",
         severity="critical",
-        title=f"Backup {backup_id or '(not started)'} failed in {dag_id}.{task_id}",
+        title=f"Backup {backup_id} failed in {dag_id}.{task_id}" if backup_id else f"{dag_id}.{task_id} failed",
         what_happened=f"Task {task_id} of {dag_id} failed"
         + (f" after {try_number} attempt(s)" if try_number else "")
         + f": {error}",
