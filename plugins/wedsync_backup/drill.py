@@ -126,6 +126,11 @@ def check_table(
         return f"table {table.qualified}: {rows} rows restored, the manifest says {table.row_count}"
     if len(table.parts) == 1 and h.hexdigest() == table.parts[0].plain_sha256:
         return None
+    log.info(
+        "Drill: %s came back in another row order (%d parts); comparing its rows with the backup's",
+        table.qualified,
+        len(table.parts),
+    )
     restored = _line_multiset(_copy_out(conn, table))
     backup = _line_multiset(
         piece for p in table.parts for piece in decode_from_storage(storage, p, keyring, backup_id=backup_id)
