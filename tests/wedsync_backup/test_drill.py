@@ -12,8 +12,9 @@ from wedsync_backup.assurance_policy import ValidationQuery, load_assurance
 from wedsync_backup.backup_tests import latest_tests
 from wedsync_backup.catalog import Catalog
 from wedsync_backup.crypto import Keyring
-from wedsync_backup.drill import DrillRequest, run_drill, scratch_name
+from wedsync_backup.drill import DrillRequest, check_table, run_drill, scratch_name
 from wedsync_backup.repository import read_manifest
+from wedsync_backup.restore import restore_backup
 
 from devstack.postgres import Cluster
 from tests.fixtures.alerts import Inbox
@@ -130,3 +131,23 @@ def test_a_table_corrupted_on_every_copy_fails_the_drill_and_alerts(
     text = alert_inbox.mail_text(alert_inbox.mails[0])
     assert f"Restore drill of backup {backup_id} FAILED" in text and "guests" in text
     assert "backup_scrub" in text and "backup_daily_full" in text  # what to do
+
+
+def test_table_checks_find_missing_and_altered_rows_whatever_the_row_order(
+    backed_up, pg_cluster: Cluster, empty_db: str
+) -> None:
+    _, targets, ring, backup_id = backed_up
+    m = read_manifest(targets.primary, backup_id)
+    target = pg_target(pg_cluster, empty_db, "restore_target")
+    restore_backup(m, targets.primary, ring, target)
+    guests = next(t for t in m.tables if t.qualified == "public.guests")
+    with target.connect(autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")  # no triggers: the rows stay as they were
+        assert check_table(conn, guests, targets.primary, ring, backup_id) is None  # export order: sha256
+        conn.execute("UPDATE public.guests SET notes = notes WHERE id % 2 = 0")  # same rows, another order
+        assert check_table(conn, guests, targets.primary, ring, backup_id) is None  # compared row by row
+        conn.execute("UPDATE public.guests SET table_number = 99 WHERE id = (SELECT min(id) FROM public.guests)")
+        assert "restored rows differ" in check_table(conn, guests, targets.primary, ring, backup_id)
+        conn.execute("DELETE FROM public.guests WHERE id = (SELECT max(id) FROM public.guests)")
+        problem = check_table(conn, guests, targets.primary, ring, backup_id)
+        assert f"{guests.row_count - 1} rows restored, the manifest says {guests.row_count}" in problem
