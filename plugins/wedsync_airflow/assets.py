@@ -5,4 +5,6 @@ from __future__ import annotations
 from airflow.sdk import Asset
 
 # Emitted by backup_daily_full's commit task once every copy is verified and the backup is recorded.
-FULL_BACKUP_VERIFIED = Asset(name="wedsync_full_backup_verified", uri="wedsync://backups/full")
+# Named without a URI scheme: a scheme makes Airflow load every provider's URI handlers at parse time
+# (seconds, the GCS hook among them), which DAG files must not pay.
+FULL_BACKUP_VERIFIED = Asset(name="wedsync_full_backup_verified")
