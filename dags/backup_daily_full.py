@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, TriggerRule
+from wedsync_airflow.assets import FULL_BACKUP_VERIFIED
 from wedsync_airflow.dag_support import retry_delay, target_names
+from wedsync_airflow.notifiers import alert_on
 from wedsync_airflow.operators.backup import (
     BackupPreflightOperator,
     CommitBackupOperator,
@@ -32,6 +34,7 @@ with DAG(
         "retries": 2,
         "retry_delay": retry_delay(),
         "retry_exponential_backoff": True,
+        "on_failure_callback": alert_on("backup_failed"),
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(hours=6),
     },
@@ -49,7 +52,12 @@ with DAG(
         target_name=target_names()
     )
     commit = CommitBackupOperator(
-        task_id="commit", backup_id=backup_id, manifest_sha256=sha, verifications=verify.output, tier="full"
+        task_id="commit",
+        backup_id=backup_id,
+        manifest_sha256=sha,
+        verifications=verify.output,
+        tier="full",
+        outlets=[FULL_BACKUP_VERIFIED],
     )
     prune = PruneOperator(task_id="prune", backup_type="full", tier="full")
     # Pulled by template, not XComArg: when preflight fails there is no backup_id, and an XComArg would

@@ -17,6 +17,7 @@ from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, TriggerRule
 from wedsync_airflow.dag_support import retry_delay, target_names
+from wedsync_airflow.notifiers import alert_on
 from wedsync_airflow.operators.backup import (
     CommitBackupOperator,
     MarkBackupFailedOperator,
@@ -47,6 +48,7 @@ with DAG(
         "retries": 3,
         "retry_delay": retry_delay(60),
         "retry_exponential_backoff": True,
+        "on_failure_callback": alert_on("backup_failed"),
         "max_retry_delay": timedelta(minutes=15),
         "execution_timeout": timedelta(minutes=50),
     },

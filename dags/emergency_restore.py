@@ -17,6 +17,7 @@ from datetime import datetime
 
 from airflow.sdk import DAG, Param
 from wedsync_airflow.dag_support import describe_targets, primary_target_name, retry_delay, target_names
+from wedsync_airflow.notifiers import alert_on
 from wedsync_airflow.operators.restore import PlanRestoreOperator, RestoreOperator
 
 PARAMS = {
@@ -103,6 +104,9 @@ with DAG(
         task_id="restore",
         plan=plan.output,
         event_id=plan.output["event_id"],
+        on_execute_callback=alert_on("restore_started"),
+        on_success_callback=alert_on("restore_finished"),
+        on_failure_callback=alert_on("restore_failed"),
         **COMMON,
     )
     plan >> restore

@@ -79,6 +79,7 @@ class StackConfig:
             "BACKUP_OFFSITE_GCS": self.gcs.airflow_conn_json(),
             "BACKUP_ENCRYPTION": json.dumps({"conn_type": "generic", "password": self.master_key}),
             RESTORE_TARGET.upper(): pg_conn_json(self.cluster, RESTORE_TARGET),
+            "DRILL_TARGET": pg_conn_json(self.cluster, "postgres"),  # restore drills create scratch databases here
         }
 
     def env(self, extra_connections: dict[str, str] | None = None) -> dict[str, str]:

@@ -79,6 +79,21 @@ class Keyring:
         self.source = source
         self.active_id = key_id_for(active)
         self._keys = {key_id_for(k): k for k in (*previous, active)}
+        # Data keys of backups whose manifest was authenticated (see ``remember``), by backup id.
+        self._data_keys: dict[str, DataKey] = {}
+
+    def only_active(self) -> Keyring:
+        """A keyring with the active master key alone: proves a backup no longer needs a retired key."""
+        return Keyring(self._keys[self.active_id], source=f"{self.source} (active key only)")
+
+    def remember(self, data_key: DataKey) -> None:
+        """Keep a backup's data key, unwrapped from its authenticated manifest.
+
+        After a key rotation, the manifest holds the data key wrapped under the new master key while the
+        objects' headers still name the retired one; a header whose master key is gone is then opened with
+        this data key (every chunk is still authenticated with it, so a wrong key cannot go unnoticed).
+        """
+        self._data_keys[data_key.backup_id] = data_key
 
     @classmethod
     def from_secrets(cls, active: str, previous: Iterable[str] = (), *, source: str) -> Keyring:
@@ -105,14 +120,16 @@ class Keyring:
 
     def new_data_key(self, backup_id: str) -> DataKey:
         key = os.urandom(32)
+        return DataKey(key=key, key_id=self.active_id, backup_id=backup_id, wrapped=self._wrap(key, backup_id))
+
+    def rewrap(self, data_key: DataKey) -> dict[str, str]:
+        """``data_key`` wrapped under the active master key (key rotation: the data itself is unchanged)."""
+        return self._wrap(data_key.key, data_key.backup_id)
+
+    def _wrap(self, key: bytes, backup_id: str) -> dict[str, str]:
         nonce = os.urandom(12)
         wrapped = AESGCM(self._keys[self.active_id]).encrypt(nonce, key, _wrap_aad(backup_id, self.active_id))
-        return DataKey(
-            key=key,
-            key_id=self.active_id,
-            backup_id=backup_id,
-            wrapped={"key_id": self.active_id, "nonce": _b64(nonce), "ciphertext": _b64(wrapped)},
-        )
+        return {"key_id": self.active_id, "nonce": _b64(nonce), "ciphertext": _b64(wrapped)}
 
     def unwrap(self, wrapped: dict[str, str], backup_id: str) -> DataKey:
         if not isinstance(wrapped, dict):
@@ -120,6 +137,8 @@ class Keyring:
                 f"The wrapped data key of backup {backup_id} is malformed", fix="restore from another target"
             )
         key_id = wrapped.get("key_id", "?")
+        if key_id not in self._keys and backup_id in self._data_keys:
+            return self._data_keys[backup_id]
         master = self._key(key_id, backup_id)
         try:
             key = AESGCM(master).decrypt(

@@ -26,7 +26,7 @@ from wedsync_backup.incremental import read_changes
 from wedsync_backup.logical.ddl import Ddl
 from wedsync_backup.logical.decoding import UNCHANGED_TOAST, Begin, Change, Commit, Message
 from wedsync_backup.logical.slot import STABLE_OUTPUT
-from wedsync_backup.manifest import Manifest
+from wedsync_backup.manifest import Manifest, TableEntry
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.storage.base import Storage
 
@@ -482,12 +482,16 @@ def restore_to_point(
     target: PgTarget,
     *,
     workers: int = 2,
+    on_table_loaded: Callable[[TableEntry], None] | None = None,
 ) -> dict[str, object]:
     """Restore ``plan``'s full backup, replay its increments up to ``plan.until``: all or nothing."""
-    from wedsync_backup.restore import _public_schema_state, reset_target, restore_backup
+    from wedsync_backup.restore import _public_schema_state, reset_target, restore_backup, verify_manifest_mac
+
+    for m in plan.increments:  # authenticate every manifest before the target is touched
+        verify_manifest_mac(m, keyring)
 
     public_state = _public_schema_state(target)
-    full = restore_backup(plan.full, storage, keyring, target, workers=workers)
+    full = restore_backup(plan.full, storage, keyring, target, workers=workers, on_table_loaded=on_table_loaded)
     try:
         applied = apply_chain(target, [(m, storage) for m in plan.increments], keyring, until=plan.until)
         replayed = [m for m in plan.increments if m.backup_id in applied.per_backup]

@@ -179,8 +179,8 @@ def _role(name: str, t: dict[str, Any], source_site: str) -> str:
     return str(role)
 
 
-def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Policy:
-    """Read and validate the policy; bucket names may be overridden by environment variables."""
+def read_policy_file(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The policy file's raw mapping (``path``, else $WEDSYNC_BACKUP_POLICY, else the shipped one)."""
     env = dict(os.environ if env is None else env)
     p = Path(path or env.get(POLICY_ENV) or DEFAULT_POLICY_PATH)
     try:
@@ -189,9 +189,15 @@ def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
         raise ConfigError(f"Backup policy file {p} not found", fix=f"create it or set {POLICY_ENV}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"Backup policy file {p} is not valid YAML", str(e), "fix the syntax") from e
-
     if not isinstance(raw, dict):
         raise ConfigError(f"Backup policy file {p} is not a mapping", fix="see include/config/backup_policy.yaml")
+    return raw
+
+
+def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Policy:
+    """Read and validate the policy; bucket names may be overridden by environment variables."""
+    env = dict(os.environ if env is None else env)
+    raw = read_policy_file(path, env)
     source = _section(raw, "source")
     targets_raw = _section(raw, "targets")
     if not targets_raw:

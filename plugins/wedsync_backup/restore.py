@@ -85,6 +85,7 @@ def verify_manifest_mac(manifest: Manifest, keyring: Keyring) -> None:
             "it was edited or damaged after the backup wrote it",
             "restore from another target",
         )
+    keyring.remember(data_key)  # objects written before a key rotation are opened with it
 
 
 def check_objects_present(manifest: Manifest, storage: Storage) -> None:
@@ -401,8 +402,12 @@ def restore_backup(
     target: PgTarget,
     *,
     workers: int = 2,
+    on_table_loaded: Callable[[TableEntry], None] | None = None,
 ) -> RestoreResult:
-    """Restore ``manifest``'s backup from ``storage`` into the empty database ``target``; all or nothing."""
+    """Restore ``manifest``'s backup from ``storage`` into the empty database ``target``; all or nothing.
+
+    ``on_table_loaded`` is told as soon as each table's data is in (restore drills time priority groups).
+    """
     started = time.monotonic()
     plan_restore(manifest, storage, keyring, target)
     interrupted = interrupted_restore(target)
@@ -432,6 +437,8 @@ def restore_backup(
         done_lock = threading.Lock()
 
         def build_indexes(table: TableEntry) -> None:
+            if on_table_loaded is not None:
+                on_table_loaded(table)
             if table.plain_bytes < EARLY_INDEX_MIN_BYTES:
                 return
             entries = _early_entries(table, post_data)

@@ -23,6 +23,8 @@ from wedsync_backup.policy import load_policy
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 PARSE_BUDGET_SECONDS = 1.0
+# Issue 10: the DAGs that prove backups over time.
+NEW_DAGS = {"backup_rpo_watchdog", "restore_drill", "backup_scrub", "rotate_keys", "backup_weekly_archive"}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ CORE_DAGS = ("backup_daily_full", "backup_hourly_incremental", "emergency_restor
 
 def test_no_import_errors(dagbag: DagBag) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) >= {*CORE_DAGS, "catalog_rebuild"}
+    assert set(dagbag.dag_ids) >= {*CORE_DAGS, "catalog_rebuild", *NEW_DAGS}
 
 
 def test_schedules_and_concurrency(dagbag: DagBag) -> None:
@@ -180,7 +182,7 @@ print(json.dumps({{"seconds": elapsed, "errors": {{str(k): v for k, v in bag.imp
 def test_dag_folder_parses_in_under_a_second() -> None:
     out = _run_probe(PARSE_PROBE.format(dags=str(DAGS)))
     assert out["errors"] == {}
-    assert set(out["dags"]) >= {*CORE_DAGS, "catalog_rebuild"}
+    assert set(out["dags"]) >= {*CORE_DAGS, "catalog_rebuild", *NEW_DAGS}
     assert out["seconds"] < PARSE_BUDGET_SECONDS, f"DAG folder took {out['seconds']:.2f}s to parse"
 
 
@@ -209,5 +211,5 @@ def test_dag_files_touch_no_database_or_network_at_import(tmp_path: Path) -> Non
         WEDSYNC_BACKUP_GCS_BUCKET="",
     )
     assert out["errors"] == {}
-    assert set(out["dags"]) >= {*CORE_DAGS, "catalog_rebuild"}
+    assert set(out["dags"]) >= {*CORE_DAGS, "catalog_rebuild", *NEW_DAGS}
     assert out["attempts"] == []

@@ -91,3 +91,20 @@ def test_pagila_round_trip(stack: Stack, pagila_backup: tuple[str, str], from_ta
     source, backup_id = pagila_backup
     restored = _restore(stack, backup_id, from_target)
     assert_same_database(stack.cluster, source, restored)
+
+
+def test_restore_drill_dag_proves_the_demo_backup(stack: Stack, demo_backup: tuple[str, str]) -> None:
+    """Issue 10: a manual restore_drill run on this backup: scratch database, checks, invariants, record."""
+    _, backup_id = demo_backup
+    env = stack.env(drill_target=stack.conn_json("postgres"))
+    result = stack.run_dag("restore_drill", {"backup_id": backup_id}, env=env)
+    assert result.state == "success", result.output[-6000:]
+    with stack.catalog() as cat:
+        success, notes, invariants, last_tested = cat.execute(
+            "SELECT t.success, t.notes, t.details->'validation', b.last_tested FROM backup_tests t"
+            " JOIN backup_operations b USING (backup_id) WHERE t.backup_id = %s AND t.test_type = 'restore_test'"
+            " AND t.dag_id = 'restore_drill' ORDER BY t.id DESC LIMIT 1",
+            (backup_id,),
+        ).fetchone()
+    assert success and "restored from primary" in notes and last_tested is not None
+    assert invariants and set(invariants.values()) == {0}

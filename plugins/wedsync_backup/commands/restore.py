@@ -13,6 +13,7 @@ from typing import Any
 
 from wedsync_backup.catalog import Catalog
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef
+from wedsync_backup.drill import refuse_damaged_copy
 from wedsync_backup.errors import ConfigError, CryptoError, IntegrityError, WedSyncError
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pitr import ChainPlan, plan_chain, restore_to_point
@@ -195,6 +196,8 @@ def plan(res: Resources, req: RestoreRequest, run: RunRef) -> PlanResult:
         )
     try:
         result = _check(res, req)
+        if cat is not None:  # the scrub's verdict: a copy (or backup) known damaged is not restored from
+            refuse_damaged_copy(cat, str(result["backup_id"]), req.from_target)
     except Exception as e:
         if cat is not None and event_id is not None:
             cat.finish_recovery_event(event_id, status="refused", error=str(e))

@@ -43,6 +43,8 @@ class GCSWriter(ObjectWriter):
         self._s = storage
         self._full = storage._full(key)
         blob = storage._bucket.blob(self._full, chunk_size=storage.chunk_size)
+        if storage.storage_class:  # e.g. ARCHIVE for the weekly archive: set at upload, no rewrite later
+            blob.storage_class = storage.storage_class
         # Retrying resumable chunks is safe: the session knows how many bytes it has.
         self._w: Any = blob.open("wb", ignore_flush=True, retry=DEFAULT_RETRY)
         self._done = False
@@ -96,6 +98,7 @@ class GCSStorage(BucketStorage):
     """Objects live in ``bucket`` under ``prefix/``; ``client`` is a google.cloud.storage.Client."""
 
     kind = "gcs"
+    storage_class: str | None = None  # objects written get this class (None: the bucket's default)
 
     def __init__(
         self,

@@ -1,0 +1,69 @@
+"""Operators of the weekly offsite archive (core: wedsync_backup.archive)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from wedsync_backup.archive import archive_setup, prune_archives, run_archive
+from wedsync_backup.assurance_policy import load_assurance
+from wedsync_backup.export import ExportOptions
+
+from wedsync_airflow.connections import catalog, keyring, pg_target
+from wedsync_airflow.operators.backup import backup_id_for
+from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
+from wedsync_airflow.targets import build_storage
+
+
+class WeeklyArchiveOperator(WedSyncOperator):
+    """Export, copy to the archive targets in their archive class under a lock, verify, commit, record."""
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        return self.guarded(lambda: self._run(context))
+
+    def _run(self, context: Any) -> dict[str, Any]:
+        policy = self.policy()
+        archive = load_assurance(self.policy_path or None).archive
+        verdict, warnings = archive_setup(policy, archive)
+        for w in warnings:
+            self.log.warning("!!! archive: %s", w)
+        cat = catalog(policy)
+        cat.migrate()
+        storages = [build_storage(policy.target(name)) for name in archive.targets]
+        for s in storages:
+            s.check()
+        return run_archive(
+            cat,
+            pg_target(policy.source_conn_id, "source"),
+            storages,
+            keyring(policy.encryption_conn_id),
+            backup_id=backup_id_for(context, "archive"),
+            archive=archive,
+            options=ExportOptions(
+                workers=policy.export_workers,
+                zstd_level=policy.zstd_level,
+                exclude_schemas=policy.exclude_schemas,
+                priority_of=policy.priority_of,
+            ),
+            verdict=verdict,
+            warnings=warnings,
+            now=datetime.now(UTC),
+            actor=f"airflow:{self.dag_id}",
+            dag_id=self.dag_id,
+            run_id=run_id_of(context),
+        )
+
+
+class PruneArchivesOperator(WedSyncOperator):
+    """Remove archives past the archive retention from every archive target (never the newest)."""
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        return self.guarded(self._run)
+
+    def _run(self) -> dict[str, Any]:
+        policy = self.policy()
+        archive = load_assurance(self.policy_path or None).archive
+        storages = [build_storage(policy.target(name)) for name in archive.targets]
+        pruned = prune_archives(catalog(policy), storages, retention_days=archive.retention_days, now=datetime.now(UTC))
+        self.log.info("Archive retention (%d days) pruned: %s", archive.retention_days, pruned)
+        return {"retention_days": archive.retention_days, "pruned": pruned}
