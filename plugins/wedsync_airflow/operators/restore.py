@@ -24,6 +24,7 @@ from wedsync_backup.restore import (
 
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
+from wedsync_airflow.recovery_point_param import named_point_time
 from wedsync_airflow.targets import build_storage
 
 MODES = ("latest", "backup_id", "point_in_time")
@@ -48,6 +49,7 @@ class _RestoreParams(WedSyncOperator):
         "confirm",
         "reason",
         "target_time",
+        "recovery_point",
     )
 
     def __init__(
@@ -62,10 +64,12 @@ class _RestoreParams(WedSyncOperator):
         confirm: str = "",
         reason: str = "",
         target_time: str | None = None,
+        recovery_point: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.target_time = target_time
+        self.recovery_point = recovery_point
         self.mode = mode
         self.backup_id = backup_id
         self.scope = scope
@@ -110,6 +114,9 @@ class _RestoreParams(WedSyncOperator):
 
     def until(self) -> datetime | None:
         """The moment to restore to (point_in_time), refused clearly when it is not a usable ISO 8601 time."""
+        named = named_point_time(self.recovery_point, self.mode, self.target_time, self.policy)
+        if named is not None:
+            return named
         if self.mode != "point_in_time":
             return None
         text = str(self.target_time or "").strip()
