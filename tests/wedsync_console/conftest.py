@@ -32,7 +32,7 @@ from devstack.ports import free_port
 from tests.fixtures.airflow import Stack
 from tests.fixtures.storage import unique_bucket
 
-USERS = {"admin": "admin", "viewer": "viewer", "operator": "op"}  # user -> simple auth manager role
+USERS = {"admin": "admin", "oncall": "admin", "viewer": "viewer", "operator": "op"}  # user -> simple auth manager role
 PASSWORD = "console-test-{}"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 SEED_SCALE = 0.05
