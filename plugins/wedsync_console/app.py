@@ -34,7 +34,6 @@ from wedsync_console.errors import ConsoleError, FieldErrors, Forbidden, RateLim
 from wedsync_console.tiers import RESTORE_DAG, TIERS, WATCHED_DAGS, WEDDING_NOW_DAG, tier_status
 
 STATIC = Path(__file__).resolve().parent / "static"
-URL_PREFIX = "/wedsync-backup"
 BACKUPS_PER_HOUR = 5
 RESTORES_PER_HOUR = 3
 READONLY_CONN_ID = "backup_catalog_readonly"

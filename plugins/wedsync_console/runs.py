@@ -7,12 +7,12 @@ triggering user.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.models import DagModel, DagRun
 from airflow.models.dagbag import DBDagBag
 from airflow.models.taskinstance import TaskInstance
-from airflow.utils import timezone
 from airflow.utils.session import create_session
 from airflow.utils.state import DagRunState
 from airflow.utils.types import DagRunTriggeredByType, DagRunType
@@ -67,7 +67,7 @@ def trigger(dag_id: str, conf: dict[str, Any], *, user: str, note: str | None = 
 
     with create_session() as session:
         dm, dag = _serialized(dag_id, session)
-        run_after = timezone.utcnow()
+        run_after = datetime.now(UTC)
         run_id = dag.timetable.generate_run_id(run_type=DagRunType.MANUAL, run_after=run_after, data_interval=None)
         try:
             run = dag.create_dagrun(
@@ -115,7 +115,7 @@ def describe_run(run: Any, tis: list[Any]) -> dict[str, Any]:
     running = [t for t, states in tasks.items() if "running" in states]
     done = [t for t, states in tasks.items() if all(s in ("success", "skipped") for s in states)]
     started = run.start_date
-    end = run.end_date or timezone.utcnow()
+    end = run.end_date or datetime.now(UTC)
     return {
         "dag_id": run.dag_id,
         "run_id": run.run_id,

@@ -127,6 +127,7 @@ def console(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{url}/execution/",
         AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",  # only the runs the tests trigger
         AIRFLOW__CORE__PARALLELISM="4",
+        AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT="60",  # a busy CI machine must not fail a task's start
         WEDSYNC_RETRY_DELAY_SECONDS="1",
     )
     logs = base / "logs"

@@ -113,8 +113,8 @@ def test_actions_need_the_admin_role_and_are_audited(
     assert r.status_code == 401, r.text
     with console.catalog() as conn:
         rows = conn.execute(
-            "SELECT actor, details->>'outcome' AS outcome, details->>'status_code' AS code, details->>'client' AS client"
-            " FROM audit_log WHERE id > %s ORDER BY id",
+            "SELECT actor, details->>'outcome' AS outcome, details->>'status_code' AS code,"
+            " details->>'client' AS client FROM audit_log WHERE id > %s ORDER BY id",
             (before,),
         ).fetchall()
     assert [(r["actor"], r["outcome"], r["code"]) for r in rows] == [
@@ -224,7 +224,10 @@ def test_recovery_points_and_named_points(console: Console, clients: dict[str, h
     [
         ({"type": "weekly", "reason": "x"}, {"type", "reason"}),
         ({"type": "full", "reason": "ok reason", "includeComponents": ["files"]}, {"includeComponents"}),
-        ({"type": "full", "reason": "ok reason", "priorityLevel": "urgent", "colour": "red"}, {"priorityLevel", "colour"}),
+        (
+            {"type": "full", "reason": "ok reason", "priorityLevel": "urgent", "colour": "red"},
+            {"priorityLevel", "colour"},
+        ),
         ({"type": "wedding", "reason": "ok reason"}, {"weddingIds"}),
         ({"type": "full", "reason": "ok reason", "weddingIds": ["w-1"]}, {"weddingIds"}),
     ],
@@ -295,7 +298,7 @@ def test_rate_limits_answer_429_with_retry_after(console: Console, clients: dict
     assert clients["admin"].post(f"{API}/restores", json={"reason": "no target"}).status_code == 422
 
 
-# --- restores ------------------------------------------------------------------------------------------------------------
+# --- restores ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -41,7 +41,11 @@ BEGIN
     FOREACH r IN ARRAY ARRAY['wedsync_backup_writer', 'wedsync_backup_reader'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
             IF may_create THEN
-                EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+                BEGIN
+                    EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+                EXCEPTION WHEN duplicate_object THEN
+                    NULL;  -- another catalog on this cluster created it at the same moment
+                END;
             ELSE
                 RAISE NOTICE 'role % does not exist and % may not create roles: ask a database administrator '
                     'to run CREATE ROLE % NOLOGIN, then grant as in 0006_console.sql', r, current_user, r;

@@ -180,12 +180,13 @@ function renderTimeline(p) {
 }
 
 function renderPointLists(p) {
-  const pickBtn = (iso, what) => h("button", { type: "button", class: "plain", onclick: () => pick(Date.parse(iso), iso), "aria-label": `Restore to ${what} (${utc(iso, true)}): fill a dry run` }, "Restore to this");
-  const chains = table("Restorable ranges", ["Full backup", "From", "To", "Incrementals", ""],
+  const pickBtn = (iso, what) => h("button", { type: "button", class: "plain", onclick: () => pick(Date.parse(iso), iso) },
+    "Restore to this", h("span", { class: "visually-hidden" }, ` moment: ${what} (${utc(iso, true)})`));
+  const chains = table("Restorable ranges", ["Full backup", "From", "To", "Incrementals", "Action"],
     p.chains.map((c) => [c.full_backup_id, timeEl(c.from, true), timeEl(c.to, true), num(c.incrementals), pickBtn(c.to, `the end of ${c.full_backup_id}'s range`)]),
     "No restorable moment in the last 30 days: run a full backup.");
   const gaps = p.gaps.length ? h("ul", {}, p.gaps.map((g) => h("li", {}, `Gap ${utc(g.from)} to ${utc(g.to)} (${num(g.minutes)} min): ${g.why}`))) : h("p", {}, "No gaps between chains.");
-  const named = table("Named recovery points", ["Label", "Moment", "Position (LSN)", "By", ""],
+  const named = table("Named recovery points", ["Label", "Moment", "Position (LSN)", "By", "Action"],
     p.named.map((n) => [n.label, timeEl(n.at, true), n.lsn, n.created_by, pickBtn(n.at, `"${n.label}"`)]), "No named recovery points.");
   const archives = p.archives.length ? h("p", {}, `Archives: ${p.archives.map((a) => `${a.backup_id} (${utc(a.at)})`).join(", ")}`) : null;
   const restores = p.restores.length ? table("Restores", ["Run", "Status", "Mode", "Started", "Dry run"],
@@ -263,6 +264,8 @@ async function watchRestore(runId) {
     if (done && r.plan) {
       const p = r.plan;
       parts.push(h("p", { class: "ok" }, `Plan: restore ${p.backup_id || "?"} from ${(r.event && r.event.from_target) || "?"} into ${(r.event && r.event.target_conn_id) || "?"}` +
+        (p.tables !== undefined ? ` (${num(p.tables)} tables, ${num(p.rows)} rows, ${bytes(p.plain_bytes)})` : "") +
+        (p.incremental_backup_ids && p.incremental_backup_ids.length ? `, then replay ${p.incremental_backup_ids.length} incremental(s) up to ${utc(p.until, true)}` : "") +
         (p.data_loss_minutes !== undefined && p.data_loss_minutes !== null ? `; data loss ${p.data_loss_minutes} min` : "") + (r.event && r.event.dry_run ? " (dry run: nothing was touched)" : "")));
       parts.push(h("pre", { class: "plan", tabindex: "0", "aria-label": "The restore plan" }, JSON.stringify(p, null, 2)));
     }

@@ -72,7 +72,7 @@ export function badge(level, text) {
 
 export function table(caption, headers, rows, empty) {
   if (!rows.length) return h("p", {}, empty);
-  return h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": caption },
+  return h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": `${caption} table` },
     h("table", {},
       h("caption", { class: "visually-hidden" }, caption),
       h("thead", {}, h("tr", {}, headers.map((x) => h("th", { scope: "col" }, x)))),
