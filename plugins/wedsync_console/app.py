@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from psycopg.rows import dict_row
 from starlette.concurrency import run_in_threadpool
-from wedsync_backup.errors import WedSyncError
+from wedsync_backup.errors import ConfigError, WedSyncError
 from wedsync_backup.named_points import mark_named_point, source_position
 from wedsync_backup.policy import load_policy
 
@@ -192,7 +192,10 @@ def mark_point(label: str, user: str) -> dict[str, Any]:
 
     policy = load_policy()
     at, lsn = source_position(pg_target(policy.source_conn_id, "source").conninfo())
-    return mark_named_point(catalog_dsn(), label, at=at, lsn=lsn, created_by=user)
+    try:
+        return mark_named_point(catalog_dsn(), label, at=at, lsn=lsn, created_by=user)
+    except ConfigError as e:
+        raise FieldErrors({"label": str(e)}) from e
 
 
 # --- the POST pipeline: who, whether allowed, valid, within the limit, then act; audited at every exit --------

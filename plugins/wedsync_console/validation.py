@@ -37,12 +37,16 @@ WEDDING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 
 
 def _field_of(error: WedSyncError, fields: tuple[str, ...]) -> str:
-    """The parameter an operator error names (its message starts with, or mentions, the field)."""
-    text = str(error)
-    named = [f for f in fields if re.search(rf"\b{f}\b", text)]
-    if "confirm" in text.lower() and "confirm" in fields:
+    """The parameter an operator error is about: the last one its first sentence names."""
+    what = error.what
+    if what.startswith("Airflow connection"):
+        return "target_conn_id"
+    if "named recovery point" in what:
+        return "recovery_point"
+    if "confirm" in what.lower():
         return "confirm"
-    return named[0] if named else "conf"
+    named = sorted((m.start(), f) for f in fields for m in re.finditer(rf"\b{f}\b", what))
+    return named[-1][1] if named else "conf"
 
 
 def restore_conf(dag_id: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -56,6 +56,12 @@ function markInvalid(form, res) {
 // --- tier cards, summary, progress ---------------------------------------------------------------------------
 const LEVEL_TEXT = { ok: "Healthy", warning: "Warning", critical: "Critical", not_deployed: "Not deployed" };
 
+function nextRun(t) {
+  if (t.paused) return "paused";
+  if (!t.next_run) return "—";
+  return Date.parse(t.next_run) < Date.now() ? ["due since ", timeEl(t.next_run)] : timeEl(t.next_run);
+}
+
 function renderTiers(s) {
   replace("tiers", s.tiers.map((t) => h("article", { class: `card tier-${t.health}`, "aria-labelledby": `tier-${t.tier}` },
     h("h3", { id: `tier-${t.tier}` }, t.title),
@@ -65,7 +71,7 @@ function renderTiers(s) {
       h("dt", {}, "Newest point"), h("dd", {}, t.newest_point ? [timeEl(t.newest_point.at), h("br"), h("small", {}, t.newest_point.backup_id)] : "none"),
       h("dt", {}, "Age"), h("dd", {}, t.age_text ? `${t.age_text} (${num(t.age_seconds)} s; RPO ${num(t.rpo_seconds)} s)` : `— (RPO ${t.rpo_text})`),
       h("dt", {}, "Last run"), h("dd", {}, t.last_run ? [badge(t.last_run.state), " ", timeEl(t.last_run.start_date)] : "none"),
-      h("dt", {}, "Next run"), h("dd", {}, t.paused ? "paused" : timeEl(t.next_run)),
+      h("dt", {}, "Next run"), h("dd", {}, nextRun(t)),
     ))));
   const r = s.success_rate_30d || {};
   const rule = s.rule_321;
