@@ -103,9 +103,14 @@ def history(
 
 
 def newest_point(conn: Conn, backup_types: tuple[str, ...]) -> dict[str, Any] | None:
-    """The newest verified (completed) backup of these types: its id and the moment it restores to."""
+    """The newest verified (completed) backup of these types, and the moment up to which it covers changes.
+
+    A full backup covers its snapshot. An incremental covers every change committed before its capture began,
+    even when nothing was committed since the previous one: its start is a safe lower bound for that.
+    """
     return conn.execute(
-        "SELECT b.backup_id, b.backup_type, coalesce(r.recovery_timestamp, b.snapshot_time, b.completed_at) AS at"
+        "SELECT b.backup_id, b.backup_type, greatest(coalesce(r.recovery_timestamp, b.snapshot_time, b.completed_at),"
+        " CASE WHEN b.backup_type = 'incremental' THEN b.started_at END) AS at"
         " FROM backup_operations b LEFT JOIN recovery_points r USING (backup_id)"
         " WHERE b.status = 'completed' AND b.pruned_at IS NULL AND b.backup_type = ANY(%s)"
         " ORDER BY 3 DESC NULLS LAST LIMIT 1",

@@ -316,6 +316,17 @@ def test_rate_limits_answer_429_with_retry_after(console: Console, clients: dict
             {"target_conn_id": "restore_target", "reason": "INC-42", "mode": "point_in_time", "recovery_point": "nope"},
             "recovery_point",
         ),
+        ({"target_conn_id": "restore_target", "reason": "INC-42", "recovery_point": LABEL}, "mode"),
+        (
+            {
+                "target_conn_id": "restore_target",
+                "reason": "INC-42",
+                "mode": "point_in_time",
+                "recovery_point": LABEL,
+                "target_time": "2026-01-01T00:00:00Z",
+            },
+            "target_time",
+        ),
     ],
 )
 def test_bad_restores_are_refused_like_the_dag_refuses_them(

@@ -89,8 +89,7 @@ class _RestoreParams(WedSyncOperator):
             raise ConfigError(f"Unknown mode '{self.mode}'", fix=f"set mode to one of {', '.join(MODES)}")
         if self.mode == "backup_id" and not self.backup_id:
             raise ConfigError("mode is 'backup_id' but no backup_id was given", fix="set the backup_id parameter")
-        if self.mode == "point_in_time":
-            self.until()
+        self.until()  # point_in_time: a usable target_time or recovery_point; other modes: no recovery_point
         if self.scope not in SCOPES:
             raise ConfigError(f"Restore scope '{self.scope}' is not available", fix=f"use scope {', '.join(SCOPES)}")
         policy.target(self.from_target)

@@ -211,7 +211,7 @@ function renderHistory(page) {
       b.backup_id, b.backup_type, badge(b.status, b.status.replace("_", " ")), timeEl(b.started_at),
       b.completed_at ? duration((Date.parse(b.completed_at) - Date.parse(b.started_at)) / 1000) : "—",
       `${bytes(b.size_bytes)} (${bytes(b.compressed_size_bytes)})`, b.compression_ratio ? `${b.compression_ratio}×` : "—",
-      `${num(b.platform.weddings)} weddings, ${num(b.platform.guests)} guests, ${num(b.platform.photos)} photos, ${num(b.platform.timeline_events)} timeline events`,
+      b.backup_type === "incremental" ? "the changes since the previous backup" : `${num(b.platform.weddings)} weddings, ${num(b.platform.guests)} guests, ${num(b.platform.photos)} photos, ${num(b.platform.timeline_events)} timeline events`,
       b.key_id || "—",
       { cls: "copies", node: [h("strong", {}, `${b.copies_verified} of ${b.replicas.length} verified`),
         h("ul", {}, b.replicas.map((c) => h("li", {}, `${c.verified ? "✓" : "✕"} ${c.target_name}: ${c.verified ? "verified " + utc(c.verified_at) : "NOT verified" + (c.error ? " (" + c.error + ")" : "")}`)))] },
