@@ -8,6 +8,7 @@ Admin role, which the plugin checks itself: Airflow has no "admin only" check fo
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
@@ -68,7 +69,9 @@ def check_admin(user: BaseUser, dag_id: str | None = None) -> str | None:
 def same_origin(request: Request) -> str | None:
     """Why a browser request from another site is refused (None when fine): a cookie must not act cross-site."""
     origin = request.headers.get("origin")
-    if origin and origin.rstrip("/") != f"{request.url.scheme}://{request.url.netloc}":
+    # Hosts only: behind a TLS-terminating proxy the scheme seen here is not the browser's.
+    host = request.headers.get("x-forwarded-host") or request.headers.get("host") or request.url.netloc
+    if origin and urlsplit(origin).netloc != host.split(",")[0].strip():
         return f"Requests from {origin} are not accepted: use the console on this server, or an API token"
     return None
 
