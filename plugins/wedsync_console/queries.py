@@ -149,10 +149,10 @@ def latest_rule_321(conn: Conn) -> dict[str, Any] | None:
 
 
 def drills(conn: Conn, *, limit: int = 10, since: datetime | None = None) -> list[dict[str, Any]]:
-    """Restore drills, newest first, with their RTO (the drill's duration)."""
+    """Restore drills, newest first, with their RTO (the drill's duration). Issue 10 names them restore_test."""
     return conn.execute(
         "SELECT id, backup_id, tested_at, status, duration_seconds AS rto_seconds, rows_checked, error, details"
-        " FROM backup_tests WHERE test_type = 'restore_drill'"
+        " FROM backup_tests WHERE test_type IN ('restore_drill', 'restore_test')"
         " AND (%(since)s::timestamptz IS NULL OR tested_at >= %(since)s) ORDER BY tested_at DESC LIMIT %(limit)s",
         {"limit": limit, "since": since},
     ).fetchall()
@@ -196,11 +196,15 @@ def named_points(conn: Conn, since: datetime | None = None) -> list[dict[str, An
 
 
 def chains(conn: Conn, since: datetime) -> dict[str, Any]:
-    """Restorable ranges: each full backup with its incrementals, the gaps between chains, and archives."""
+    """Restorable ranges: each full backup with its incrementals, the gaps between chains, and archives.
+
+    An incremental extends its range to the start of its capture (see ``newest_point``), not only to its last
+    commit: with no commit in between, the moments up to the capture are restorable all the same.
+    """
     points = conn.execute(
         """
-        SELECT b.backup_id, b.backup_type, b.parent_backup_id, r.chain, r.recovery_timestamp AS at,
-               r.wal_position::text AS lsn
+        SELECT b.backup_id, b.backup_type, b.parent_backup_id, r.chain, r.wal_position::text AS lsn,
+               greatest(r.recovery_timestamp, CASE WHEN b.backup_type = 'incremental' THEN b.started_at END) AS at
         FROM recovery_points r JOIN backup_operations b USING (backup_id)
         WHERE b.status = 'completed' AND b.pruned_at IS NULL AND r.point_type <> 'named'
         ORDER BY r.recovery_timestamp

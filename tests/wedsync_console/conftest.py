@@ -71,11 +71,12 @@ def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 5 s: a throwaway stack need not drain its running tasks."""
     if proc.poll() is not None:
         return
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
@@ -147,7 +148,7 @@ def console(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         procs.append(_start([airflow_bin(), "scheduler"], env, logs / "scheduler.log"))
         yield Console(url, env, catalog_dsn, source_dsn, backup_id, "restore_target", logs)
     finally:
-        for proc in procs:
+        for proc in reversed(procs):  # the scheduler first, so no task is left calling a stopped api-server
             _stop(proc)
         ARTIFACTS.mkdir(exist_ok=True)
         for log in logs.glob("*.log"):
