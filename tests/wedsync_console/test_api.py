@@ -371,3 +371,19 @@ def test_a_restore_to_a_named_point(
     with console.catalog() as conn:
         actions = {r["action"] for r in conn.execute("SELECT DISTINCT action FROM audit_log").fetchall()}
     assert {"console.backup", "console.restore", "console.recovery_point"} <= actions
+
+
+def test_the_plugin_serves_the_page_its_module_and_its_api_description(
+    console: Console, clients: dict[str, httpx.Client]
+) -> None:
+    page = clients["anonymous"].get("/wedsync-backup/")
+    assert page.status_code == 200 and 'src="static/console.js"' in page.text
+    module = clients["anonymous"].get("/wedsync-backup/static/console.js")
+    assert module.status_code == 200 and "javascript" in module.headers["content-type"]
+    spec = clients["anonymous"].get("/wedsync-backup/openapi.json").json()
+    routes = {"/api/status", "/api/history", "/api/recovery-points", "/api/backups", "/api/restores"}
+    assert routes <= set(spec["paths"])
+    plugins = clients["admin"].get("/api/v2/plugins").json()["plugins"]
+    console_plugin = next(p for p in plugins if p["name"] == "wedsync_console")
+    assert console_plugin["fastapi_apps"][0]["url_prefix"] == "/wedsync-backup"
+    assert [(v["name"], v["url_route"]) for v in console_plugin["external_views"]] == [("Backups", "backups")]
