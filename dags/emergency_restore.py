@@ -36,6 +36,13 @@ PARAMS = {
         "committed at or before it",
         pattern=r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})$",
     ),
+    "recovery_point": Param(
+        None,
+        type=["null", "string"],
+        maxLength=200,
+        title="Named recovery point (point_in_time)",
+        description="Instead of target_time: the label of a named recovery point, e.g. before the guest import",
+    ),
     "backup_id": Param(
         None,
         type=["null", "string"],
@@ -84,6 +91,7 @@ COMMON = {
     "confirm": "{{ params.confirm }}",
     "reason": "{{ params.reason }}",
     "target_time": "{{ params.target_time }}",
+    "recovery_point": "{{ params.recovery_point }}",
 }
 
 with DAG(

@@ -48,6 +48,16 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --no-create-home --shell /usr/sbin/nologin postgres
 fi
 
+# Chromium from the OS packages: the console's browser tests drive /usr/bin/chromium (no browser download)
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Chromium from the OS packages (for the browser tests) ..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+  else
+    say "Chromium is missing: the browser tests need /usr/bin/chromium (e.g. sudo apt-get install chromium)"
+  fi
+fi
+
 # .venv with the exact pinned versions of everything
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv ..."

@@ -22,6 +22,7 @@ class _RestoreParams(CommandOperator):
         "confirm",
         "reason",
         "target_time",
+        "recovery_point",
     )
 
     def __init__(
@@ -36,10 +37,12 @@ class _RestoreParams(CommandOperator):
         confirm: str = "",
         reason: str = "",
         target_time: str | None = None,
+        recovery_point: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.target_time = target_time
+        self.recovery_point = recovery_point
         self.mode = mode
         self.backup_id = backup_id
         self.scope = scope
@@ -61,6 +64,7 @@ class _RestoreParams(CommandOperator):
             confirm=self.confirm,
             reason=self.reason,
             target_time=self.target_time,
+            recovery_point=self.recovery_point,
         )
 
 

@@ -7,7 +7,8 @@ a *target* is always a storage copy of the backups (``from_target``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from wedsync_backup.catalog import Catalog
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef
 from wedsync_backup.drill import refuse_damaged_copy
 from wedsync_backup.errors import ConfigError, CryptoError, IntegrityError, WedSyncError
+from wedsync_backup.named_points import find_named_point
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pitr import ChainPlan, plan_chain, restore_to_point
 from wedsync_backup.policy import Policy
@@ -59,6 +61,7 @@ class RestoreRequest:
     confirm: str = ""
     reason: str = ""
     target_time: str | None = None
+    recovery_point: str | None = None  # a named recovery point's label, instead of target_time
 
     @property
     def is_dry_run(self) -> bool:
@@ -121,6 +124,27 @@ class RestoreRequest:
 
     def destination(self, res: Resources) -> PgTarget:
         return res.open_database(self.target_conn_id, "restore target")
+
+
+UNSET = (None, "", "None")
+
+
+def with_named_point(req: RestoreRequest, catalog_dsn: Callable[[], str]) -> RestoreRequest:
+    """A named recovery point stands for its moment: the request with that moment as its target_time."""
+    if req.recovery_point in UNSET:
+        return req
+    if req.mode != "point_in_time":
+        raise ConfigError(
+            f"recovery_point '{req.recovery_point}' is given but mode is '{req.mode}'",
+            fix="set mode to point_in_time to restore to a named recovery point",
+        )
+    if req.target_time not in UNSET:
+        raise ConfigError(
+            "Both recovery_point and target_time are given",
+            fix="give one of them: the named point's label, or a target_time",
+        )
+    point = find_named_point(catalog_dsn(), str(req.recovery_point))
+    return replace(req, target_time=point["recovery_timestamp"].astimezone(UTC).isoformat())
 
 
 def try_catalog(res: Resources) -> Catalog | None:
@@ -195,6 +219,7 @@ def plan(res: Resources, req: RestoreRequest, run: RunRef) -> PlanResult:
             backup_id=req.backup_id,
         )
     try:
+        req = with_named_point(req, lambda: res.catalog().dsn)
         result = _check(res, req)
         if cat is not None:  # the scrub's verdict: a copy (or backup) known damaged is not restored from
             refuse_damaged_copy(cat, str(result["backup_id"]), req.from_target)
@@ -231,6 +256,7 @@ def restore(
             log.info("Restore of this run already completed: %s", event["result"])
             return dict(event["result"])
     try:
+        req = with_named_point(req, lambda: res.catalog().dsn)
         result = _restore(res, req, planned, retry)
     except Exception as e:
         if cat is not None and event_id is not None:
