@@ -144,9 +144,9 @@ def start_backup(req: dict[str, Any], user: str) -> dict[str, Any]:
     backup_type = "incremental" if kind == "incremental" else ("wedding" if kind == "wedding" else "full")
     backup_id = None
     if kind != "wedding":
-        from wedsync_airflow.operators.backup import make_backup_id
+        from wedsync_backup.backup_id import make_backup_id
 
-        backup_id = make_backup_id(backup_type, dag_id, run["run_id"], run["run_after"])
+        backup_id = make_backup_id(backup_type, f"{dag_id}|{run['run_id']}", run["run_after"])
     points = {
         "full": ["a full recovery point at the backup's snapshot, starting a new point-in-time chain"],
         "manual": ["a full recovery point at the backup's snapshot, starting a new point-in-time chain"],

@@ -10,8 +10,8 @@ from wedsync_backup.assurance_policy import load_assurance
 from wedsync_backup.export import ExportOptions
 
 from wedsync_airflow.connections import catalog, keyring, pg_target
-from wedsync_airflow.operators.backup import backup_id_for
 from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
+from wedsync_airflow.resources import run_ref
 from wedsync_airflow.targets import build_storage
 
 
@@ -37,7 +37,7 @@ class WeeklyArchiveOperator(WedSyncOperator):
             pg_target(policy.source_conn_id, "source"),
             storages,
             keyring(policy.encryption_conn_id),
-            backup_id=backup_id_for(context, "archive"),
+            backup_id=run_ref(context).backup_id("archive"),
             archive=archive,
             options=ExportOptions(
                 workers=policy.export_workers,
