@@ -32,6 +32,7 @@ from wedsync_backup.alerts import Alert
 from wedsync_backup.assurance_policy import ValidationQuery
 from wedsync_backup.backup_tests import BackupTest, record_test
 from wedsync_backup.catalog import Catalog
+from wedsync_backup.commands.resources import NothingToDo
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import ConfigError, CryptoError, IntegrityError, StorageError, WedSyncError
 from wedsync_backup.manifest import Manifest, TableEntry
@@ -297,6 +298,11 @@ def choose_backup(cat: Catalog, request: DrillRequest, rng: random.Random) -> di
         return row
     candidates = [b for b in cat.list_completed() if b["backup_type"] in RESTORABLE_TYPES]
     if not candidates:
+        if request.trigger != "manual":  # a fresh installation: the first full backup's commit starts a drill
+            raise NothingToDo(
+                "There is no completed full backup to drill yet: this run skips. The first completed "
+                "backup_daily_full triggers a drill of it (Asset wedsync_full_backup_verified)"
+            )
         raise ConfigError("There is no completed full backup to drill", fix="run backup_daily_full first")
     if request.trigger == "weekly" and len(candidates) > 1:
         return rng.choice(candidates[1:])

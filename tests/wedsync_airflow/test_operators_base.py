@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from wedsync_airflow.operators.base import WedSyncOperator
+from wedsync_backup.commands.resources import NothingToDo
 from wedsync_backup.errors import ConfigError, StorageError, TransientError
 
 
@@ -31,3 +32,10 @@ def test_permanent_fails_at_once_transient_is_retried_and_signals_pass() -> None
         op.guarded(_raise(KeyboardInterrupt()))
     with pytest.raises(AirflowFailException):
         op.guarded(_raise(TransientError("x")), fatal=(TransientError,))
+
+
+def test_a_phase_with_nothing_to_do_skips_saying_why() -> None:
+    """NothingToDo (no full backup yet, a dry run) is a skip, never a failure: the stack starts green."""
+    op = WedSyncOperator(task_id="t")
+    with pytest.raises(AirflowSkipException, match="No full backup exists yet"):
+        op.guarded(_raise(NothingToDo("No full backup exists yet: this run skips")))

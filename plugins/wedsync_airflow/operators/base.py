@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from wedsync_backup.commands.resources import NothingToDo
 from wedsync_backup.errors import is_transient
 from wedsync_backup.policy import Policy, load_policy
 
@@ -36,6 +37,9 @@ class WedSyncOperator(BaseOperator):
             return fn()
         except AirflowException:
             raise  # Airflow's own signals (skip, fail, ...) keep their meaning
+        except NothingToDo as e:  # a precondition not met yet (no full backup, a dry run): skip, saying why
+            self.log.info("%s", e)
+            raise AirflowSkipException(str(e)) from e
         except Exception as e:
             if isinstance(e, fatal) or not is_transient(e):
                 self.log.error("%s", e)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from airflow.sdk.exceptions import AirflowSkipException
-from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef
+from wedsync_backup.commands.resources import Resources, RunRef
 from wedsync_backup.errors import WedSyncError
 
 from wedsync_airflow.operators.base import WedSyncOperator
@@ -29,7 +28,4 @@ class CommandOperator(WedSyncOperator):
 
     def call(self, phase: Callable[[], T], fatal: tuple[type[WedSyncError], ...] = ()) -> T:
         """Run one phase: a permanent error fails at once (no retry), a phase with nothing to do skips."""
-        try:
-            return self.guarded(phase, fatal=fatal)
-        except NothingToDo as e:
-            raise AirflowSkipException(str(e)) from e
+        return self.guarded(phase, fatal=fatal)
