@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -166,6 +166,7 @@ def run_archive(
     actor: str,
     dag_id: str | None = None,
     run_id: str | None = None,
+    roles: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Export, copy to every archive target, class and lock, verify every copy, commit, record. All or nothing."""
     retain_until = now + timedelta(days=archive.retention_days)
@@ -183,7 +184,10 @@ def run_archive(
     if not fresh:
         return {"backup_id": backup_id, "status": "completed", "already": True}
     try:
-        return _archive(cat, source, storages, keyring, backup_id, archive, options, retain_until, dag_id, run_id)
+        roles = dict(roles or {s.name: s.name for s in storages})  # target name -> its role in the policy
+        return _archive(
+            cat, source, storages, keyring, backup_id, archive, options, retain_until, dag_id, run_id, roles
+        )
     except BaseException as e:
         cat.fail_backup(backup_id, f"weekly archive failed: {e}")
         raise
@@ -200,6 +204,7 @@ def _archive(
     retain_until: datetime,
     dag_id: str | None,
     run_id: str | None,
+    roles: Mapping[str, str],
 ) -> dict[str, Any]:
     for s in storages:
         if s.kind == "gcs":  # set at upload: a GCS object's class is not rewritten later
@@ -219,7 +224,7 @@ def _archive(
     commit_manifest(m, storages)
     for s in storages:
         protect(s, [manifest_key(backup_id)], storage_class=archive.storage_class.get(s.name), retain_until=lock_until)
-    cat.complete_backup(m, m.sha256(), replicas, retain_until, required_targets=[s.name for s in storages])
+    cat.complete_backup(m, m.sha256(), replicas, retain_until, roles=roles)
     log.info(
         "Archive %s completed on %s, kept until %s: %s",
         backup_id,

@@ -51,6 +51,7 @@ class WeeklyArchiveOperator(WedSyncOperator):
             actor=f"airflow:{self.dag_id}",
             dag_id=self.dag_id,
             run_id=run_id_of(context),
+            roles={name: policy.target(name).role for name in archive.targets},
         )
 
 
