@@ -58,8 +58,9 @@ def test_catalog_dropped_then_rebuilt_from_manifests(world: FaultWorld) -> None:
     # the next backup is recorded as before, and a restore finds what it needs through the catalog
     nxt = full_backup(world.source, world.targets, world.ring)
     cat.complete_backup(nxt, nxt.sha256(), _replicas(world, nxt), datetime.now(UTC) + timedelta(days=30))
-    latest = cat.latest_completed("full")
-    assert latest is not None and latest["backup_id"] == nxt.backup_id
+    newest = cat.list_completed("full", limit=1)
+    assert newest and newest[0]["backup_id"] == nxt.backup_id
+    latest = newest[0]
     target_db = world.new_db("r12")
     offsite = world.targets[2]
     restore_backup(read_manifest(offsite, latest["backup_id"]), offsite, world.ring, world.target(target_db))
