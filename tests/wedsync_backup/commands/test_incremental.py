@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from wedsync_backup.commands import incremental
-from wedsync_backup.commands.incremental import IncrementalPlan, NoChainToContinue
+from wedsync_backup.commands.incremental import IncrementalPlan
 from wedsync_backup.commands.resources import NothingToDo
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.logical.slot import slot_info
@@ -26,7 +26,8 @@ def hourly(world: World) -> tuple[IncrementalPlan, str]:
 
 
 def test_no_chain_without_a_full_backup(world: World) -> None:
-    with pytest.raises(NoChainToContinue, match="No incremental chain to continue"):
+    """A fresh installation: nothing to continue yet, so the run skips (green) and says what starts the chain."""
+    with pytest.raises(NothingToDo, match="No full backup exists yet"):
         incremental.begin(world.resources(), world.run("backup_hourly_incremental"))
 
 
@@ -65,14 +66,17 @@ def test_chain_capture_release_and_close(world: World) -> None:
     assert following.full == newer and following.chain == [newer]
 
 
-def test_schema_change_ends_the_chain(world: World) -> None:
+def test_a_captured_schema_change_travels_in_the_chain(world: World) -> None:
+    """The full backup's preflight installs the DDL capture: a schema change no longer ends the chain."""
     world.full_backup()
     world.write("ALTER TABLE public.users ADD COLUMN phone text")
+    world.write("UPDATE public.users SET phone = '555' WHERE id = 1")
     res = world.resources()
     run = world.run("backup_hourly_incremental")
     plan = incremental.begin(res, run)
-    assert plan.action == "end_chain"
-    assert world.catalog.get_backup(plan.backup_id) is None  # nothing to record
-    with pytest.raises(NothingToDo, match="chain ended"):
-        incremental.capture(res, plan.backup_id, plan, run)
-    assert [a["action"] for a in world.catalog.audit_entries() if a["action"] == "chain_ended"] == ["chain_ended"]
+    assert plan.action == "capture"
+    captured = incremental.capture(res, plan.backup_id, plan, run)
+    assert captured.schema_changes == 1 and captured.chain_end is None
+    row = world.catalog.get_backup(plan.backup_id)
+    assert row is not None and row["schema_changes"] == "replayed"
+    assert "chain_ended" not in [a["action"] for a in world.catalog.audit_entries()]
