@@ -277,18 +277,29 @@ class Backups(CatalogBase):
             "reason": prov.reason,
             "rule": Jsonb(prov.rule_321) if prov.rule_321 is not None else None,
             "warnings": Jsonb(list(prov.warnings)),
+            "ddl": None,
+            "ddl_details": None,
         }
+        if manifest.backup_type == "incremental" and (
+            "schema_changes" in manifest.extra or "chain_end" in manifest.extra
+        ):
+            from wedsync_backup.schema_changes import chain_end_warning, outcome  # (it imports the catalog)
+
+            kind, details = outcome(manifest)  # what the capture recorded; a rebuilt catalog says the same
+            params["ddl"], params["ddl_details"] = kind, Jsonb(details)
+            if kind == "chain_ended":
+                params["warnings"] = Jsonb([*prov.warnings, chain_end_warning(details["chain_end"])])
         conn.execute(
             """
             INSERT INTO backup_operations AS b (backup_id, backup_type, status, started_at, completed_at,
                 created_by, size_bytes, compressed_size_bytes, tables_included, primary_location,
                 secondary_location, offsite_location, checksum, integrity_verified, retention_until,
                 parent_backup_id, key_id, format_version, consistent_lsn, snapshot_time, total_rows,
-                dag_id, run_id, reason, rule_321, warnings)
+                dag_id, run_id, reason, rule_321, warnings, schema_changes, schema_change_details)
             VALUES (%(id)s, %(type)s, 'completed', %(created_at)s, now(), %(by)s, %(plain)s, %(stored)s,
                 %(tables)s, %(primary)s, %(secondary)s, %(offsite)s, %(checksum)s, true, %(retention)s,
                 %(parent)s, %(key_id)s, %(format)s, %(lsn)s, %(snap)s, %(rows)s, %(dag)s, %(run)s,
-                %(reason)s, %(rule)s, %(warnings)s)
+                %(reason)s, %(rule)s, %(warnings)s, %(ddl)s, %(ddl_details)s)
             ON CONFLICT (backup_id) DO UPDATE SET
                 status = 'completed', integrity_verified = true, error = NULL, pruned_at = NULL,
                 completed_at = COALESCE(b.completed_at, now()),
@@ -303,7 +314,9 @@ class Backups(CatalogBase):
                 dag_id = COALESCE(b.dag_id, EXCLUDED.dag_id), run_id = COALESCE(b.run_id, EXCLUDED.run_id),
                 reason = COALESCE(b.reason, EXCLUDED.reason),
                 rule_321 = COALESCE(b.rule_321, EXCLUDED.rule_321),
-                warnings = CASE WHEN b.warnings = '[]'::jsonb THEN EXCLUDED.warnings ELSE b.warnings END
+                warnings = CASE WHEN b.warnings = '[]'::jsonb THEN EXCLUDED.warnings ELSE b.warnings END,
+                schema_changes = COALESCE(b.schema_changes, EXCLUDED.schema_changes),
+                schema_change_details = COALESCE(b.schema_change_details, EXCLUDED.schema_change_details)
             """,
             params,
         )
