@@ -131,13 +131,13 @@ class ChainSection:
     slot: str | None = None
     schema_fingerprint: str | None = None
     replica_identity_full_set: list[str] = field(default_factory=list)
-    ddl_capture: dict[str, Any] | None = None  # the source-side schema-change capture (logical/ddl.py) state
     # incrementals (read from the capture's fields): the chain's ids from its full on, this one last
     backup_ids: list[str] = field(default_factory=list)
     start_lsn: str | None = None
     end_lsn: str | None = None
     closes_chain: bool = False
     captures_deletes: bool = True
+    ddl_capture: dict[str, Any] | None = None  # the source-side schema-change capture (logical/ddl.py) state
 
 
 @dataclass
