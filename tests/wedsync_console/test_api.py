@@ -146,7 +146,10 @@ def test_status(console: Console, clients: dict[str, httpx.Client]) -> None:
     assert full["newest_point"]["backup_id"] == console.backup_id
     assert full["age_seconds"] < full["rpo_seconds"] and full["age_text"].endswith("ago")
     assert full["last_run"]["state"] == "success"
-    assert tiers["archive"]["health"] == "not_deployed"  # backup_weekly_archive is not in this Airflow
+    archive = tiers["archive"]  # deployed (issue 10), but no archive has run in this test
+    assert archive["deployed"] is True and archive["newest_point"] is None
+    assert (archive["health"], archive["health_text"]) == ("critical", "no verified backup yet")
+    assert tiers["wedding"]["health"] == "not_deployed"  # backup_wedding_proximity is not in this Airflow
     assert {t["target_name"]: (t["healthy"], t["backups"]) for t in s["targets"]} == {
         "primary": (True, 1),
         "secondary": (True, 1),
