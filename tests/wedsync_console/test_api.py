@@ -148,7 +148,8 @@ def test_status(console: Console, clients: dict[str, httpx.Client]) -> None:
     assert full["last_run"]["state"] == "success"
     archive = tiers["archive"]  # deployed (issue 10), but no archive has run in this test
     assert archive["deployed"] is True and archive["newest_point"] is None
-    assert (archive["health"], archive["health_text"]) == ("critical", "no verified backup yet")
+    assert archive["health"] == "critical" and archive["health_text"].startswith("no verified backup yet")
+    assert archive["paused"] is True and archive["health_text"].endswith("the DAG is paused")
     assert tiers["wedding"]["health"] == "not_deployed"  # backup_wedding_proximity is not in this Airflow
     assert {t["target_name"]: (t["healthy"], t["backups"]) for t in s["targets"]} == {
         "primary": (True, 1),
