@@ -24,17 +24,17 @@ from typing import Any
 from wedsync_backup.assurance_policy import ArchivePolicy
 from wedsync_backup.catalog import Catalog
 from wedsync_backup.crypto import Keyring
-from wedsync_backup.errors import ConfigError, StorageError
+from wedsync_backup.errors import ConfigError
 from wedsync_backup.export import ExportOptions, run_export
-from wedsync_backup.manifest import Manifest, manifest_key, pending_manifest_key
+from wedsync_backup.manifest import manifest_key
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.policy import Policy
 from wedsync_backup.replicate import replicate
-from wedsync_backup.repository import committed_manifests
+from wedsync_backup.repository import committed_manifests, write_commit_marker
 from wedsync_backup.retention import delete_backup, select_prunable
 from wedsync_backup.rule321 import Rule321Verdict, check_321, enforce_321
 from wedsync_backup.storage.base import Storage
-from wedsync_backup.verify import verify_copy
+from wedsync_backup.verify import verify_copies
 
 log = logging.getLogger(__name__)
 # Classes a copy can be read from at once (verify, drills and restores read archives without a restore request).
@@ -127,30 +127,6 @@ def _release_gcs_holds(storage: Any, keys: list[str]) -> None:
 
 
 # --- the command -----------------------------------------------------------------------------------------
-def verify_copies(m: Manifest, storages: list[Storage], keyring: Keyring) -> list[dict[str, Any]]:
-    """Verify every copy; the catalog's replica rows (a backup counts only when all of them verify)."""
-    replicas = []
-    for s in storages:
-        r = verify_copy(m, s, keyring).as_dict()
-        r["manifest_sha256"] = m.sha256()
-        r["verified_at"] = datetime.fromisoformat(r["verified_at"])
-        replicas.append(r)
-    return replicas
-
-
-def commit_manifest(m: Manifest, storages: list[Storage]) -> None:
-    """Write the manifest (the commit marker) on every copy and read it back; drop the pending one."""
-    data = m.to_bytes()
-    for s in storages:
-        s.put_bytes(manifest_key(m.backup_id), data)
-        if s.get_bytes(manifest_key(m.backup_id)) != data:
-            raise StorageError(
-                f"The manifest of {m.backup_id} did not read back intact from {s.name}",
-                fix="check the target and run again",
-            )
-    storages[0].delete([pending_manifest_key(m.backup_id)])
-
-
 def run_archive(
     cat: Catalog,
     source: PgTarget,
@@ -221,7 +197,7 @@ def _archive(
         for s in storages
     }
     replicas = verify_copies(m, storages, keyring)
-    commit_manifest(m, storages)
+    write_commit_marker(m, storages, pending_on=storages[0])
     for s in storages:
         protect(s, [manifest_key(backup_id)], storage_class=archive.storage_class.get(s.name), retain_until=lock_until)
     cat.complete_backup(m, m.sha256(), replicas, retain_until, roles=roles)

@@ -79,3 +79,18 @@ def pending_manifest_bytes(storage: Storage, backup_id: str) -> bytes:
     """The pending manifest of a backup, or its committed one once the commit removed the pending copy."""
     key = pending_manifest_key(backup_id)
     return storage.get_bytes(key if storage.exists(key) else manifest_key(backup_id))
+
+
+def write_commit_marker(manifest: Manifest, storages: list[Storage], pending_on: Storage) -> None:
+    """Write the manifest (the commit marker) byte for byte on every copy and read it back, then drop the
+    pending one: from here on the backup exists on every target."""
+    data = manifest.to_bytes()
+    key = manifest_key(manifest.backup_id)
+    for storage in storages:
+        storage.put_bytes(key, data)
+        if storage.get_bytes(key) != data:
+            raise StorageError(
+                f"The manifest of {manifest.backup_id} did not read back intact from {storage.name}",
+                fix="check the target and re-run this task",
+            )
+    pending_on.delete([pending_manifest_key(manifest.backup_id)])

@@ -10,6 +10,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from wedsync_backup.crypto import Keyring, decrypt_stream
 from wedsync_backup.errors import IntegrityError, WedSyncError, is_transient
@@ -95,3 +96,14 @@ def verify_copy(manifest: Manifest, storage: Storage, keyring: Keyring, *, deep:
         verified=True,
         verified_at=datetime.now(UTC).isoformat(),
     )
+
+
+def verify_copies(manifest: Manifest, storages: list[Storage], keyring: Keyring) -> list[dict[str, Any]]:
+    """Verify every copy in turn; the catalog's replica rows (a backup counts only when all of them verify)."""
+    replicas = []
+    for storage in storages:
+        r = verify_copy(manifest, storage, keyring).as_dict()
+        r["manifest_sha256"] = manifest.sha256()
+        r["verified_at"] = datetime.fromisoformat(r["verified_at"])
+        replicas.append(r)
+    return replicas

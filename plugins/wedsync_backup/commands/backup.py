@@ -17,13 +17,13 @@ from typing import Any
 from wedsync_backup.backup_id import parse_backup_id
 from wedsync_backup.chain_source import prepare_chain_source
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef, retention_until
-from wedsync_backup.errors import IntegrityError, StorageError
+from wedsync_backup.errors import IntegrityError
 from wedsync_backup.export import ExportOptions, run_export
 from wedsync_backup.logical.ddl import capture_state
 from wedsync_backup.logical.slot import check_logical_decoding, drop_slot, ensure_replica_identity, slot_name_for
-from wedsync_backup.manifest import ChainSection, Manifest, Provenance, manifest_key, pending_manifest_key
+from wedsync_backup.manifest import ChainSection, Manifest, Provenance
 from wedsync_backup.replicate import replicate as copy_backup
-from wedsync_backup.repository import pending_manifest_bytes
+from wedsync_backup.repository import pending_manifest_bytes, write_commit_marker
 from wedsync_backup.rule321 import Rule321Verdict, check_321, enforce_321
 from wedsync_backup.verify import verify_copy
 from wedsync_backup.watermark import WARNING as WATERMARK_WARNING
@@ -276,15 +276,7 @@ def commit(
             "see the verify task of that target",
         )
     manifest = load_pending_manifest(res, backup_id, manifest_sha256)
-    data = manifest.to_bytes()  # byte for byte what the export wrote: its sha256 is the one reported
-    for storage in res.all_storages():
-        storage.put_bytes(manifest_key(backup_id), data)
-        if storage.get_bytes(manifest_key(backup_id)) != data:
-            raise StorageError(
-                f"The manifest of {backup_id} did not read back intact from {storage.name}",
-                fix="check the target and re-run this task",
-            )
-    res.primary().delete([pending_manifest_key(backup_id)])
+    write_commit_marker(manifest, res.all_storages(), pending_on=res.primary())
     for r in replicas:
         r.setdefault("location", "")
         if isinstance(r.get("verified_at"), str):
