@@ -7,7 +7,7 @@ from typing import Any
 
 from wedsync_backup.archive import archive_setup, prune_archives, run_archive
 from wedsync_backup.assurance_policy import load_assurance
-from wedsync_backup.export import ExportOptions
+from wedsync_backup.commands.backup import export_options
 
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
@@ -39,12 +39,7 @@ class WeeklyArchiveOperator(WedSyncOperator):
             keyring(policy.encryption_conn_id),
             backup_id=run_ref(context).backup_id("archive"),
             archive=archive,
-            options=ExportOptions(
-                workers=policy.export_workers,
-                zstd_level=policy.zstd_level,
-                exclude_schemas=policy.exclude_schemas,
-                priority_of=policy.priority_of,
-            ),
+            options=export_options(policy),
             verdict=verdict,
             warnings=warnings,
             now=datetime.now(UTC),

@@ -22,6 +22,7 @@ from wedsync_backup.export import ExportOptions, run_export
 from wedsync_backup.logical.ddl import capture_state
 from wedsync_backup.logical.slot import check_logical_decoding, drop_slot, ensure_replica_identity, slot_name_for
 from wedsync_backup.manifest import ChainSection, Manifest, Provenance
+from wedsync_backup.policy import Policy
 from wedsync_backup.replicate import replicate as copy_backup
 from wedsync_backup.repository import pending_manifest_bytes, write_commit_marker
 from wedsync_backup.rule321 import Rule321Verdict, check_321, enforce_321
@@ -189,6 +190,17 @@ def chain_start(res: Resources, backup_id: str, run: RunRef) -> tuple[ChainSecti
     return ChainSection(mode), None
 
 
+def export_options(policy: Policy, slot: str | None = None) -> ExportOptions:
+    """How the policy says to export (workers, compression, schemas, priorities); ``slot``: a chain's start."""
+    return ExportOptions(
+        workers=policy.export_workers,
+        zstd_level=policy.zstd_level,
+        exclude_schemas=policy.exclude_schemas,
+        priority_of=policy.priority_of,
+        slot=slot,
+    )
+
+
 def export(
     res: Resources, backup_id: str, run: RunRef, *, backup_type: str = "full", tier: str = "full"
 ) -> ExportResult:
@@ -201,13 +213,7 @@ def export(
         res.keyring(),
         backup_id=backup_id,
         backup_type=backup_type,
-        options=ExportOptions(
-            workers=policy.export_workers,
-            zstd_level=policy.zstd_level,
-            exclude_schemas=policy.exclude_schemas,
-            priority_of=policy.priority_of,
-            slot=slot,
-        ),
+        options=export_options(policy, slot),
         chain=chain,
         provenance=provenance_of(res, backup_id, run, tier),
     )
