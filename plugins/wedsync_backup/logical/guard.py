@@ -13,8 +13,12 @@ the incremental:
   fingerprint at its end with the last one the stream accounts for. Then the chain ends before the first
   transaction since the last verified point that may have changed the schema: one that wrote no rows (a DDL-only
   transaction looks like that; not our own, marked ones, nor an ANALYZE) or that wrote catalog rows of user
-  objects (``ddl_xids``). That is never later than the change itself, so every moment kept is exact; it may be
-  earlier (the gap is reported).
+  objects (``ddl_xids``: creations and alterations leave rows with their xid). A DROP leaves no row: objects
+  gone since the verified point (by OID, ``objects.py``) move the cut before the last transaction that decoded
+  a row of a dropped table, or back to the verified point for any other dropped object; where the objects at
+  the verified point are not known (a chain started before they were recorded, a point after a replayed change,
+  a chain being closed), the cut goes back to the verified point. The cut is never later than the change
+  itself, so every moment kept is exact; it may be earlier (the gap is reported).
 
 When the chain ends, the incremental records how many of its transactions to replay and the moment from which
 it no longer knows the database exactly (``covered_until``); everything up to there stays restorable.
@@ -30,6 +34,7 @@ from typing import Any
 
 from wedsync_backup.logical.ddl import FENCE_PREFIX, MARKER_PREFIX, MESSAGE_PREFIX, Ddl, DdlMessage, message_content
 from wedsync_backup.logical.decoding import Commit, change_head, parse_line
+from wedsync_backup.logical.objects import SchemaObjects
 from wedsync_backup.logical.statements import Statement, Unsplittable, ddl_statements, replayable
 
 log = logging.getLogger(__name__)
@@ -88,7 +93,7 @@ class _Point:
     """A place between two transactions where the chain may end: what was captured before it."""
 
     transactions: int  # transactions written before this point
-    stats: CaptureStats
+    stats: CaptureStats | None  # None: not kept while reading (the capture recounts it from what it stored)
     why: str = ""
     next_commit: str | None = None  # commit time of the first transaction after the point
 
@@ -100,6 +105,7 @@ class ChangeGuard:
         ddl_xids: set[str],
         skip_schemas: set[str],
         analyze_xids: set[str] | None = None,
+        objects: SchemaObjects | None = None,
     ) -> None:
         self.expected = expected_fingerprint  # the schema as the stream so far accounts for it
         self.ddl_xids = ddl_xids
@@ -117,6 +123,12 @@ class ChangeGuard:
         self._verified = _Point(0, CaptureStats(), "the last point the schema fingerprint was verified")
         self._suspect: _Point | None = None  # first transaction since then that may have changed the schema
         self._groups: dict[str, list[Statement] | None] = {}
+        self._objects = objects  # the schema's objects at the verified point (None: not known)
+        self._tables = {name: key for key, name in objects.tables.items()} if objects else {}
+        self._tx_tables: set[str] = set()  # tables of ``_objects`` the open transaction wrote
+        self._decoded: dict[str, _Point] = {}  # per table: the point before the last transaction that wrote it
+        self._first_commit_since_write: str | None = None
+        self._uncaptured = False  # the cut is for a change nothing captured
 
     # --- reading ---------------------------------------------------------------------------------------
     def feed(self, lsn: str, xid: str, data: str) -> list[tuple[str, str, str | dict[str, Any]]]:
@@ -127,6 +139,7 @@ class ChangeGuard:
             self._held = (lsn, xid, data)
             self._tx_has_content = self._tx_explained = False
             self._tx_suspect = xid in self.ddl_xids
+            self._tx_tables = set()
             if self._tx_suspect:
                 self._suspect_here(f"transaction {xid} changed the catalog rows of user objects")
             return []
@@ -138,6 +151,8 @@ class ChangeGuard:
             tables, _ = change_head(data)
             if all(s in self.skip_schemas for s, _ in tables):
                 return []
+            if self._tables:
+                self._tx_tables.update(k for k in map(self._tables.get, tables) if k)
             return self._content((lsn, xid, data))
         found = message_content(data)
         if found and found[0] == MESSAGE_PREFIX:
@@ -147,16 +162,32 @@ class ChangeGuard:
             return []
         return self._content((lsn, xid, data))
 
-    def finish(self, live_fingerprint: str | None) -> None:
-        """End of the stream: the source's schema now must be the one the stream accounts for."""
+    def finish(self, live_fingerprint: str | None, live_objects: SchemaObjects | None = None) -> None:
+        """End of the stream: the source's schema now must be the one the stream accounts for.
+
+        ``live_objects``: the objects in the same snapshot as ``live_fingerprint`` (None: not known).
+        """
         if self.cut is None and self.expected and live_fingerprint and live_fingerprint != self.expected:
             self._end_at_suspect("the source's schema changed and the change was not captured")
+        gone = self._objects.dropped(live_objects) if self._objects and live_objects else ([], [])
+        if self.cut is None and (gone[0] or gone[1]):
+            self._end_at_suspect(f"{len(gone[0]) + len(gone[1])} objects were dropped and the drop was not captured")
+        if self._uncaptured:
+            self._before_drops(*gone, known=self._objects is not None and live_objects is not None)
         self.done = True
+
+    @property
+    def needs_recount(self) -> bool:
+        """The cut moved to a point whose statistics were not kept: the capture recounts them."""
+        return self.cut is not None and self.cut.stats is None
 
     # --- results ---------------------------------------------------------------------------------------
     @property
     def result_stats(self) -> CaptureStats:
-        return self.cut.stats if self.cut else self.stats.committed()
+        if self.cut is None:
+            return self.stats.committed()
+        assert self.cut.stats is not None, "recount the statistics first (needs_recount)"
+        return self.cut.stats
 
     def chain_end(self, captured_at: str) -> dict[str, Any] | None:
         """What the manifest records when the chain ends here (None: it goes on)."""
@@ -195,6 +226,8 @@ class ChangeGuard:
         if self.cut is not None:
             self.done = True
             return []
+        if self._first_commit_since_write is None:
+            self._first_commit_since_write = when  # the next commit after the last written transaction
         if not self._tx_has_content:
             self._held = None
             if not self._tx_explained and not self._tx_suspect and xid not in self.analyze_xids:
@@ -204,7 +237,10 @@ class ChangeGuard:
             return []
         line = (lsn, xid, data)
         self.stats.see(*line)
+        for key in self._tx_tables:  # the table existed when this transaction wrote it, maybe not after
+            self._decoded[key] = _Point(self._written, None, "", self._first_commit_since_write)
         self._written += 1
+        self._first_commit_since_write = None
         return [line]
 
     def _suspect_here(self, why: str) -> None:
@@ -219,7 +255,28 @@ class ChangeGuard:
     def _end_at_suspect(self, why: str) -> None:
         point = self._suspect or self._verified
         self.cut = _Point(point.transactions, point.stats, f"{why}; {point.why}", point.next_commit)
+        self._uncaptured = True
         log.warning("The chain ends early: %s", self.cut.why)
+
+    def _before_drops(self, tables: list[tuple[str, str]], others: list[str], *, known: bool) -> None:
+        """Move an uncaptured change's cut before every drop it may include (see ``objects.py``)."""
+        assert self.cut is not None
+        if not known:
+            self._move_cut(self._verified, "the objects at that point are not known, so a DROP cannot be placed")
+            return
+        if others:
+            self._move_cut(self._verified, f"{', '.join(others[:5])} were dropped, and a DROP leaves no trace")
+        for schema, table in tables:
+            key = self._tables[(schema, table)]
+            point = self._decoded.get(key, self._verified)
+            self._move_cut(point, f"table {schema}.{table} was dropped after it last had rows written")
+
+    def _move_cut(self, point: _Point, why: str) -> None:
+        assert self.cut is not None
+        if point.transactions < self.cut.transactions:
+            where = point.why or f"before transaction {point.transactions + 1} of this capture"
+            self.cut = _Point(point.transactions, point.stats, f"{self.cut.why}; {why}: {where}", point.next_commit)
+            log.warning("The chain ends earlier: %s", self.cut.why)
 
     def _ddl_message(self, lsn: str, xid: str, m: DdlMessage) -> list[tuple[str, str, str | dict[str, Any]]]:
         if self.expected is not None and (m.before is None or m.before != self.expected):
@@ -243,6 +300,7 @@ class ChangeGuard:
         self.expected = m.after
         # verified: the schema was exactly as expected just before this command
         self._verified = _Point(self._written, self.stats.committed(), f"before transaction {xid}")
+        self._objects, self._tables, self._tx_tables = None, {}, set()  # not known after a replayed change
         self._suspect = None
         if self._tx_suspect:
             self._suspect_here(f"transaction {xid} changed the catalog rows of user objects")

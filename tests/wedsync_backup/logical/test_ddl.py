@@ -99,6 +99,12 @@ def assert_same(cluster: Cluster, restored: str, expected: str) -> None:
     assert rows(cluster, restored) == rows(cluster, expected)
 
 
+def assert_restores_as(c: Chain, clone: str, *moments: datetime | None) -> None:
+    """Restores to each moment (None: latest) equal ``clone``."""
+    for at in moments:
+        assert_same(c.cluster, c.restore_to(at), clone)
+
+
 def test_a_schema_change_travels_in_the_chain_and_both_sides_restore_exactly(
     pg_cluster: Cluster, source: str, tmp_path: Path
 ) -> None:
@@ -226,8 +232,58 @@ def test_a_change_that_bypassed_the_capture_ends_the_chain_before_it(
         end = m.extra["chain_end"]
         assert end and "was not captured" in end["reason"], end
         assert m.extra["transactions"] == 1
-        assert_same(c.cluster, c.restore_to(before), clone_before)
-        assert_same(c.cluster, c.restore_to(None), clone_before)
+        assert_restores_as(c, clone_before, before, None)
+    finally:
+        c.close()
+
+
+def test_without_the_capture_a_drop_among_writes_cuts_before_the_table_was_last_written(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """A DROP leaves no catalog row: a later uncaptured change must not pull the cut past it (objects.py)."""
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        assert remove_ddl_capture(c.source)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a1')")
+        before, clone_before = mark(c)
+        # one transaction writes the table, writes rows elsewhere and drops it; the next alters another table
+        write(
+            c.cluster,
+            c.db,
+            "INSERT INTO notes VALUES ('last', 9); INSERT INTO guests (name) VALUES ('b1'); DROP TABLE notes",
+        )
+        dropped = datetime.now(UTC)
+        write(c.cluster, c.db, "ALTER TABLE guests ADD COLUMN email text")  # leaves rows with its xid
+        write(c.cluster, c.db, "INSERT INTO guests (name, email) VALUES ('b2', 'b@example.com')")
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "public.notes was dropped" in end["reason"], end
+        assert end["replay_transactions"] == 2 and m.extra["transactions"] == 2
+        assert m.extra["per_table"] == {"public.guests": {"insert": 2}}
+        assert before < datetime.fromisoformat(end["covered_until"]) < dropped
+        assert_restores_as(c, clone_before, before, None)
+    finally:
+        c.close()
+
+
+def test_without_the_capture_a_dropped_index_cuts_at_the_verified_point(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """Nothing in the stream places a dropped index: the cut goes back to the last verified point."""
+    write(pg_cluster, source, "CREATE INDEX guests_seat ON guests (seat)")
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        assert remove_ddl_capture(c.source)
+        _, clone_start = mark(c)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a1')")
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('b1'); DROP INDEX guests_seat")
+        write(c.cluster, c.db, "ALTER TABLE notes ADD COLUMN extra int")
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "were dropped, and a DROP leaves no trace" in end["reason"], end
+        assert end["replay_transactions"] == 0 and m.extra["transactions"] == 0
+        assert_restores_as(c, clone_start, None)
     finally:
         c.close()
 

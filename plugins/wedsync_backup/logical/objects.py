@@ -1,0 +1,87 @@
+"""The schema's objects by OID at a chain's verified point: how an uncaptured DROP is found and bounded.
+
+A change the DDL capture did not see is detected by the schema fingerprint (``ddl.fingerprint_query``), and the
+guard (``guard.py``) places the chain's cut before the first transaction that may have made it. Creations and
+alterations leave catalog rows carrying the xid of the transaction that wrote them (``incremental.CATALOG_XIDS``),
+so that transaction is found in the decoded stream. A DROP leaves no row at all: a transaction that drops an
+object and writes rows looks like any other. So every chain point also records the OIDs of the objects the
+fingerprint covers (relations, constraints, functions, triggers, policies). At the next capture, an OID that is
+gone was dropped (or dropped and re-created: the new object has a new OID) somewhere after that point, and:
+
+* a dropped table existed up to the last transaction that decoded one of its rows (the decoder found it in the
+  catalog of that moment); that transaction may itself have dropped it after writing, so the cut goes before it;
+* any other dropped object (an index, a constraint, a view, a function...) leaves nothing in the stream to
+  place it by, so the cut goes back to the verified point itself.
+
+Both err on the early side: never after the drop. A dropped OID also ends the chain when the fingerprint came
+out equal (a table dropped and re-created the same, its rows gone without a decoded DELETE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from wedsync_backup.logical.ddl import CAPTURE_SCHEMA
+
+_USER_NAMESPACE = """
+  (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema')
+     AND nspname NOT LIKE 'pg\\_%' AND nspname <> ALL({excluded}::text[]))
+"""
+
+# The objects fingerprint_query hashes, by OID (tables with their names, to match decoded rows).
+_OBJECTS = """
+SELECT 'relation', c.oid::text, n.nspname, c.relname, c.relkind::text
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'i', 'S', 'f') AND c.relnamespace IN {ns}
+UNION ALL SELECT 'constraint', oid::text, NULL, conname, contype::text FROM pg_catalog.pg_constraint
+ WHERE connamespace IN {ns}
+UNION ALL SELECT 'function', oid::text, NULL, proname, prokind::text FROM pg_catalog.pg_proc
+ WHERE pronamespace IN {ns}
+UNION ALL SELECT 'trigger', t.oid::text, NULL, t.tgname, NULL FROM pg_catalog.pg_trigger t
+  JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal AND c.relnamespace IN {ns}
+UNION ALL SELECT 'policy', p.oid::text, NULL, p.polname, NULL FROM pg_catalog.pg_policy p
+  JOIN pg_catalog.pg_class c ON c.oid = p.polrelid WHERE c.relnamespace IN {ns}
+"""
+
+
+@dataclass(frozen=True)
+class SchemaObjects:
+    """``kind:oid`` of every fingerprinted object, and the (schema, table) of each table by the same key."""
+
+    keys: frozenset[str]
+    tables: dict[str, tuple[str, str]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "keys": sorted(self.keys),
+            "tables": {k: list(v) for k, v in sorted(self.tables.items())},
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> SchemaObjects | None:
+        if not d or d.get("version") != 1:
+            return None
+        return cls(frozenset(d["keys"]), {k: (v[0], v[1]) for k, v in d["tables"].items()})
+
+    def dropped(self, now: SchemaObjects) -> tuple[list[tuple[str, str]], list[str]]:
+        """(tables, other objects) present here and gone from ``now``."""
+        gone = sorted(self.keys - now.keys)
+        return [self.tables[k] for k in gone if k in self.tables], [k for k in gone if k not in self.tables]
+
+
+def read_schema_objects(conn: psycopg.Connection[Any], exclude_schemas: tuple[str, ...] = ()) -> SchemaObjects:
+    """The objects as ``conn``'s snapshot sees them (read in the snapshot the fingerprint is read in)."""
+    excluded = sql.Literal([*exclude_schemas, CAPTURE_SCHEMA]).as_string(None)
+    query = _OBJECTS.format(ns=_USER_NAMESPACE.format(excluded=excluded))
+    keys, tables = set(), {}
+    for kind, oid, schema, name, relkind in conn.execute(query.encode()).fetchall():
+        key = f"{kind}:{oid}"
+        keys.add(key)
+        if kind == "relation" and relkind in ("r", "p"):
+            tables[key] = (schema, name)
+    return SchemaObjects(frozenset(keys), tables)
