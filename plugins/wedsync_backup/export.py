@@ -376,8 +376,8 @@ def _export(
         if options.slot:  # the schema the chain starts from, read in the very snapshot the data comes from
             holder.execute("SET LOCAL search_path = pg_catalog")
             fingerprint = holder.execute(fingerprint_query(options.exclude_schemas).encode()).fetchone()[0]
-            objects = read_schema_objects(holder, options.exclude_schemas).to_json()
             holder.execute("RESET search_path")
+            objects = read_schema_objects(holder, options.exclude_schemas).to_json()
             if chain is not None:
                 chain = replace(chain, schema_fingerprint=fingerprint, schema_objects=objects)
             else:

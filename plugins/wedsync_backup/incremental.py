@@ -55,6 +55,7 @@ def schema_state(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) -> tup
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         conn.execute("SET LOCAL search_path = pg_catalog")
         row = conn.execute(fingerprint_query(exclude_schemas).encode()).fetchone()
+        conn.execute("RESET search_path")  # types print as the decoder prints them: under the role's search_path
         objects = read_schema_objects(conn, exclude_schemas)
         conn.rollback()
     return row[0] or "", objects

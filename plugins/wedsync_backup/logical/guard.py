@@ -13,12 +13,20 @@ the incremental:
   fingerprint at its end with the last one the stream accounts for. Then the chain ends before the first
   transaction since the last verified point that may have changed the schema: one that wrote no rows (a DDL-only
   transaction looks like that; not our own, marked ones, nor an ANALYZE) or that wrote catalog rows of user
-  objects (``ddl_xids``: creations and alterations leave rows with their xid). A DROP leaves no row: objects
-  gone since the verified point (by OID, ``objects.py``) move the cut before the last transaction that decoded
-  a row of a dropped table, or back to the verified point for any other dropped object; where the objects at
-  the verified point are not known (a chain started before they were recorded, a point after a replayed change,
-  a chain being closed), the cut goes back to the verified point. The cut is never later than the change
-  itself, so every moment kept is exact; it may be earlier (the gap is reported).
+  objects (``ddl_xids``: creations and alterations leave rows with their xid). Two kinds of change leave no
+  such row, and the objects recorded at the verified point (``objects.py``: OIDs, and each table's columns as
+  the decoder prints them) bound them from the stream itself:
+  - a DROP: an object gone since the verified point moves the cut before the last transaction that wrote a
+    row of it (a dropped table), or back to the verified point (any other object: nothing places it);
+  - a change whose catalog rows a later change rewrote (a column renamed twice): a row decoded with columns
+    other than its table's at the verified point ends the chain. When no transaction since the table's last
+    row of the old shape left catalog rows, the change left none: the cut goes before that last transaction
+    (it may itself have changed the table after writing the row).
+  Where the objects at the verified point are not known (a chain started before they were recorded, a point
+  after a replayed change, a chain being closed), the cut goes back to the verified point. The cut is never
+  later than the change itself, so every moment kept is exact; it may be earlier (the gap is reported). What
+  is left: a change whose catalog rows a later uncaptured change rewrote, with no row of that table written
+  in between to show it, is placed by the later change (too late).
 
 When the chain ends, the incremental records how many of its transactions to replay and the moment from which
 it no longer knows the database exactly (``covered_until``); everything up to there stays restorable.
@@ -33,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from wedsync_backup.logical.ddl import FENCE_PREFIX, MARKER_PREFIX, MESSAGE_PREFIX, Ddl, DdlMessage, message_content
-from wedsync_backup.logical.decoding import Commit, change_head, parse_line
+from wedsync_backup.logical.decoding import Commit, change_head, change_shape, parse_line
 from wedsync_backup.logical.objects import SchemaObjects
 from wedsync_backup.logical.statements import Statement, Unsplittable, ddl_statements, replayable
 
@@ -126,7 +134,11 @@ class ChangeGuard:
         self._objects = objects  # the schema's objects at the verified point (None: not known)
         self._tables = {name: key for key, name in objects.tables.items()} if objects else {}
         self._tx_tables: set[str] = set()  # tables of ``_objects`` the open transaction wrote
+        self._tx_shaped: set[str] = set()  # ... of which a full row showed the table's shape at the verified point
+        self._tx_checked: set[tuple[str, str]] = set()  # (table, operation) whose columns this transaction checked
         self._decoded: dict[str, _Point] = {}  # per table: the point before the last transaction that wrote it
+        self._shaped: dict[str, _Point] = {}  # ... that wrote a full row of its shape at the verified point
+        self._reshaped: list[tuple[str, str]] = []  # tables decoded with another shape: changed, uncaptured
         self._first_commit_since_write: str | None = None
         self._uncaptured = False  # the cut is for a change nothing captured
 
@@ -139,7 +151,7 @@ class ChangeGuard:
             self._held = (lsn, xid, data)
             self._tx_has_content = self._tx_explained = False
             self._tx_suspect = xid in self.ddl_xids
-            self._tx_tables = set()
+            self._tx_tables, self._tx_shaped, self._tx_checked = set(), set(), set()
             if self._tx_suspect:
                 self._suspect_here(f"transaction {xid} changed the catalog rows of user objects")
             return []
@@ -148,11 +160,11 @@ class ChangeGuard:
         if self.cut is not None:  # reading on only to learn when the cut transaction committed
             return []
         if data.startswith("table "):
-            tables, _ = change_head(data)
+            tables, op = change_head(data)
             if all(s in self.skip_schemas for s, _ in tables):
                 return []
-            if self._tables:
-                self._tx_tables.update(k for k in map(self._tables.get, tables) if k)
+            if self._tables and self._changed_shape(data, tables, op):
+                return []
             return self._content((lsn, xid, data))
         found = message_content(data)
         if found and found[0] == MESSAGE_PREFIX:
@@ -237,8 +249,11 @@ class ChangeGuard:
             return []
         line = (lsn, xid, data)
         self.stats.see(*line)
+        before = _Point(self._written, None, "", self._first_commit_since_write)
         for key in self._tx_tables:  # the table existed when this transaction wrote it, maybe not after
-            self._decoded[key] = _Point(self._written, None, "", self._first_commit_since_write)
+            self._decoded[key] = before
+        for key in self._tx_shaped:  # ... and had its old shape when it wrote it
+            self._shaped[key] = before
         self._written += 1
         self._first_commit_since_write = None
         return [line]
@@ -247,6 +262,37 @@ class ChangeGuard:
         """The transaction starting now may have changed the schema unseen: remember the place before it."""
         if self._suspect is None:
             self._suspect = _Point(self._written, self.stats.committed(), why)
+
+    def _changed_shape(self, line: str, tables: list[tuple[str, str]], op: str) -> bool:
+        """Check the table's columns as decoded against its shape at the verified point (once per transaction
+        and kind of change): True when they differ, so the table changed and nothing captured it (the chain
+        ends; see ``finish``)."""
+        assert self._objects is not None
+        keys = [k for k in map(self._tables.get, tables) if k]
+        self._tx_tables.update(keys)
+        check = (keys[0], "delete" if op == "delete" else "row") if keys and op != "truncate" else None
+        if check is None or check in self._tx_checked:
+            return False
+        self._tx_checked.add(check)
+        columns = change_shape(line)[2]
+        key, expected = keys[0], self._objects.shapes[keys[0]]
+        if op == "delete" and set(columns) <= set(expected):
+            return False  # the key (or the whole old row): no proof of the whole shape, no contradiction either
+        if tuple(columns) == expected:
+            self._tx_shaped.add(key)
+            return False
+        schema, table = tables[0]
+        self._reshaped.append((schema, table))
+        why = (
+            f"rows of {schema}.{table} were decoded with columns {', '.join(columns)}, not those it had at the last "
+            "verified point: the table changed and the change was not captured"
+        )
+        point = self._suspect or _Point(
+            self._written, self.stats.committed(), f"before transaction {self._written + 1}"
+        )
+        self.cut = _Point(point.transactions, point.stats, f"{why}; {point.why}", point.next_commit)
+        self._uncaptured = True  # finish moves the cut before the table's last row of the old shape
+        return True
 
     def _end_before_this_tx(self, why: str) -> None:
         self.cut = _Point(self._written, self.stats.committed(), why)
@@ -270,6 +316,11 @@ class ChangeGuard:
             key = self._tables[(schema, table)]
             point = self._decoded.get(key, self._verified)
             self._move_cut(point, f"table {schema}.{table} was dropped after it last had rows written")
+        for schema, table in self._reshaped:
+            point = self._shaped.get(self._tables[(schema, table)], self._verified)
+            if self._suspect is not None and self._suspect.transactions >= point.transactions:
+                continue  # a transaction since then left catalog rows: it is the change, and the cut is there
+            self._move_cut(point, f"table {schema}.{table} changed after it last had a row of its old shape written")
 
     def _move_cut(self, point: _Point, why: str) -> None:
         assert self.cut is not None
@@ -300,7 +351,7 @@ class ChangeGuard:
         self.expected = m.after
         # verified: the schema was exactly as expected just before this command
         self._verified = _Point(self._written, self.stats.committed(), f"before transaction {xid}")
-        self._objects, self._tables, self._tx_tables = None, {}, set()  # not known after a replayed change
+        self._objects, self._tables = None, {}  # not known after a replayed change
         self._suspect = None
         if self._tx_suspect:
             self._suspect_here(f"transaction {xid} changed the catalog rows of user objects")

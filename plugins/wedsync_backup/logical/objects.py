@@ -15,6 +15,10 @@ gone was dropped (or dropped and re-created: the new object has a new OID) somew
 
 Both err on the early side: never after the drop. A dropped OID also ends the chain when the fingerprint came
 out equal (a table dropped and re-created the same, its rows gone without a decoded DELETE).
+
+Each table's columns are recorded as test_decoding prints them (``name[type]``, the type without modifiers):
+a row decoded with other columns shows a change nothing captured, even one whose catalog rows a later change
+rewrote (see the guard).
 """
 
 from __future__ import annotations
@@ -34,39 +38,44 @@ _USER_NAMESPACE = """
 
 # The objects fingerprint_query hashes, by OID (tables with their names, to match decoded rows).
 _OBJECTS = """
-SELECT 'relation', c.oid::text, n.nspname, c.relname, c.relkind::text
+SELECT 'relation', c.oid::text, n.nspname, c.relname, c.relkind::text,
+       (SELECT array_agg(a.attname || '[' || pg_catalog.format_type(a.atttypid, NULL) || ']' ORDER BY a.attnum)
+          FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'i', 'S', 'f') AND c.relnamespace IN {ns}
-UNION ALL SELECT 'constraint', oid::text, NULL, conname, contype::text FROM pg_catalog.pg_constraint
+UNION ALL SELECT 'constraint', oid::text, NULL, conname, contype::text, NULL FROM pg_catalog.pg_constraint
  WHERE connamespace IN {ns}
-UNION ALL SELECT 'function', oid::text, NULL, proname, prokind::text FROM pg_catalog.pg_proc
+UNION ALL SELECT 'function', oid::text, NULL, proname, prokind::text, NULL FROM pg_catalog.pg_proc
  WHERE pronamespace IN {ns}
-UNION ALL SELECT 'trigger', t.oid::text, NULL, t.tgname, NULL FROM pg_catalog.pg_trigger t
+UNION ALL SELECT 'trigger', t.oid::text, NULL, t.tgname, NULL, NULL FROM pg_catalog.pg_trigger t
   JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal AND c.relnamespace IN {ns}
-UNION ALL SELECT 'policy', p.oid::text, NULL, p.polname, NULL FROM pg_catalog.pg_policy p
+UNION ALL SELECT 'policy', p.oid::text, NULL, p.polname, NULL, NULL FROM pg_catalog.pg_policy p
   JOIN pg_catalog.pg_class c ON c.oid = p.polrelid WHERE c.relnamespace IN {ns}
 """
 
 
 @dataclass(frozen=True)
 class SchemaObjects:
-    """``kind:oid`` of every fingerprinted object, and the (schema, table) of each table by the same key."""
+    """``kind:oid`` of every fingerprinted object; by the same key, each table's (schema, name) and its columns
+    as the decoder prints them (``name[type]``, type without modifiers)."""
 
     keys: frozenset[str]
     tables: dict[str, tuple[str, str]]
+    shapes: dict[str, tuple[str, ...]]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": 1,
             "keys": sorted(self.keys),
-            "tables": {k: list(v) for k, v in sorted(self.tables.items())},
+            "tables": {k: [*v, list(self.shapes[k])] for k, v in sorted(self.tables.items())},
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any] | None) -> SchemaObjects | None:
         if not d or d.get("version") != 1:
             return None
-        return cls(frozenset(d["keys"]), {k: (v[0], v[1]) for k, v in d["tables"].items()})
+        tables = d["tables"].items()
+        return cls(frozenset(d["keys"]), {k: (v[0], v[1]) for k, v in tables}, {k: tuple(v[2]) for k, v in tables})
 
     def dropped(self, now: SchemaObjects) -> tuple[list[tuple[str, str]], list[str]]:
         """(tables, other objects) present here and gone from ``now``."""
@@ -75,13 +84,17 @@ class SchemaObjects:
 
 
 def read_schema_objects(conn: psycopg.Connection[Any], exclude_schemas: tuple[str, ...] = ()) -> SchemaObjects:
-    """The objects as ``conn``'s snapshot sees them (read in the snapshot the fingerprint is read in)."""
+    """The objects as ``conn``'s snapshot sees them (read in the snapshot the fingerprint is read in).
+
+    Run it under the source role's own search_path, as the capture's decoding session runs: a type outside
+    the search_path prints schema-qualified, in both.
+    """
     excluded = sql.Literal([*exclude_schemas, CAPTURE_SCHEMA]).as_string(None)
     query = _OBJECTS.format(ns=_USER_NAMESPACE.format(excluded=excluded))
-    keys, tables = set(), {}
-    for kind, oid, schema, name, relkind in conn.execute(query.encode()).fetchall():
+    keys, tables, shapes = set(), {}, {}
+    for kind, oid, schema, name, relkind, columns in conn.execute(query.encode()).fetchall():
         key = f"{kind}:{oid}"
         keys.add(key)
         if kind == "relation" and relkind in ("r", "p"):
-            tables[key] = (schema, name)
-    return SchemaObjects(frozenset(keys), tables)
+            tables[key], shapes[key] = (schema, name), tuple(columns or ())
+    return SchemaObjects(frozenset(keys), tables, shapes)

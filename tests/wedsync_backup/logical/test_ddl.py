@@ -288,6 +288,29 @@ def test_without_the_capture_a_dropped_index_cuts_at_the_verified_point(
         c.close()
 
 
+def test_without_the_capture_rows_of_another_shape_end_the_chain_even_when_the_change_was_overwritten(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """A rename whose catalog row a second rename rewrote leaves no xid to find it by; the rows decoded in
+    between carry the new column name, which places the cut (before the table's last row of the old shape)."""
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        assert remove_ddl_capture(c.source)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
+        before, clone_before = mark(c)
+        write(c.cluster, c.db, "INSERT INTO notes VALUES ('old shape', 1)")
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN body TO text; INSERT INTO guests (name) VALUES ('b1')")
+        write(c.cluster, c.db, "INSERT INTO notes (text, n) VALUES ('new shape', 2)")
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN text TO body2")  # rewrites the same catalog row
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "public.notes were decoded with columns text[text], n[integer]" in end["reason"], end
+        assert end["replay_transactions"] == 1
+        assert_restores_as(c, clone_before, before, None)
+    finally:
+        c.close()
+
+
 def test_install_status_and_remove(pg_cluster: Cluster, source: str) -> None:
     target = pg_target(pg_cluster, source)
     state = install_ddl_capture(target, ("scratch",))
