@@ -107,18 +107,24 @@ def _value(s: str, i: int) -> tuple[object, int]:
     return s[i:j], j
 
 
-def _columns(s: str, i: int, stop: str | None = None, shape: list[str] | None = None) -> tuple[dict[str, object], int]:
-    """Columns and values from s[i] (to ``stop``); ``shape`` collects each column as ``name[type]``."""
+def _columns(
+    s: str, i: int, stop: str | None = None, shape: list[str] | None = None, printed: list[str] | None = None
+) -> tuple[dict[str, object], int]:
+    """Columns and values from s[i] (to ``stop``); ``shape`` collects each column as ``name[type]``,
+    ``printed`` each column's ``name[type]:`` as printed."""
     cols: dict[str, object] = {}
     while i < len(s):
         if stop and s.startswith(stop, i):
             return cols, i + len(stop)
+        start = i
         name, i = _ident(s, i)
         if s[i] != "[":
             raise ValueError(f"expected [type] after column {name}")
         j = s.index("]:", i)
         if shape is not None:
             shape.append(f"{name}{s[i : j + 1]}")
+        if printed is not None:
+            printed.append(s[start : j + 2])
         cols[name], i = _value(s, j + 2)
         if i < len(s) and s[i] == " ":
             i += 1
@@ -166,6 +172,27 @@ def change_shape(line: str) -> tuple[list[tuple[str, str]], str, list[str]]:
         except (ValueError, IndexError) as e:
             raise _fail(line, str(e)) from e
     return tables, op, shape
+
+
+# One value as test_decoding prints it (atomic: a line that does not match fails fast).
+_VALUE = r"(?>null|unchanged-toast-datum|B'[01]*+'|'(?:[^']++|'')*+'|[^ ']++)"
+
+
+def same_shape_pattern(line: str) -> re.Pattern[str] | None:
+    """A pattern that matches any line of the same table, operation and printed columns as this INSERT (or
+    UPDATE without an old key), whatever the values: knowing a row has a known shape without parsing it."""
+    _, op, end = _head(line)
+    rest = line[end + 1 :]
+    if op not in ("insert", "update") or rest.startswith(("old-key: ", "new-tuple: ", "(no-tuple-data)")):
+        return None
+    printed: list[str] = []
+    try:
+        _columns(rest, 0, printed=printed)
+    except (ValueError, IndexError) as e:
+        raise _fail(line, str(e)) from e
+    if not printed:
+        return None
+    return re.compile(re.escape(line[: end + 1]) + " ".join(re.escape(t) + _VALUE for t in printed))
 
 
 def parse_line(line: str) -> Change | Begin | Commit | Message:

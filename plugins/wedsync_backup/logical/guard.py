@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from wedsync_backup.logical.ddl import FENCE_PREFIX, MARKER_PREFIX, MESSAGE_PREFIX, Ddl, DdlMessage, message_content
-from wedsync_backup.logical.decoding import Commit, change_head, change_shape, parse_line
+from wedsync_backup.logical.decoding import Commit, change_head, change_shape, parse_line, same_shape_pattern
 from wedsync_backup.logical.objects import SchemaObjects
 from wedsync_backup.logical.statements import Statement, Unsplittable, ddl_statements, replayable
 
@@ -136,6 +137,7 @@ class ChangeGuard:
         self._tx_tables: set[str] = set()  # tables of ``_objects`` the open transaction wrote
         self._tx_shaped: set[str] = set()  # ... of which a full row showed the table's shape at the verified point
         self._tx_checked: set[tuple[str, str]] = set()  # (table, operation) whose columns this transaction checked
+        self._patterns: dict[tuple[str, str], re.Pattern[str]] = {}  # (table, operation): lines of the old shape
         self._decoded: dict[str, _Point] = {}  # per table: the point before the last transaction that wrote it
         self._shaped: dict[str, _Point] = {}  # ... that wrote a full row of its shape at the verified point
         self._reshaped: list[tuple[str, str]] = []  # tables decoded with another shape: changed, uncaptured
@@ -274,12 +276,18 @@ class ChangeGuard:
         if check is None or check in self._tx_checked:
             return False
         self._tx_checked.add(check)
-        columns = change_shape(line)[2]
         key, expected = keys[0], self._objects.shapes[keys[0]]
+        known = self._patterns.get((key, op))
+        if known is not None and known.fullmatch(line):  # the common case, without parsing the row
+            self._tx_shaped.add(key)
+            return False
+        columns = change_shape(line)[2]
         if op == "delete" and set(columns) <= set(expected):
             return False  # the key (or the whole old row): no proof of the whole shape, no contradiction either
         if tuple(columns) == expected:
             self._tx_shaped.add(key)
+            if known is None and (pattern := same_shape_pattern(line)) is not None:
+                self._patterns[(key, op)] = pattern
             return False
         schema, table = tables[0]
         self._reshaped.append((schema, table))

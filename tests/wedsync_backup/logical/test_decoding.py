@@ -12,7 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wedsync_backup.errors import IntegrityError
-from wedsync_backup.logical.decoding import UNCHANGED_TOAST, Begin, Change, Commit, change_shape, parse_line
+from wedsync_backup.logical.decoding import (
+    UNCHANGED_TOAST,
+    Begin,
+    Change,
+    Commit,
+    change_shape,
+    parse_line,
+    same_shape_pattern,
+)
 from wedsync_backup.logical.objects import read_schema_objects
 from wedsync_backup.logical.slot import DECODING_OPTIONS, PLUGIN, STABLE_OUTPUT
 
@@ -196,6 +204,9 @@ def test_random_text_round_trips_through_the_slot(
         opts = ", ".join(f"'{o}'" for o in DECODING_OPTIONS)
         rows = conn.execute(f"SELECT data FROM pg_logical_slot_get_changes(%s, NULL, NULL, {opts})", (slot,)).fetchall()
     events = [parse_line(r[0]) for r in rows]
+    inserted = next(r[0] for r in rows if ": INSERT: " in r[0])
+    pattern = same_shape_pattern(inserted)
+    assert pattern is not None and pattern.fullmatch(inserted)  # whatever the values hold
     changes = [e for e in events if isinstance(e, Change)]
     assert [type(e) for e in events] == [Begin, Change, Commit] * 3
     assert all(ch.table == ("public", 'rt "odd". table') for ch in changes)
@@ -213,6 +224,27 @@ def test_change_shape_lists_the_columns_the_decoder_printed() -> None:
     assert change_shape(line) == ([("public", "t")], "update", ["id[integer]", "a b[integer[]]"])
     assert change_shape("table public.t: DELETE: id[integer]:2")[2] == ["id[integer]"]
     assert change_shape("table public.a, public.b: TRUNCATE: cascade")[1:] == ("truncate", [])
+
+
+def test_a_shape_pattern_matches_rows_of_that_shape_only() -> None:
+    head = 'table public."Z z": INSERT: id[integer]:'
+    p = same_shape_pattern(head + """1 "a b"[text]:'x''y z' n[numeric]:null b[bit(3)]:B'101'""")
+    assert p is not None
+    same = [
+        """-5 "a b"[text]:'' n[numeric]:NaN b[bit(3)]:B'000'""",
+        """1 "a b"[text]:'it''s n[numeric]:1' n[numeric]:2 b[bit(3)]:unchanged-toast-datum""",
+        """1 "a b"[text]:'''' n[numeric]:2 b[bit(3)]:null""",
+    ]
+    other = [
+        """1 "a b"[text]:'x' extra[text]:'y' n[numeric]:null b[bit(3)]:null""",
+        """1 "a b"[text]:'x n[numeric]:1 b[bit(3)]:null'""",
+        """1 "a b"[text]:'x' n[numeric]:null""",
+        """1 "a b"[text]:'x' n[numeric]:null b[bit(3)]:null c[int]:1""",
+    ]
+    assert all(p.fullmatch(head + rest) for rest in same)
+    assert not any(p.fullmatch(head + rest) for rest in other)
+    assert not p.fullmatch(head.replace("INSERT", "UPDATE") + same[0])
+    assert same_shape_pattern("table public.t: UPDATE: old-key: id[integer]:1 new-tuple: id[integer]:2") is None
 
 
 def test_the_recorded_shape_of_a_table_is_what_the_decoder_prints(pg_cluster: Cluster) -> None:
