@@ -20,8 +20,8 @@ the incremental:
     row of it (a dropped table), or back to the verified point (any other object: nothing places it);
   - a change whose catalog rows a later change rewrote (a column renamed twice): a row decoded with columns
     other than its table's at the verified point ends the chain. When no transaction since the table's last
-    row of the old shape left catalog rows, the change left none: the cut goes before that last transaction
-    (it may itself have changed the table after writing the row).
+    row of the old shape left catalog rows of that table (``objects.table_xids``), the change left none: the
+    cut goes before that last transaction (it may itself have changed the table after writing the row).
   Where the objects at the verified point are not known (a chain started before they were recorded, a point
   after a replayed change, a chain being closed), the cut goes back to the verified point. The cut is never
   later than the change itself, so every moment kept is exact; it may be earlier (the gap is reported). What
@@ -115,6 +115,7 @@ class ChangeGuard:
         skip_schemas: set[str],
         analyze_xids: set[str] | None = None,
         objects: SchemaObjects | None = None,
+        table_xids: dict[str, set[str]] | None = None,
     ) -> None:
         self.expected = expected_fingerprint  # the schema as the stream so far accounts for it
         self.ddl_xids = ddl_xids
@@ -143,6 +144,11 @@ class ChangeGuard:
         self._reshaped: list[tuple[str, str]] = []  # tables decoded with another shape: changed, uncaptured
         self._first_commit_since_write: str | None = None
         self._uncaptured = False  # the cut is for a change nothing captured
+        self._xid_tables: dict[str, list[str]] = {}  # xid -> tables whose catalog rows it wrote (objects.table_xids)
+        for key, xids in (table_xids or {}).items():
+            for x in xids:
+                self._xid_tables.setdefault(x, []).append(key)
+        self._touched: dict[str, int] = {}  # per table: where the last transaction that left its catalog rows began
 
     # --- reading ---------------------------------------------------------------------------------------
     def feed(self, lsn: str, xid: str, data: str) -> list[tuple[str, str, str | dict[str, Any]]]:
@@ -154,6 +160,8 @@ class ChangeGuard:
             self._tx_has_content = self._tx_explained = False
             self._tx_suspect = xid in self.ddl_xids
             self._tx_tables, self._tx_shaped, self._tx_checked = set(), set(), set()
+            for key in self._xid_tables.get(xid, ()):
+                self._touched[key] = self._written
             if self._tx_suspect:
                 self._suspect_here(f"transaction {xid} changed the catalog rows of user objects")
             return []
@@ -296,7 +304,10 @@ class ChangeGuard:
             "verified point: the table changed and the change was not captured"
         )
         point = self._suspect or _Point(
-            self._written, self.stats.committed(), f"before transaction {self._written + 1}"
+            self._written,
+            self.stats.committed(),
+            f"before transaction {self._written + 1}",
+            self._first_commit_since_write,
         )
         self.cut = _Point(point.transactions, point.stats, f"{why}; {point.why}", point.next_commit)
         self._uncaptured = True  # finish moves the cut before the table's last row of the old shape
@@ -325,9 +336,10 @@ class ChangeGuard:
             point = self._decoded.get(key, self._verified)
             self._move_cut(point, f"table {schema}.{table} was dropped after it last had rows written")
         for schema, table in self._reshaped:
-            point = self._shaped.get(self._tables[(schema, table)], self._verified)
-            if self._suspect is not None and self._suspect.transactions >= point.transactions:
-                continue  # a transaction since then left catalog rows: it is the change, and the cut is there
+            key = self._tables[(schema, table)]
+            point = self._shaped.get(key, self._verified)
+            if self._touched.get(key, -1) >= point.transactions:
+                continue  # a transaction since then left catalog rows of the table: it places the change (a suspect)
             self._move_cut(point, f"table {schema}.{table} changed after it last had a row of its old shape written")
 
     def _move_cut(self, point: _Point, why: str) -> None:

@@ -98,3 +98,24 @@ def read_schema_objects(conn: psycopg.Connection[Any], exclude_schemas: tuple[st
         if kind == "relation" and relkind in ("r", "p"):
             tables[key], shapes[key] = (schema, name), tuple(columns or ())
     return SchemaObjects(frozenset(keys), tables, shapes)
+
+
+# Per table, the transactions whose catalog rows of it (its pg_class row, its columns) are still there.
+_TABLE_XIDS = """
+SELECT 'relation:' || c.oid::text, c.xmin::text FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p')
+UNION SELECT 'relation:' || a.attrelid::text, a.xmin::text
+  FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+ WHERE c.relkind IN ('r', 'p') AND a.attnum > 0
+"""
+
+
+def table_xids(conn: psycopg.Connection[Any]) -> dict[str, set[str]]:
+    """``relation:oid`` -> the xids of its pg_class and pg_attribute rows: which transactions changed it last.
+
+    The guard trusts such a transaction to place a change its rows show, unless rows decoded in between say
+    the table changed earlier (see guard.py).
+    """
+    out: dict[str, set[str]] = {}
+    for key, xid in conn.execute(_TABLE_XIDS).fetchall():
+        out.setdefault(key, set()).add(xid)
+    return out
