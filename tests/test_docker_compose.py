@@ -38,6 +38,7 @@ REQUIRED_SERVICES = (
     "fake-gcs-init",
     "wedsync-source",
     "backup-catalog",
+    "drill-scratch",
 )
 # Services that run once and exit (or only on demand): no healthcheck, never restarted.
 ONE_SHOT = {"airflow-init", "airflow-cli", "minio-init", "fake-gcs-init"}
@@ -48,7 +49,10 @@ CONNECTIONS = {
     "AIRFLOW_CONN_BACKUP_SECONDARY_S3": "aws",
     "AIRFLOW_CONN_BACKUP_OFFSITE_GCS": "google_cloud_platform",
     "AIRFLOW_CONN_BACKUP_ENCRYPTION": "generic",
+    "AIRFLOW_CONN_DRILL_TARGET": "postgres",
 }
+# Named in the policy's (commented) alerts section: set in compose, used once the policy enables them.
+ALERT_CONNECTIONS = {"AIRFLOW_CONN_ALERTS_SMTP": "smtp", "AIRFLOW_CONN_ALERTS_WEBHOOK": "http"}
 PRIMARY_PATH = "/var/backups/wedsync"
 TEST_MASTER_KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -295,7 +299,7 @@ def test_apiserver_on_8080(services: dict[str, Any]) -> None:
     assert any(p.endswith("8080:8080") for p in ports)
 
 
-@pytest.mark.parametrize("var,conn_type", sorted(CONNECTIONS.items()))
+@pytest.mark.parametrize("var,conn_type", sorted({**CONNECTIONS, **ALERT_CONNECTIONS}.items()))
 def test_connections_are_json_with_right_type(services: dict[str, Any], var: str, conn_type: str) -> None:
     for name in AIRFLOW_SERVICES:
         env = env_of(services[name])
@@ -321,7 +325,11 @@ def test_connection_details(services: dict[str, Any]) -> None:
 
 def test_connection_logins_match_their_servers(services: dict[str, Any]) -> None:
     env = env_of(services["airflow-worker"])
-    pairs = {"AIRFLOW_CONN_WEDSYNC_SOURCE": "wedsync-source", "AIRFLOW_CONN_BACKUP_CATALOG": "backup-catalog"}
+    pairs = {
+        "AIRFLOW_CONN_WEDSYNC_SOURCE": "wedsync-source",
+        "AIRFLOW_CONN_BACKUP_CATALOG": "backup-catalog",
+        "AIRFLOW_CONN_DRILL_TARGET": "drill-scratch",
+    }
     for var, server in pairs.items():
         conn = json.loads(env[var])
         pg = env_of(services[server])
@@ -369,7 +377,19 @@ def test_policy_buckets_match_defaults() -> None:
     assert env["WEDSYNC_BACKUP_GCS_BUCKET"] == policy["targets"]["offsite"]["bucket"]
     ids = {t["conn_id"] for t in policy["targets"].values()}
     ids |= {policy["source"]["conn_id"], policy["catalog"]["conn_id"], policy["encryption"]["conn_id"]}
+    ids |= {policy["drills"]["conn_id"]}
     assert {f"AIRFLOW_CONN_{i.upper()}" for i in ids} == set(CONNECTIONS)
+    # the alerts section is commented out until an operator enables it: its connection ids are the ones set
+    text = (ROOT / "include" / "config" / "backup_policy.yaml").read_text()
+    alert_ids = set(re.findall(r"conn_id: (alerts_\w+)", text))
+    assert {f"AIRFLOW_CONN_{i.upper()}" for i in alert_ids} == set(ALERT_CONNECTIONS)
+
+
+def test_alert_connections_are_usable_as_filled_in(services: dict[str, Any]) -> None:
+    env = env_of(services["airflow-worker"])
+    smtp = json.loads(env["AIRFLOW_CONN_ALERTS_SMTP"])
+    assert smtp["host"] and isinstance(smtp["port"], int) and smtp["extra"]["from_email"]
+    assert json.loads(env["AIRFLOW_CONN_ALERTS_WEBHOOK"])["host"].startswith("https://")
 
 
 def test_interpolation_helper() -> None:

@@ -24,6 +24,7 @@ from wedsync_backup.crypto import DataKey, Keyring
 from wedsync_backup.errors import ConcurrentWriterError, WedSyncError
 from wedsync_backup.large_objects import export_large_objects
 from wedsync_backup.logical.ddl import CAPTURE_SCHEMA, fingerprint_query
+from wedsync_backup.logical.objects import read_schema_objects
 from wedsync_backup.manifest import (
     ChainSection,
     Manifest,
@@ -376,10 +377,11 @@ def _export(
             holder.execute("SET LOCAL search_path = pg_catalog")
             fingerprint = holder.execute(fingerprint_query(options.exclude_schemas).encode()).fetchone()[0]
             holder.execute("RESET search_path")
+            objects = read_schema_objects(holder, options.exclude_schemas).to_json()
             if chain is not None:
-                chain = replace(chain, schema_fingerprint=fingerprint)
+                chain = replace(chain, schema_fingerprint=fingerprint, schema_objects=objects)
             else:
-                extra["schema_fingerprint"] = fingerprint
+                extra["schema_fingerprint"], extra["schema_objects"] = fingerprint, objects
         log.info(
             "Exporting %d tables (%d parts, %d sequences) of %s at LSN %s with %d workers",
             len(tables),

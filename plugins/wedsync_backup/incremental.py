@@ -24,8 +24,9 @@ from wedsync_backup.errors import IntegrityError
 from wedsync_backup.logical.ddl import CAPTURE_SCHEMA, Ddl, emit_marker, fingerprint_query
 from wedsync_backup.logical.decoding import Begin, Change, Commit, Message, parse_line
 from wedsync_backup.logical.guard import CaptureStats, ChangeGuard
+from wedsync_backup.logical.objects import SchemaObjects, read_schema_objects, table_xids
 from wedsync_backup.logical.slot import STABLE_OUTPUT, slot_info
-from wedsync_backup.manifest import Manifest, Provenance, backup_prefix
+from wedsync_backup.manifest import Manifest, Provenance, StoredObject, backup_prefix
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pipeline import decode_from_storage, encode_to_storage
 from wedsync_backup.repository import begin_attempt, seal_pending
@@ -45,11 +46,19 @@ def schema_fingerprint(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) 
 
     The same query the source-side DDL capture runs before and after each command (``logical/ddl.py``).
     """
+    return schema_state(source, exclude_schemas)[0]
+
+
+def schema_state(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) -> tuple[str, SchemaObjects]:
+    """The schema fingerprint and the objects it covers (``logical/objects.py``), read in one snapshot."""
     with source.connect(autocommit=False) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         conn.execute("SET LOCAL search_path = pg_catalog")
         row = conn.execute(fingerprint_query(exclude_schemas).encode()).fetchone()
+        conn.execute("RESET search_path")  # types print as the decoder prints them: under the role's search_path
+        objects = read_schema_objects(conn, exclude_schemas)
         conn.rollback()
-    return row[0] or ""
+    return row[0] or "", objects
 
 
 def schema_at_end(parent: Manifest) -> str | None:
@@ -59,6 +68,14 @@ def schema_at_end(parent: Manifest) -> str | None:
         return parent.extra.get("schema_fingerprint")
     chain = parent.chain_info
     return chain.schema_fingerprint if chain else None
+
+
+def objects_at_end(parent: Manifest) -> SchemaObjects | None:
+    """The schema's objects where a chain's next capture starts (None: not recorded, a chain started earlier)."""
+    if parent.backup_type == "incremental":
+        return SchemaObjects.from_json(parent.extra.get("schema_objects"))
+    chain = parent.chain_info
+    return SchemaObjects.from_json(chain.schema_objects) if chain else None
 
 
 # Transactions whose catalog rows of user objects are still there: candidates for an uncaptured schema change.
@@ -75,6 +92,10 @@ SELECT DISTINCT s.x::text FROM (
   UNION ALL SELECT xmin, pronamespace FROM pg_proc
   UNION ALL SELECT xmin, typnamespace FROM pg_type
   UNION ALL SELECT xmin, oid FROM pg_namespace
+  -- dependency rows are written when an object is created and are not updated by later changes to it
+  UNION ALL SELECT d.xmin, c.relnamespace FROM pg_depend d JOIN pg_class c ON c.oid = d.refobjid
+             WHERE d.refclassid = 'pg_class'::regclass AND c.relpersistence <> 't'
+  UNION ALL SELECT xmin, refobjid FROM pg_depend WHERE refclassid = 'pg_namespace'::regclass
 ) s JOIN pg_namespace n ON n.oid = s.ns
 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND n.nspname NOT LIKE 'pg\\_%%'
   AND n.nspname <> ALL(%s)
@@ -178,16 +199,27 @@ def capture_incremental(
             # The slot was never advanced past the parent: the parent's capture was not committed
             log.warning("Slot %s is at %s, behind the parent's end %s", slot, start_lsn, expected)
     # the schema at the stopping point: read after it (or, closing a chain, the next full backup's)
-    live_fingerprint = end_fingerprint if closing else schema_fingerprint(source, exclude_schemas)
+    # (closing, the objects at upto_lsn are not known: an uncaptured change then cuts at the verified point)
+    live_fingerprint, live_objects = (end_fingerprint, None) if closing else schema_state(source, exclude_schemas)
     data_key = keyring.new_data_key(backup_id)
     ddl_xids, analyze_xids = catalog_xids(source, exclude_schemas)
+    with source.connect(autocommit=True) as conn:
+        by_table = table_xids(conn)
     guard = ChangeGuard(
-        schema_at_end(parent), ddl_xids, {*exclude_schemas, CAPTURE_SCHEMA}, analyze_xids
+        schema_at_end(parent),
+        ddl_xids,
+        {*exclude_schemas, CAPTURE_SCHEMA},
+        analyze_xids,
+        objects_at_end(parent),
+        by_table,
     )
     sequences = read_sequence_values(source)
     key = f"{backup_prefix(backup_id)}changes.wsb"
     result = encode_to_storage(_peek(source, slot, upto_lsn, guard), storage, key, data_key, zstd_level=zstd_level)
-    guard.finish(live_fingerprint)
+    guard.finish(live_fingerprint, live_objects)
+    if guard.needs_recount:
+        assert guard.cut is not None
+        guard.cut.stats = recount(storage, result.stored_object(), keyring, backup_id, guard.cut.transactions)
     stats = guard.result_stats
     captured_at = now.astimezone(UTC).isoformat()
     chain_end = guard.chain_end(captured_at)
@@ -232,6 +264,8 @@ def capture_incremental(
             "captures_deletes": True,
             "schema_fingerprint": guard.expected,  # the schema at the end, as the stream accounts for it
             "schema_changes": guard.ddl,  # replayed at their position
+            # the objects at the end, where the next capture starts (see logical/objects.py)
+            "schema_objects": live_objects.to_json() if live_objects and not chain_end else None,
             "chain_end": chain_end,
             **({"warnings": [chain_end_warning(chain_end)]} if chain_end else {}),
             # sequences are not in the change stream: their values now, so a restore never hands out a
@@ -283,22 +317,39 @@ def read_changes(manifest: Manifest, storage: Storage, keyring: Keyring) -> Iter
 
 
 def _read_all(manifest: Manifest, storage: Storage, keyring: Keyring) -> Iterator[tuple[str, str, Event]]:
-    buf = b""
     obj = manifest.changes_object
     if obj is None:
         return
-    for piece in decode_from_storage(storage, obj, keyring, backup_id=manifest.backup_id):
+    for lsn, xid, data in _stored_lines(storage, obj, keyring, manifest.backup_id):
+        yield _event(lsn, xid, data)
+
+
+def _stored_lines(storage: Storage, obj: StoredObject, keyring: Keyring, backup_id: str) -> Iterator[list[Any]]:
+    """The [lsn, xid, text | record] lines of a stored changes object, in order."""
+    buf = b""
+    for piece in decode_from_storage(storage, obj, keyring, backup_id=backup_id):
         buf += piece
         *lines, buf = buf.split(b"\n")
         for line in lines:
             if line:
-                yield _event(line)
+                yield json.loads(line)
     if buf.strip():
-        yield _event(buf)
+        yield json.loads(buf)
 
 
-def _event(line: bytes) -> tuple[str, str, Event]:
-    lsn, xid, data = json.loads(line)
+def recount(storage: Storage, obj: StoredObject, keyring: Keyring, backup_id: str, transactions: int) -> CaptureStats:
+    """The statistics of the first ``transactions`` transactions of what a capture stored (a cut moved back)."""
+    stats, begins = CaptureStats(), 0
+    for lsn, xid, data in _stored_lines(storage, obj, keyring, backup_id):
+        if isinstance(data, str) and data.startswith("BEGIN "):
+            begins += 1
+            if begins > transactions:
+                break
+        stats.see(lsn, xid, data)
+    return stats.committed()
+
+
+def _event(lsn: str, xid: str, data: str | dict[str, Any]) -> tuple[str, str, Event]:
     if isinstance(data, dict) and "ddl" in data:  # a captured schema change
         return lsn, xid, Ddl(data["ddl"], data["path"], data["user"], data["tag"])
     if isinstance(data, dict):  # a watermark capture's row

@@ -138,6 +138,7 @@ class ChainSection:
     closes_chain: bool = False
     captures_deletes: bool = True
     ddl_capture: dict[str, Any] | None = None  # the source-side schema-change capture (logical/ddl.py) state
+    schema_objects: dict[str, Any] | None = None  # the objects by OID at the chain's start (logical/objects.py)
 
 
 @dataclass
@@ -222,6 +223,7 @@ class Manifest:
                 method=x.get("chain") or ("logical" if self.consistent_point.get("slot") else "none"),
                 slot=self.consistent_point.get("slot"),
                 schema_fingerprint=x.get("schema_fingerprint"),
+                schema_objects=x.get("schema_objects"),
                 replica_identity_full_set=list(x.get("replica_identity_full_set") or []),
             )
         return None

@@ -7,7 +7,6 @@ connections (a whole backup_daily_full run is covered elsewhere); the rebuild is
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 
@@ -17,9 +16,8 @@ from wedsync_airflow.resources import airflow_resources
 from wedsync_backup.commands.resources import RunRef
 from wedsync_backup.policy import load_policy
 
-from tests.fixtures.airflow import Stack
+from tests.fixtures.airflow import Stack, own_repository
 from tests.fixtures.backups import full_backup
-from tests.fixtures.storage import unique_bucket
 
 SOURCE_SQL = """
 CREATE TABLE organizations (id bigserial PRIMARY KEY, name text NOT NULL);
@@ -35,21 +33,8 @@ ROW = (
 
 @pytest.mark.slow
 def test_catalog_rebuild_dag_brings_back_a_lost_catalog(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    source, catalog = stack.new_database("rebuild_src"), stack.new_database("rebuild_cat")
-    with psycopg.connect(stack.cluster.dsn(source), autocommit=True) as conn:
-        conn.execute(SOURCE_SQL)
-    s3_bucket, gcs_bucket = unique_bucket("s3"), unique_bucket("gcs")
-    stack.config.s3.create_bucket(s3_bucket)
-    stack.config.gcs.create_bucket(gcs_bucket)
-    env = stack.env(
-        WEDSYNC_SOURCE=stack.conn_json(source),
-        BACKUP_CATALOG=stack.conn_json(catalog),
-        BACKUP_PRIMARY=json.dumps({"conn_type": "fs", "extra": {"path": f"/tmp/wedsync-rebuild-{uuid.uuid4().hex}"}}),
-    )
-    env.update(WEDSYNC_BACKUP_S3_BUCKET=s3_bucket, WEDSYNC_BACKUP_GCS_BUCKET=gcs_bucket)
-    for key, value in env.items():
-        if key.startswith(("AIRFLOW_CONN_", "WEDSYNC_")) or key in stack.config.gcs.env():
-            monkeypatch.setenv(key, value)
+    repo = own_repository(stack, monkeypatch, SOURCE_SQL)
+    catalog, env = repo.catalog, repo.env
     run = RunRef("backup_daily_full", f"manual__{uuid.uuid4().hex}", datetime.now(UTC))
     full_backup(airflow_resources(load_policy()), run, reason="before the rebuild")
     with psycopg.connect(stack.cluster.dsn(catalog)) as conn:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import random
+import time
+import uuid
+from datetime import datetime
 
 import pytest
 from wedsync_airflow.notifiers import send_alert
@@ -12,15 +15,20 @@ from wedsync_backup.assurance_policy import ValidationQuery, load_assurance
 from wedsync_backup.backup_tests import latest_tests
 from wedsync_backup.catalog import Catalog
 from wedsync_backup.crypto import Keyring
-from wedsync_backup.drill import DrillRequest, check_table, run_drill, scratch_name
-from wedsync_backup.repository import read_manifest
+from wedsync_backup.drill import DrillRequest, check_table, random_moment, run_drill, scratch_name
+from wedsync_backup.incremental import read_changes
+from wedsync_backup.logical.decoding import Change, Commit
+from wedsync_backup.replicate import replicate
+from wedsync_backup.repository import committed_manifests, read_manifest
 from wedsync_backup.restore import restore_backup
+from wedsync_backup.verify import verify_copies
 
 from devstack.postgres import Cluster
 from tests.fixtures.alerts import Inbox
 from tests.fixtures.backups import commit_backup, corrupt
 from tests.fixtures.storage import StorageTargets
 from tests.wedsync_backup.test_export import pg_target
+from tests.wedsync_backup.test_incremental import SCHEMA, Chain, drop_db, new_db, write
 
 SHIPPED_QUERIES = load_assurance(env={}).drills.validation_queries
 
@@ -151,3 +159,94 @@ def test_table_checks_find_missing_and_altered_rows_whatever_the_row_order(
         conn.execute("DELETE FROM public.guests WHERE id = (SELECT max(id) FROM public.guests)")
         problem = check_table(conn, guests, targets.primary, ring, backup_id)
         assert f"{guests.row_count - 1} rows restored, the manifest says {guests.row_count}" in problem
+
+
+def test_the_weekly_drill_restores_a_random_moment_of_the_point_in_time_window(
+    pg_cluster: Cluster, module_targets: StorageTargets
+) -> None:
+    """Weekly: a random moment between the full and the last capture, restored exactly as of that moment.
+
+    The validation query encodes the moment: every row committed by then is there, none committed after it.
+    """
+    db, cat_db = new_db(pg_cluster, SCHEMA), f"cat_{uuid.uuid4().hex[:8]}"
+    pg_cluster.create_database(cat_db)
+    cat = Catalog(pg_cluster.dsn(cat_db))
+    cat.migrate()
+    primary, *others = module_targets
+    c = Chain(pg_cluster, db, primary, Keyring(os.urandom(32)), full_id="full-weekly", ddl_capture=False)
+    try:
+        full = c.start()
+        for dst in others:
+            replicate(full, primary, dst)
+        cat.complete_backup(full, full.sha256(), verify_copies(full, list(module_targets), c.ring), None)
+        for i in range(6):
+            write(pg_cluster, db, "INSERT INTO guests (name) VALUES (%s)", (f"w{i}",))
+            time.sleep(0.05)
+        inc = c.backup()
+        committed = {
+            ev.new["name"]: at
+            for at, ev in _row_commits(read_changes(inc, c.store, c.ring))
+            if ev.table == ("public", "guests")
+        }
+        window = committed_manifests(c.store)
+        assert random_moment([full], full, random.Random(0)) is None  # nothing captured after the full
+        # a seed whose moment falls among the writes, so the restore must split them
+        seed = next(
+            s
+            for s in range(200)
+            if min(committed.values()) < random_moment(window, full, random.Random(s)) < max(committed.values())
+        )
+        moment = random_moment(window, full, random.Random(seed))
+        assert moment is not None
+        assert (
+            datetime.fromisoformat(full.consistent_point["time"])
+            <= moment
+            <= datetime.fromisoformat(inc.extra["captured_at"])
+        )
+        present = [n for n, at in committed.items() if at <= moment]
+        absent = [n for n, at in committed.items() if at > moment]
+        assert present and absent
+        as_of_moment = ValidationQuery(
+            "the rows of the chosen moment",
+            f"SELECT v.n FROM unnest({_text_array(present)}) v(n) WHERE v.n NOT IN (SELECT name FROM guests) "
+            f"UNION ALL SELECT name FROM guests WHERE name = ANY({_text_array(absent)})",
+        )
+        result = run_drill(
+            cat,
+            {c.store.name: c.store},
+            c.ring,
+            pg_target(pg_cluster, "postgres", "drill_target"),
+            DrillRequest(trigger="weekly"),
+            queries=[as_of_moment],
+            run_key="run-weekly",
+            tested_by="pytest",
+            notify=send_alert,
+            dag_id="restore_drill",
+            run_id="run-weekly",
+            rng=random.Random(seed),
+        )
+        assert result.passed, result.problems
+        assert result.point_in_time == moment.isoformat()
+        assert result.validation == {"the rows of the chosen moment": 0}
+        assert run_row(cat, full.backup_id, "run-weekly")["details"]["point_in_time"] == moment.isoformat()
+        assert scratch_name("run-weekly") not in databases(pg_cluster)
+    finally:
+        c.close()
+        drop_db(pg_cluster, db)
+        pg_cluster.psql("-c", f'DROP DATABASE IF EXISTS "{cat_db}" WITH (FORCE)')
+
+
+def _row_commits(events) -> list[tuple[datetime, Change]]:
+    """(commit time, change) of each captured row change."""
+    out, pending = [], []
+    for _, _, ev in events:
+        if isinstance(ev, Change):
+            pending.append(ev)
+        elif isinstance(ev, Commit):
+            out += [(ev.at, ch) for ch in pending]
+            pending = []
+    return out
+
+
+def _text_array(names: list[str]) -> str:
+    return "ARRAY[" + ", ".join(f"'{n}'" for n in names) + "]::text[]"

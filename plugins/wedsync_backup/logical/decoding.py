@@ -15,6 +15,7 @@ Values are the types' text output (the capture session pins TimeZone/DateStyle s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -73,13 +74,14 @@ def _quoted(s: str, i: int, q: str) -> tuple[str, int]:
         return "".join(out), j + 1
 
 
+_BARE_IDENT = re.compile(r"[^.\[,: ]*")
+
+
 def _ident(s: str, i: int) -> tuple[str, int]:
     """An identifier as quote_identifier prints it, starting at s[i]; returns (name, index after it)."""
     if s[i] == '"':
         return _quoted(s, i, '"')
-    j = i
-    while j < len(s) and s[j] not in ".[,: ":
-        j += 1
+    j = _BARE_IDENT.match(s, i).end()  # type: ignore[union-attr]  # always matches (possibly empty)
     return s[i:j], j
 
 
@@ -105,15 +107,24 @@ def _value(s: str, i: int) -> tuple[object, int]:
     return s[i:j], j
 
 
-def _columns(s: str, i: int, stop: str | None = None) -> tuple[dict[str, object], int]:
+def _columns(
+    s: str, i: int, stop: str | None = None, shape: list[str] | None = None, printed: list[str] | None = None
+) -> tuple[dict[str, object], int]:
+    """Columns and values from s[i] (to ``stop``); ``shape`` collects each column as ``name[type]``,
+    ``printed`` each column's ``name[type]:`` as printed."""
     cols: dict[str, object] = {}
     while i < len(s):
         if stop and s.startswith(stop, i):
             return cols, i + len(stop)
+        start = i
         name, i = _ident(s, i)
         if s[i] != "[":
             raise ValueError(f"expected [type] after column {name}")
         j = s.index("]:", i)
+        if shape is not None:
+            shape.append(f"{name}{s[i : j + 1]}")
+        if printed is not None:
+            printed.append(s[start : j + 2])
         cols[name], i = _value(s, j + 2)
         if i < len(s) and s[i] == " ":
             i += 1
@@ -122,6 +133,12 @@ def _columns(s: str, i: int, stop: str | None = None) -> tuple[dict[str, object]
 
 def change_head(line: str) -> tuple[list[tuple[str, str]], str]:
     """The tables and the operation of a change line, without parsing its values (cheap, for counting)."""
+    tables, op, _ = _head(line)
+    return tables, op
+
+
+def _head(line: str) -> tuple[list[tuple[str, str]], str, int]:
+    """(tables, operation, index after the operation's colon) of a change line."""
     try:
         i, tables = 6, []
         while True:
@@ -131,10 +148,51 @@ def change_head(line: str) -> tuple[list[tuple[str, str]], str]:
                 i += 2
                 continue
             break
-        op = line[i + 2 : line.index(":", i + 2)]
-        return tables, op.lower()
+        end = line.index(":", i + 2)
+        return tables, line[i + 2 : end].lower(), end + 1
     except (ValueError, IndexError) as e:
         raise _fail(line, str(e)) from e
+
+
+def change_shape(line: str) -> tuple[list[tuple[str, str]], str, list[str]]:
+    """(tables, operation, columns as ``name[type]``) of a change line, as the decoder saw the table then.
+
+    INSERT and UPDATE: every column (the new tuple); DELETE: the key (or the full old row) only; TRUNCATE: none.
+    """
+    tables, op, end = _head(line)
+    shape: list[str] = []
+    if op != "truncate":
+        rest = line[end + 1 :]
+        try:
+            if rest.startswith("old-key: "):
+                _, j = _columns(rest, len("old-key: "), stop="new-tuple: ")
+                _columns(rest, j, shape=shape)
+            elif not rest.startswith("(no-tuple-data)"):
+                _columns(rest[len("new-tuple: ") :] if rest.startswith("new-tuple: ") else rest, 0, shape=shape)
+        except (ValueError, IndexError) as e:
+            raise _fail(line, str(e)) from e
+    return tables, op, shape
+
+
+# One value as test_decoding prints it (atomic: a line that does not match fails fast).
+_VALUE = r"(?>null|unchanged-toast-datum|B'[01]*+'|'(?:[^']++|'')*+'|[^ ']++)"
+
+
+def same_shape_pattern(line: str) -> re.Pattern[str] | None:
+    """A pattern that matches any line of the same table, operation and printed columns as this INSERT (or
+    UPDATE without an old key), whatever the values: knowing a row has a known shape without parsing it."""
+    _, op, end = _head(line)
+    rest = line[end + 1 :]
+    if op not in ("insert", "update") or rest.startswith(("old-key: ", "new-tuple: ", "(no-tuple-data)")):
+        return None
+    printed: list[str] = []
+    try:
+        _columns(rest, 0, printed=printed)
+    except (ValueError, IndexError) as e:
+        raise _fail(line, str(e)) from e
+    if not printed:
+        return None
+    return re.compile(re.escape(line[: end + 1]) + " ".join(re.escape(t) + _VALUE for t in printed))
 
 
 def parse_line(line: str) -> Change | Begin | Commit | Message:

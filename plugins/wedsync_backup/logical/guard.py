@@ -13,8 +13,20 @@ the incremental:
   fingerprint at its end with the last one the stream accounts for. Then the chain ends before the first
   transaction since the last verified point that may have changed the schema: one that wrote no rows (a DDL-only
   transaction looks like that; not our own, marked ones, nor an ANALYZE) or that wrote catalog rows of user
-  objects (``ddl_xids``). That is never later than the change itself, so every moment kept is exact; it may be
-  earlier (the gap is reported).
+  objects (``ddl_xids``: creations and alterations leave rows with their xid). Two kinds of change leave no
+  such row, and the objects recorded at the verified point (``objects.py``: OIDs, and each table's columns as
+  the decoder prints them) bound them from the stream itself:
+  - a DROP: an object gone since the verified point moves the cut before the last transaction that wrote a
+    row of it (a dropped table), or back to the verified point (any other object: nothing places it);
+  - a change whose catalog rows a later change rewrote (a column renamed twice): a row decoded with columns
+    other than its table's at the verified point ends the chain. When no transaction since the table's last
+    row of the old shape left catalog rows of that table (``objects.table_xids``), the change left none: the
+    cut goes before that last transaction (it may itself have changed the table after writing the row).
+  Where the objects at the verified point are not known (a chain started before they were recorded, a point
+  after a replayed change, a chain being closed), the cut goes back to the verified point. The cut is never
+  later than the change itself, so every moment kept is exact; it may be earlier (the gap is reported). What
+  is left: a change whose catalog rows a later uncaptured change rewrote, with no row of that table written
+  in between to show it, is placed by the later change (too late).
 
 When the chain ends, the incremental records how many of its transactions to replay and the moment from which
 it no longer knows the database exactly (``covered_until``); everything up to there stays restorable.
@@ -24,12 +36,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from wedsync_backup.logical.ddl import FENCE_PREFIX, MARKER_PREFIX, MESSAGE_PREFIX, Ddl, DdlMessage, message_content
-from wedsync_backup.logical.decoding import Commit, change_head, parse_line
+from wedsync_backup.logical.decoding import Commit, change_head, change_shape, parse_line, same_shape_pattern
+from wedsync_backup.logical.objects import SchemaObjects
 from wedsync_backup.logical.statements import Statement, Unsplittable, ddl_statements, replayable
 
 log = logging.getLogger(__name__)
@@ -88,7 +102,7 @@ class _Point:
     """A place between two transactions where the chain may end: what was captured before it."""
 
     transactions: int  # transactions written before this point
-    stats: CaptureStats
+    stats: CaptureStats | None  # None: not kept while reading (the capture recounts it from what it stored)
     why: str = ""
     next_commit: str | None = None  # commit time of the first transaction after the point
 
@@ -100,6 +114,8 @@ class ChangeGuard:
         ddl_xids: set[str],
         skip_schemas: set[str],
         analyze_xids: set[str] | None = None,
+        objects: SchemaObjects | None = None,
+        table_xids: dict[str, set[str]] | None = None,
     ) -> None:
         self.expected = expected_fingerprint  # the schema as the stream so far accounts for it
         self.ddl_xids = ddl_xids
@@ -117,6 +133,22 @@ class ChangeGuard:
         self._verified = _Point(0, CaptureStats(), "the last point the schema fingerprint was verified")
         self._suspect: _Point | None = None  # first transaction since then that may have changed the schema
         self._groups: dict[str, list[Statement] | None] = {}
+        self._objects = objects  # the schema's objects at the verified point (None: not known)
+        self._tables = {name: key for key, name in objects.tables.items()} if objects else {}
+        self._tx_tables: set[str] = set()  # tables of ``_objects`` the open transaction wrote
+        self._tx_shaped: set[str] = set()  # ... of which a full row showed the table's shape at the verified point
+        self._tx_checked: set[tuple[str, str]] = set()  # (table, operation) whose columns this transaction checked
+        self._patterns: dict[tuple[str, str], re.Pattern[str]] = {}  # (table, operation): lines of the old shape
+        self._decoded: dict[str, _Point] = {}  # per table: the point before the last transaction that wrote it
+        self._shaped: dict[str, _Point] = {}  # ... that wrote a full row of its shape at the verified point
+        self._reshaped: list[tuple[str, str]] = []  # tables decoded with another shape: changed, uncaptured
+        self._first_commit_since_write: str | None = None
+        self._uncaptured = False  # the cut is for a change nothing captured
+        self._xid_tables: dict[str, list[str]] = {}  # xid -> tables whose catalog rows it wrote (objects.table_xids)
+        for key, xids in (table_xids or {}).items():
+            for x in xids:
+                self._xid_tables.setdefault(x, []).append(key)
+        self._touched: dict[str, int] = {}  # per table: where the last transaction that left its catalog rows began
 
     # --- reading ---------------------------------------------------------------------------------------
     def feed(self, lsn: str, xid: str, data: str) -> list[tuple[str, str, str | dict[str, Any]]]:
@@ -127,6 +159,9 @@ class ChangeGuard:
             self._held = (lsn, xid, data)
             self._tx_has_content = self._tx_explained = False
             self._tx_suspect = xid in self.ddl_xids
+            self._tx_tables, self._tx_shaped, self._tx_checked = set(), set(), set()
+            for key in self._xid_tables.get(xid, ()):
+                self._touched[key] = self._written
             if self._tx_suspect:
                 self._suspect_here(f"transaction {xid} changed the catalog rows of user objects")
             return []
@@ -135,8 +170,10 @@ class ChangeGuard:
         if self.cut is not None:  # reading on only to learn when the cut transaction committed
             return []
         if data.startswith("table "):
-            tables, _ = change_head(data)
+            tables, op = change_head(data)
             if all(s in self.skip_schemas for s, _ in tables):
+                return []
+            if self._tables and self._changed_shape(data, tables, op):
                 return []
             return self._content((lsn, xid, data))
         found = message_content(data)
@@ -147,16 +184,32 @@ class ChangeGuard:
             return []
         return self._content((lsn, xid, data))
 
-    def finish(self, live_fingerprint: str | None) -> None:
-        """End of the stream: the source's schema now must be the one the stream accounts for."""
+    def finish(self, live_fingerprint: str | None, live_objects: SchemaObjects | None = None) -> None:
+        """End of the stream: the source's schema now must be the one the stream accounts for.
+
+        ``live_objects``: the objects in the same snapshot as ``live_fingerprint`` (None: not known).
+        """
         if self.cut is None and self.expected and live_fingerprint and live_fingerprint != self.expected:
             self._end_at_suspect("the source's schema changed and the change was not captured")
+        gone = self._objects.dropped(live_objects) if self._objects and live_objects else ([], [])
+        if self.cut is None and (gone[0] or gone[1]):
+            self._end_at_suspect(f"{len(gone[0]) + len(gone[1])} objects were dropped and the drop was not captured")
+        if self._uncaptured:
+            self._before_drops(*gone, known=self._objects is not None and live_objects is not None)
         self.done = True
+
+    @property
+    def needs_recount(self) -> bool:
+        """The cut moved to a point whose statistics were not kept: the capture recounts them."""
+        return self.cut is not None and self.cut.stats is None
 
     # --- results ---------------------------------------------------------------------------------------
     @property
     def result_stats(self) -> CaptureStats:
-        return self.cut.stats if self.cut else self.stats.committed()
+        if self.cut is None:
+            return self.stats.committed()
+        assert self.cut.stats is not None, "recount the statistics first (needs_recount)"
+        return self.cut.stats
 
     def chain_end(self, captured_at: str) -> dict[str, Any] | None:
         """What the manifest records when the chain ends here (None: it goes on)."""
@@ -195,6 +248,8 @@ class ChangeGuard:
         if self.cut is not None:
             self.done = True
             return []
+        if self._first_commit_since_write is None:
+            self._first_commit_since_write = when  # the next commit after the last written transaction
         if not self._tx_has_content:
             self._held = None
             if not self._tx_explained and not self._tx_suspect and xid not in self.analyze_xids:
@@ -204,13 +259,59 @@ class ChangeGuard:
             return []
         line = (lsn, xid, data)
         self.stats.see(*line)
+        before = _Point(self._written, None, "", self._first_commit_since_write)
+        for key in self._tx_tables:  # the table existed when this transaction wrote it, maybe not after
+            self._decoded[key] = before
+        for key in self._tx_shaped:  # ... and had its old shape when it wrote it
+            self._shaped[key] = before
         self._written += 1
+        self._first_commit_since_write = None
         return [line]
 
     def _suspect_here(self, why: str) -> None:
         """The transaction starting now may have changed the schema unseen: remember the place before it."""
         if self._suspect is None:
             self._suspect = _Point(self._written, self.stats.committed(), why)
+
+    def _changed_shape(self, line: str, tables: list[tuple[str, str]], op: str) -> bool:
+        """Check the table's columns as decoded against its shape at the verified point (once per transaction
+        and kind of change): True when they differ, so the table changed and nothing captured it (the chain
+        ends; see ``finish``)."""
+        assert self._objects is not None
+        keys = [k for k in map(self._tables.get, tables) if k]
+        self._tx_tables.update(keys)
+        check = (keys[0], "delete" if op == "delete" else "row") if keys and op != "truncate" else None
+        if check is None or check in self._tx_checked:
+            return False
+        self._tx_checked.add(check)
+        key, expected = keys[0], self._objects.shapes[keys[0]]
+        known = self._patterns.get((key, op))
+        if known is not None and known.fullmatch(line):  # the common case, without parsing the row
+            self._tx_shaped.add(key)
+            return False
+        columns = change_shape(line)[2]
+        if op == "delete" and set(columns) <= set(expected):
+            return False  # the key (or the whole old row): no proof of the whole shape, no contradiction either
+        if tuple(columns) == expected:
+            self._tx_shaped.add(key)
+            if known is None and (pattern := same_shape_pattern(line)) is not None:
+                self._patterns[(key, op)] = pattern
+            return False
+        schema, table = tables[0]
+        self._reshaped.append((schema, table))
+        why = (
+            f"rows of {schema}.{table} were decoded with columns {', '.join(columns)}, not those it had at the last "
+            "verified point: the table changed and the change was not captured"
+        )
+        point = self._suspect or _Point(
+            self._written,
+            self.stats.committed(),
+            f"before transaction {self._written + 1}",
+            self._first_commit_since_write,
+        )
+        self.cut = _Point(point.transactions, point.stats, f"{why}; {point.why}", point.next_commit)
+        self._uncaptured = True  # finish moves the cut before the table's last row of the old shape
+        return True
 
     def _end_before_this_tx(self, why: str) -> None:
         self.cut = _Point(self._written, self.stats.committed(), why)
@@ -219,7 +320,34 @@ class ChangeGuard:
     def _end_at_suspect(self, why: str) -> None:
         point = self._suspect or self._verified
         self.cut = _Point(point.transactions, point.stats, f"{why}; {point.why}", point.next_commit)
+        self._uncaptured = True
         log.warning("The chain ends early: %s", self.cut.why)
+
+    def _before_drops(self, tables: list[tuple[str, str]], others: list[str], *, known: bool) -> None:
+        """Move an uncaptured change's cut before every drop it may include (see ``objects.py``)."""
+        assert self.cut is not None
+        if not known:
+            self._move_cut(self._verified, "the objects at that point are not known, so a DROP cannot be placed")
+            return
+        if others:
+            self._move_cut(self._verified, f"{', '.join(others[:5])} were dropped, and a DROP leaves no trace")
+        for schema, table in tables:
+            key = self._tables[(schema, table)]
+            point = self._decoded.get(key, self._verified)
+            self._move_cut(point, f"table {schema}.{table} was dropped after it last had rows written")
+        for schema, table in self._reshaped:
+            key = self._tables[(schema, table)]
+            point = self._shaped.get(key, self._verified)
+            if self._touched.get(key, -1) >= point.transactions:
+                continue  # a transaction since then left catalog rows of the table: it places the change (a suspect)
+            self._move_cut(point, f"table {schema}.{table} changed after it last had a row of its old shape written")
+
+    def _move_cut(self, point: _Point, why: str) -> None:
+        assert self.cut is not None
+        if point.transactions < self.cut.transactions:
+            where = point.why or f"before transaction {point.transactions + 1} of this capture"
+            self.cut = _Point(point.transactions, point.stats, f"{self.cut.why}; {why}: {where}", point.next_commit)
+            log.warning("The chain ends earlier: %s", self.cut.why)
 
     def _ddl_message(self, lsn: str, xid: str, m: DdlMessage) -> list[tuple[str, str, str | dict[str, Any]]]:
         if self.expected is not None and (m.before is None or m.before != self.expected):
@@ -243,6 +371,7 @@ class ChangeGuard:
         self.expected = m.after
         # verified: the schema was exactly as expected just before this command
         self._verified = _Point(self._written, self.stats.committed(), f"before transaction {xid}")
+        self._objects, self._tables = None, {}  # not known after a replayed change
         self._suspect = None
         if self._tx_suspect:
             self._suspect_here(f"transaction {xid} changed the catalog rows of user objects")

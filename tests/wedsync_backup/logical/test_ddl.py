@@ -99,6 +99,12 @@ def assert_same(cluster: Cluster, restored: str, expected: str) -> None:
     assert rows(cluster, restored) == rows(cluster, expected)
 
 
+def assert_restores_as(c: Chain, clone: str, *moments: datetime | None) -> None:
+    """Restores to each moment (None: latest) equal ``clone``."""
+    for at in moments:
+        assert_same(c.cluster, c.restore_to(at), clone)
+
+
 def test_a_schema_change_travels_in_the_chain_and_both_sides_restore_exactly(
     pg_cluster: Cluster, source: str, tmp_path: Path
 ) -> None:
@@ -226,8 +232,92 @@ def test_a_change_that_bypassed_the_capture_ends_the_chain_before_it(
         end = m.extra["chain_end"]
         assert end and "was not captured" in end["reason"], end
         assert m.extra["transactions"] == 1
-        assert_same(c.cluster, c.restore_to(before), clone_before)
-        assert_same(c.cluster, c.restore_to(None), clone_before)
+        assert_restores_as(c, clone_before, before, None)
+    finally:
+        c.close()
+
+
+def test_without_the_capture_a_drop_among_writes_cuts_before_the_table_was_last_written(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """A DROP leaves no catalog row: a later uncaptured change must not pull the cut past it (objects.py)."""
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        assert remove_ddl_capture(c.source)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a1')")
+        before, clone_before = mark(c)
+        # one transaction writes the table, writes rows elsewhere and drops it; the next alters another table
+        write(
+            c.cluster,
+            c.db,
+            "INSERT INTO notes VALUES ('last', 9); INSERT INTO guests (name) VALUES ('b1'); DROP TABLE notes",
+        )
+        dropped = datetime.now(UTC)
+        write(c.cluster, c.db, "ALTER TABLE guests ADD COLUMN email text")  # leaves rows with its xid
+        write(c.cluster, c.db, "INSERT INTO guests (name, email) VALUES ('b2', 'b@example.com')")
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "public.notes was dropped" in end["reason"], end
+        assert end["replay_transactions"] == 2 and m.extra["transactions"] == 2
+        assert m.extra["per_table"] == {"public.guests": {"insert": 2}}
+        assert before < datetime.fromisoformat(end["covered_until"]) < dropped
+        assert_restores_as(c, clone_before, before, None)
+    finally:
+        c.close()
+
+
+def test_without_the_capture_objects_dropped_and_recreated_end_the_chain_at_the_verified_point(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """An index and a table dropped and re-created the same: the fingerprint is unchanged, yet the table's rows
+    are gone without a decoded DELETE. The OIDs tell; nothing in the stream places an index: the cut goes back
+    to the last verified point."""
+    write(pg_cluster, source, "CREATE INDEX guests_seat ON guests (seat)")
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        assert remove_ddl_capture(c.source)
+        fingerprint = schema_fingerprint(c.source)
+        _, clone_start = mark(c)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a1')")
+        write(
+            c.cluster,
+            c.db,
+            "INSERT INTO guests (name) VALUES ('b1'); DROP INDEX guests_seat;"
+            " CREATE INDEX guests_seat ON guests (seat); DROP TABLE notes; CREATE TABLE notes (body text, n int)",
+        )
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('b2')")
+        assert schema_fingerprint(c.source) == fingerprint
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "objects were dropped and the drop was not captured" in end["reason"], end
+        assert "were dropped, and a DROP leaves no trace" in end["reason"]
+        assert end["replay_transactions"] == 0 and m.extra["transactions"] == 0
+        assert_restores_as(c, clone_start, None)
+    finally:
+        c.close()
+
+
+def test_without_the_capture_rows_of_another_shape_end_the_chain_even_when_the_change_was_overwritten(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """A rename whose catalog row a second rename rewrote leaves no xid to find it by; the rows decoded in
+    between carry the new column name, which places the cut (before the table's last row of the old shape)."""
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        assert remove_ddl_capture(c.source)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
+        before, clone_before = mark(c)
+        write(c.cluster, c.db, "INSERT INTO notes VALUES ('old shape', 1)")
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN body TO text; INSERT INTO guests (name) VALUES ('b1')")
+        write(c.cluster, c.db, "CREATE INDEX guests_seat ON guests (seat)")  # leaves rows, but not of notes
+        write(c.cluster, c.db, "INSERT INTO notes (text, n) VALUES ('new shape', 2)")
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN text TO body2")  # rewrites the same catalog row
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "public.notes were decoded with columns text[text], n[integer]" in end["reason"], end
+        assert end["replay_transactions"] == 1
+        assert_restores_as(c, clone_before, before, None)
     finally:
         c.close()
 

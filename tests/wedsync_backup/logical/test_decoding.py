@@ -12,7 +12,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wedsync_backup.errors import IntegrityError
-from wedsync_backup.logical.decoding import UNCHANGED_TOAST, Begin, Change, Commit, parse_line
+from wedsync_backup.logical.decoding import (
+    UNCHANGED_TOAST,
+    Begin,
+    Change,
+    Commit,
+    change_shape,
+    parse_line,
+    same_shape_pattern,
+)
+from wedsync_backup.logical.objects import read_schema_objects
 from wedsync_backup.logical.slot import DECODING_OPTIONS, PLUGIN, STABLE_OUTPUT
 
 from devstack.postgres import Cluster
@@ -195,6 +204,9 @@ def test_random_text_round_trips_through_the_slot(
         opts = ", ".join(f"'{o}'" for o in DECODING_OPTIONS)
         rows = conn.execute(f"SELECT data FROM pg_logical_slot_get_changes(%s, NULL, NULL, {opts})", (slot,)).fetchall()
     events = [parse_line(r[0]) for r in rows]
+    inserted = next(r[0] for r in rows if ": INSERT: " in r[0])
+    pattern = same_shape_pattern(inserted)
+    assert pattern is not None and pattern.fullmatch(inserted)  # whatever the values hold
     changes = [e for e in events if isinstance(e, Change)]
     assert [type(e) for e in events] == [Begin, Change, Commit] * 3
     assert all(ch.table == ("public", 'rt "odd". table') for ch in changes)
@@ -205,3 +217,65 @@ def test_random_text_round_trips_through_the_slot(
         ("UPDATE", first, then),
         ("DELETE", then, {}),
     ]
+
+
+def test_change_shape_lists_the_columns_the_decoder_printed() -> None:
+    line = "table public.t: UPDATE: old-key: id[integer]:1 new-tuple: id[integer]:3 \"a b\"[integer[]]:'{1}'"
+    assert change_shape(line) == ([("public", "t")], "update", ["id[integer]", "a b[integer[]]"])
+    assert change_shape("table public.t: DELETE: id[integer]:2")[2] == ["id[integer]"]
+    assert change_shape("table public.a, public.b: TRUNCATE: cascade")[1:] == ("truncate", [])
+
+
+def test_a_shape_pattern_matches_rows_of_that_shape_only() -> None:
+    head = 'table public."Z z": INSERT: id[integer]:'
+    p = same_shape_pattern(head + """1 "a b"[text]:'x''y z' n[numeric]:null b[bit(3)]:B'101'""")
+    assert p is not None
+    same = [
+        """-5 "a b"[text]:'' n[numeric]:NaN b[bit(3)]:B'000'""",
+        """1 "a b"[text]:'it''s n[numeric]:1' n[numeric]:2 b[bit(3)]:unchanged-toast-datum""",
+        """1 "a b"[text]:'''' n[numeric]:2 b[bit(3)]:null""",
+    ]
+    other = [
+        """1 "a b"[text]:'x' extra[text]:'y' n[numeric]:null b[bit(3)]:null""",
+        """1 "a b"[text]:'x n[numeric]:1 b[bit(3)]:null'""",
+        """1 "a b"[text]:'x' n[numeric]:null""",
+        """1 "a b"[text]:'x' n[numeric]:null b[bit(3)]:null c[int]:1""",
+    ]
+    assert all(p.fullmatch(head + rest) for rest in same)
+    assert not any(p.fullmatch(head + rest) for rest in other)
+    assert not p.fullmatch(head.replace("INSERT", "UPDATE") + same[0])
+    assert same_shape_pattern("table public.t: UPDATE: old-key: id[integer]:1 new-tuple: id[integer]:2") is None
+
+
+def test_the_recorded_shape_of_a_table_is_what_the_decoder_prints(pg_cluster: Cluster) -> None:
+    """The guard compares them (an uncaptured change shows as rows of another shape): they must agree."""
+    db, slot = f"shape_{uuid.uuid4().hex[:10]}", f"wsshape_{uuid.uuid4().hex[:10]}"
+    pg_cluster.create_database(db)
+    try:
+        with psycopg.connect(pg_cluster.dsn(db), autocommit=True, options="-c synchronous_commit=on") as conn:
+            conn.execute(
+                "CREATE TYPE mood AS ENUM ('ok'); CREATE SCHEMA other;"
+                " CREATE DOMAIN other.pos AS int CHECK (VALUE > 0);"
+                'CREATE TABLE "odd T" (id int PRIMARY KEY, "a ""b"" c" varchar(10), n numeric(5,2), tags text[],'
+                " m mood, p other.pos, at timestamptz, g int GENERATED ALWAYS AS (id * 2) STORED);"
+                'ALTER TABLE "odd T" DROP COLUMN tags'
+            )
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (slot, PLUGIN))
+            conn.execute("""INSERT INTO "odd T" (id, "a ""b"" c", m, p) VALUES (1, 'x', 'ok', 3)""")
+            conn.execute(STABLE_OUTPUT)
+            opts = ", ".join(f"'{o}'" for o in DECODING_OPTIONS)
+            [line] = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT data FROM pg_logical_slot_get_changes(%s, NULL, NULL, {opts})", (slot,)
+                ).fetchall()
+                if r[0].startswith("table ")
+            ]
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            objects = read_schema_objects(conn)
+        [(key, name)] = objects.tables.items()
+        assert name == ("public", "odd T")
+        assert tuple(change_shape(line)[2]) == objects.shapes[key]
+        assert "p[other.pos]" in objects.shapes[key] and "m[mood]" in objects.shapes[key]
+    finally:
+        pg_cluster.psql("-c", f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
