@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 
 from wedsync_backup.catalog.audit import write_audit
 from wedsync_backup.catalog.connection import CatalogBase, Conn, aware, parse_time
+from wedsync_backup.catalog.wedding_backups import record_wedding_backups
 from wedsync_backup.errors import ConfigError, IntegrityError
 from wedsync_backup.manifest import BACKUP_TYPES, Manifest, TableEntry
 
@@ -92,6 +93,12 @@ def locations_by_role(replicas: Sequence[dict[str, Any]], roles: Mapping[str, st
         if role in out and out[role] is None:
             out[role] = r.get("location")
     return out
+
+
+def point_type(manifest: Manifest) -> str:
+    if manifest.backup_type == "wedding":
+        return "wedding"
+    return "incremental" if manifest.parent_backup_id else "full"
 
 
 class Backups(CatalogBase):
@@ -384,9 +391,10 @@ class Backups(CatalogBase):
                 cp.get("lsn"),
                 cp.get("txid_snapshot"),
                 chain,
-                "incremental" if manifest.parent_backup_id else "full",
+                point_type(manifest),
             ),
         )
+        record_wedding_backups(conn, manifest)  # a wedding backup's per-wedding points, same transaction
         write_audit(
             conn,
             "backup_completed",
