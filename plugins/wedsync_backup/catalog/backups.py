@@ -115,7 +115,7 @@ class Backups(CatalogBase):
         run_id: str | None = None,
         reason: str | None = None,
         parent_backup_id: str | None = None,
-        components: Sequence[str] = ("database",),
+        components: Sequence[Any] = ("database",),
     ) -> bool:
         """Record the backup as in progress. False if it is already completed (a duplicate trigger)."""
         if backup_type not in BACKUP_TYPES:

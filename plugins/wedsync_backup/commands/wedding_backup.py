@@ -117,7 +117,7 @@ def begin(
         dag_id=run.dag_id,
         run_id=run.run_id,
         reason=reason,
-        components=("weddings",),
+        components=[{"wedding_ids": [d.wedding_id for d in due]}],  # what the console's wedding view matches
     )
     targets = [list(res.policy.target_names), [t.name for t in res.policy.replicas]]
     phases: dict[str, int] = {}

@@ -11,11 +11,13 @@ import pytest
 from wedsync_backup.catalog import Catalog
 from wedsync_backup.commands import backup
 from wedsync_backup.commands import wedding_backup as cmd
+from wedsync_backup.commands.prune import prune
 from wedsync_backup.commands.resources import NothingToDo, RunRef
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import ConfigError, IntegrityError
 from wedsync_backup.policy import load_policy
 from wedsync_backup.repository import read_manifest
+from wedsync_backup.watchdog import run_watchdog
 from wedsync_backup.weddings.export import read_wedding_slice
 from wedsync_backup.weddings.phases import local_today
 
@@ -160,3 +162,34 @@ def _wedding_rows(w: World, backup_id: str) -> list[dict]:
 def _operations(w: World) -> int:
     with w.catalog.connect() as conn:
         return conn.execute("SELECT count(*) AS n FROM backup_operations").fetchone()["n"]
+
+
+def test_watchdog_checks_the_wedding_day_rpo(wworld: World) -> None:
+    """Wedding 1 is on its day: its newest wedding backup must be younger than 5 minutes."""
+    w = wworld
+    alerts: list = []
+    policy = w.policy.weddings
+    late = run_watchdog(w.catalog, {}, NOW + timedelta(minutes=30), notify=alerts.append, weddings=policy)
+    states = {s.tier: s for s in late.states}
+    assert "wedding_day:1" in late.opened and "wedding_day:2" not in states  # 2 is days away
+    assert len(alerts) == 1 and "backup_wedding_proximity" in str(alerts[0])
+    fine = run_watchdog(w.catalog, {}, NOW, notify=alerts.append, weddings=policy)
+    assert fine.closed == ["wedding_day:1"] and not any(s.breached for s in fine.states)
+
+
+def test_wedding_backups_are_pruned_by_their_recorded_retention(wworld: World) -> None:
+    """The proximity runs kept weddings on their day (extended: 365 days); the newest backup always stays."""
+    w = wworld
+    res = w.resources()
+    proximity = [
+        b["backup_id"] for b in w.catalog.list_completed("wedding") if b["dag_id"] == "backup_wedding_proximity"
+    ]
+    assert len(proximity) == 2
+    kept = prune(res, backup_type="wedding", tier="wedding", now=NOW + timedelta(days=300))
+    assert all(ids == [] for ids in kept.pruned.values())
+    gone = prune(res, backup_type="wedding", tier="wedding", now=NOW + timedelta(days=366))
+    assert sorted(gone.pruned["primary"]) == sorted(gone.pruned["offsite"]) == sorted(proximity)
+    for backup_id in proximity:
+        assert w.catalog.get_backup(backup_id)["pruned_at"] is not None  # type: ignore[index]
+        assert not w.storages["secondary"].exists(f"backups/{backup_id}/manifest.json")
+    assert len(w.catalog.list_completed("wedding")) == 1  # backup_wedding_now's (standard, but the newest)
