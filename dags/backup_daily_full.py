@@ -1,6 +1,7 @@
 """Daily full backup: one consistent snapshot of the whole platform database, three verified copies.
 
-preflight -> export (to primary) -> replicate (secondary, offsite; mapped) -> verify (every copy; mapped)
+preflight -> export (to primary) -> configurations (policy, connections, variables, configuration tables)
+-> replicate (secondary, offsite; mapped) -> verify (every copy; mapped)
 -> commit (manifest on every target, catalog row 'completed') -> prune (30-day retention).
 Any failure marks the catalog row 'failed': a backup counts only when every copy is verified.
 """
@@ -22,6 +23,7 @@ from wedsync_airflow.operators.backup import (
     ReplicateOperator,
     VerifyOperator,
 )
+from wedsync_airflow.operators.configurations import StoreConfigurationsOperator
 
 with DAG(
     dag_id="backup_daily_full",
@@ -44,7 +46,11 @@ with DAG(
     preflight = BackupPreflightOperator(task_id="preflight", backup_type="full", tier="full")
     backup_id = preflight.output["backup_id"]
     export = ExportOperator(task_id="export", backup_id=backup_id, backup_type="full")
-    sha = export.output["manifest_sha256"]
+    # the configurations component (policy, connections, variables, configuration tables) joins the backup
+    configurations = StoreConfigurationsOperator(
+        task_id="configurations", backup_id=backup_id, manifest_sha256=export.output["manifest_sha256"]
+    )
+    sha = configurations.output["manifest_sha256"]
     replicate = ReplicateOperator.partial(task_id="replicate", backup_id=backup_id, manifest_sha256=sha).expand(
         target_name=target_names(replicas_only=True)
     )
@@ -69,6 +75,6 @@ with DAG(
         retries=0,
     )
 
-    export >> replicate >> verify
+    export >> configurations >> replicate >> verify
     commit >> prune
-    [preflight, export, replicate, verify, commit] >> mark_failed
+    [preflight, export, configurations, replicate, verify, commit] >> mark_failed

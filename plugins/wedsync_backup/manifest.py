@@ -157,6 +157,50 @@ class Provenance:
 
 
 @dataclass
+class ConfigTable:
+    """One configuration table's rows (COPY text), from the database ``ConfigurationsSection.tables_conn_id``."""
+
+    schema: str
+    name: str
+    columns: list[str]
+    row_count: int
+    object: StoredObject
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass
+class ConfigurationsSection:
+    """The configurations component: what rebuilds the backup system itself (configurations/).
+
+    Only names are here; the policy text, the connections (with their secrets) and the variables are in
+    the encrypted objects.
+    """
+
+    policy: StoredObject  # the policy YAML in force
+    connections: StoredObject  # JSON as `airflow connections import` reads it
+    variables: StoredObject  # JSON as `airflow variables import` reads it
+    connection_ids: list[str] = field(default_factory=list)
+    variable_keys: list[str] = field(default_factory=list)
+    tables: list[ConfigTable] = field(default_factory=list)
+    tables_conn_id: str | None = None
+    missing: list[str] = field(default_factory=list)  # connections/variables named but not defined
+
+    def objects(self) -> list[StoredObject]:
+        return [self.policy, self.connections, self.variables, *(t.object for t in self.tables)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConfigurationsSection:
+        d = dict(d)
+        for k in ("policy", "connections", "variables"):
+            d[k] = StoredObject(**d[k])
+        d["tables"] = [ConfigTable(**{**t, "object": StoredObject(**t["object"])}) for t in d.get("tables", [])]
+        return cls(**d)
+
+
+@dataclass
 class Manifest:
     backup_id: str
     backup_type: str
@@ -173,6 +217,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     chain: ChainSection | None = None
     provenance: Provenance | None = None
+    configurations: ConfigurationsSection | None = None
     # Per-tier capture details (an incremental's LSN range, counts, sequences). Manifests written before the
     # typed sections also kept their provenance and chain here; ``provenance_info``/``chain_info`` read both.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -195,7 +240,14 @@ class Manifest:
             out.append(self.changes_object)
         if self.extra.get("large_objects"):  # full backups: the large objects' contents (large_objects.py)
             out.append(StoredObject(**self.extra["large_objects"]["object"]))
+        if self.configurations is not None:
+            out += self.configurations.objects()
         return out
+
+    @property
+    def components(self) -> list[str]:
+        """What the backup holds, as the catalog's ``components_backed_up`` lists it."""
+        return ["database"] + (["configurations"] if self.configurations is not None else [])
 
     @property
     def point(self) -> ConsistentPoint:
@@ -301,6 +353,8 @@ class Manifest:
             d["chain"] = ChainSection(**d["chain"])
         if d.get("provenance") is not None:
             d["provenance"] = Provenance(**d["provenance"])
+        if d.get("configurations") is not None:
+            d["configurations"] = ConfigurationsSection.from_dict(d["configurations"])
         manifest = cls(**d)
         manifest._read_body = raw
         return manifest
