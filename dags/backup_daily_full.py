@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, TriggerRule
+from airflow.sdk import DAG, Param, TriggerRule
 from wedsync_airflow.assets import FULL_BACKUP_VERIFIED
 from wedsync_airflow.dag_support import retry_delay, target_names
 from wedsync_airflow.notifiers import alert_on
@@ -40,12 +40,23 @@ with DAG(
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(hours=6),
     },
+    # A run triggered by hand may say why, and be recorded as a manual backup (the console's type manual):
+    # a full export all the same, starting a chain, kept by the full tier's retention.
+    params={
+        "backup_type": Param(
+            "full", enum=["full", "manual"], title="Backup type", description="manual: a full backup taken by hand"
+        ),
+        "reason": Param(
+            None, type=["null", "string"], maxLength=500, title="Reason", description="Why (recorded in the catalog)"
+        ),
+    },
     tags=["wedsync", "backup", "tier:full"],
     doc_md=__doc__,
 ) as dag:
-    preflight = BackupPreflightOperator(task_id="preflight", backup_type="full", tier="full")
+    backup_type, reason = "{{ params.backup_type }}", "{{ params.reason or '' }}"
+    preflight = BackupPreflightOperator(task_id="preflight", backup_type=backup_type, tier="full", reason=reason)
     backup_id = preflight.output["backup_id"]
-    export = ExportOperator(task_id="export", backup_id=backup_id, backup_type="full")
+    export = ExportOperator(task_id="export", backup_id=backup_id, backup_type=backup_type)
     # the configurations component (policy, connections, variables, configuration tables) joins the backup
     configurations = StoreConfigurationsOperator(
         task_id="configurations", backup_id=backup_id, manifest_sha256=export.output["manifest_sha256"]

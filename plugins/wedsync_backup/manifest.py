@@ -17,6 +17,8 @@ from wedsync_backup import FORMAT_VERSION
 from wedsync_backup.errors import IntegrityError
 
 BACKUP_TYPES = ("full", "incremental", "archive", "manual", "wedding")
+# Whole-database exports that start an incremental chain: the daily full, and a full taken by hand (manual).
+FULL_TYPES = ("full", "manual")
 
 
 def backup_prefix(backup_id: str) -> str:

@@ -234,6 +234,10 @@ def test_recovery_points_and_named_points(console: Console, clients: dict[str, h
         ),
         ({"type": "wedding", "reason": "ok reason"}, {"weddingIds"}),
         ({"type": "full", "reason": "ok reason", "weddingIds": ["w-1"]}, {"weddingIds"}),
+        (
+            {"type": "incremental", "reason": "ok reason", "includeComponents": ["configurations"]},
+            {"includeComponents"},
+        ),
     ],
 )
 def test_bad_backup_requests_trigger_nothing(
@@ -271,6 +275,40 @@ def test_a_manual_backup_triggers_the_dag_as_the_user(
     assert rows[-1]["details"]["outcome"] == "triggered" and rows[-1]["details"]["run_id"] == b["run_id"]
     assert rows[-1]["backup_id"] == b["backup_id"]
     assert rows[-2]["details"]["outcome"] == "accepted" and rows[-1]["details"]["reservation"] == str(rows[-2]["id"])
+
+
+def test_a_manual_backup_is_recorded_as_manual_with_its_reason_and_configurations(
+    console: Console, clients: dict[str, httpx.Client]
+) -> None:
+    """Type manual runs backup_daily_full as a manual backup: the catalog says manual, with the reason; and
+    every full backup (the console's first one too) stores the configurations component."""
+    with console.catalog() as conn:
+        first = conn.execute(
+            "SELECT components_backed_up FROM backup_operations WHERE backup_id = %s", (console.backup_id,)
+        ).fetchone()
+    assert first["components_backed_up"] == ["database", "configurations"]
+    body = {
+        "type": "manual",
+        "reason": "before the supplier import",
+        "includeComponents": ["database", "configurations"],
+    }
+    r = clients["admin"].post(f"{API}/backups", json=body)
+    assert r.status_code == 202, r.text
+    b = r.json()
+    assert b["dag_id"] == "backup_daily_full" and b["backup_id"].startswith("manual-")
+    assert b["scheduled_components"] == ["database", "configurations"]
+    assert wait_run(clients["admin"], "backup_daily_full", b["run_id"]) == "success", console.log_tail("scheduler")
+    with console.catalog() as conn:
+        row = conn.execute(
+            "SELECT backup_type, status, reason, components_backed_up FROM backup_operations WHERE backup_id = %s",
+            (b["backup_id"],),
+        ).fetchone()
+    assert row == {
+        "backup_type": "manual",
+        "status": "completed",
+        "reason": "before the supplier import",
+        "components_backed_up": ["database", "configurations"],
+    }
 
 
 # --- rate limits ---------------------------------------------------------------------------------------------------

@@ -13,18 +13,27 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from airflow.secrets.local_filesystem import load_connections_dict, load_variables
 from wedsync_backup.catalog import Catalog
-from wedsync_backup.configurations.restore import find_configurations
+from wedsync_backup.configurations.restore import (
+    ConfigurationRestoreRequest,
+    apply_configuration_restore,
+    find_configurations,
+    plan_configuration_restore,
+)
 from wedsync_backup.configurations.store import configurations_prefix, store_configurations
+from wedsync_backup.errors import ConfigError
+from wedsync_backup.pg import target_from_conninfo
 from wedsync_backup.repository import read_manifest
 from wedsync_backup.verify import verify_copies
 
 from devstack.postgres import Cluster
 from devstack.services import FAKE_AWS_KEY, FAKE_AWS_SECRET, S3_REGION
+from tests.fixtures.airflow import Stack
 from tests.wedsync_backup.configurations.fixtures import SECRET, SETTINGS, VAR_SECRET, Backed, bundle
 
 
@@ -192,3 +201,78 @@ def test_tables_back_into_a_fresh_catalog(backed: Backed, tmp_path: Path, fresh_
     assert applied.returncode == 0 and "Configuration tables restored" in applied.stderr, applied.stderr
     with psycopg.connect(fresh_catalog) as conn:
         assert sorted(conn.execute(query).fetchall()) == SETTINGS  # replaced, not merged
+
+
+# --- restore_configuration: the DAG's command, and the real `airflow connections import` -------------------------
+class RecordingImporter:
+    """The Airflow side of a restore, recorded (the real one needs a running task; its connections import is
+    tested for real below)."""
+
+    def __init__(self, defined: set[str]) -> None:
+        self.defined = defined
+        self.connections: dict[str, Any] = {}
+        self.variables: dict[str, Any] = {}
+
+    def is_defined(self, kind: str, name: str) -> bool:
+        return f"{kind} {name}" in self.defined
+
+    def import_connections(self, connections_json: bytes) -> list[str]:
+        self.connections = json.loads(connections_json)
+        return sorted(self.connections)
+
+    def import_variables(self, variables: dict[str, Any]) -> list[str]:
+        self.variables = variables
+        return sorted(variables)
+
+
+def test_restore_configuration_plan_then_apply(backed: Backed, fresh_catalog: str, tmp_path: Path) -> None:
+    w = backed.world
+    w.databases["fresh_catalog"] = target_from_conninfo(fresh_catalog, "fresh_catalog")
+    res, importer = w.resources(), RecordingImporter({"connection backup_primary"})
+    req = ConfigurationRestoreRequest(from_target="offsite", target_conn_id="fresh_catalog", dry_run=False)
+    with pytest.raises(ConfigError, match="confirm to exactly: RESTORE CONFIGURATION"):
+        plan_configuration_restore(res, req, importer)
+    req.dry_run, req.policy_out = True, str(tmp_path / "policy" / "backup_policy.yaml")
+    plan = plan_configuration_restore(res, req, importer)
+    assert plan["backup_id"] == backed.backup_id and plan["already_defined"] == ["connection backup_primary"]
+    assert plan["tables"] == {"public.wedding_backup_settings": len(SETTINGS)} and SECRET not in json.dumps(plan)
+    assert importer.connections == {} and not Path(req.policy_out).exists()  # a plan touches nothing
+    req.dry_run, req.confirm, req.backup_id = False, "RESTORE CONFIGURATION", plan["backup_id"]
+    done = apply_configuration_restore(res, req, importer)
+    assert done["tables_restored"] == {"public.wedding_backup_settings": len(SETTINGS)}
+    assert importer.connections["wedsync_source"]["password"] == SECRET and importer.variables["wedsync_alert_token"]
+    assert Path(req.policy_out).read_text() == bundle().policy_text and SECRET not in json.dumps(done)
+    assert stat.S_IMODE(Path(req.policy_out).stat().st_mode) == 0o600
+
+
+def test_connections_import_for_real_through_a_pipe(
+    backed: Backed, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AirflowImporter runs the real `airflow connections import` on the restored JSON, read from a named
+    pipe (no plaintext file), into the stack's metadata database; an existing connection is left alone."""
+    from wedsync_airflow.operators.configurations import AirflowImporter
+
+    for k, v in stack.env().items():
+        monkeypatch.setenv(k, v)
+    found = find_configurations(backed.world.storages["primary"], backed.world.ring)
+    ids = ("wedsync_source", "backup_primary")
+    with psycopg.connect(stack.cluster.dsn(stack.config.airflow_db), autocommit=True) as conn:
+        conn.execute("DELETE FROM connection WHERE conn_id = ANY(%s)", (list(ids),))
+        conn.execute(
+            "INSERT INTO connection (conn_id, conn_type, host, is_encrypted, is_extra_encrypted)"
+            " VALUES ('backup_primary', 'fs', 'kept', false, false)"
+        )
+        try:
+            imported = AirflowImporter().import_connections(found.read(found.section.connections))
+            rows = conn.execute(
+                "SELECT conn_id, conn_type, host, login, password, port, extra FROM connection"
+                " WHERE conn_id = ANY(%s) ORDER BY conn_id",
+                (list(ids),),
+            ).fetchall()
+        finally:
+            conn.execute("DELETE FROM connection WHERE conn_id = ANY(%s)", (list(ids),))
+    assert imported == ["wedsync_source"]
+    assert rows[0][:3] == ("backup_primary", "fs", "kept")  # never overwritten
+    # the test stack runs without a Fernet key, so the metadata database holds what was imported as is
+    assert rows[1][:6] == ("wedsync_source", "postgres", "db.internal", "wedsync", SECRET, 5432)
+    assert json.loads(rows[1][6]) == {"sslmode": "require"}
