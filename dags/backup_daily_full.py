@@ -41,7 +41,7 @@ with DAG(
         "execution_timeout": timedelta(hours=6),
     },
     # A run triggered by hand may say why, and be recorded as a manual backup (the console's type manual):
-    # a full export all the same, starting a chain, kept by the full tier's retention.
+    # a full export all the same, starting a chain (the full tier's prune considers type full only).
     params={
         "backup_type": Param(
             "full", enum=["full", "manual"], title="Backup type", description="manual: a full backup taken by hand"

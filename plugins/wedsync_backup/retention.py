@@ -11,7 +11,7 @@ import logging
 import re
 from datetime import datetime, timedelta
 
-from wedsync_backup.manifest import FULL_TYPES, Manifest, backup_prefix, manifest_key
+from wedsync_backup.manifest import Manifest, backup_prefix, manifest_key
 from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,7 @@ def select_prunable(
 
     A backup that a kept backup depends on (a full or incremental under a kept incremental) is kept too.
     """
-    kinds = FULL_TYPES if backup_type == "full" else (backup_type,)  # a manual full ages with the full tier
-    mine = sorted((m for m in manifests if m.backup_type in kinds), key=_time)
+    mine = sorted((m for m in manifests if m.backup_type == backup_type), key=_time)
     if not mine:
         return []
     newest = mine[-1].backup_id
