@@ -6,6 +6,7 @@ The connections and variables are read (and written back) through Airflow here; 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -67,10 +68,14 @@ class AirflowImporter:
         return done
 
     def import_connections(self, connections_json: bytes) -> list[str]:
+        wanted = {k: v for k, v in json.loads(connections_json).items() if not is_defined("connection", k)}
+        if not wanted:  # (the CLI would only see the metadata database, not env or secrets-backend connections)
+            return []
+        payload = json.dumps(wanted).encode()
         with tempfile.TemporaryDirectory(prefix="wedsync-config-") as d:  # 0700
             pipe = os.path.join(d, "connections.json")
             os.mkfifo(pipe, 0o600)
-            feeder = threading.Thread(target=_feed, args=(pipe, connections_json), daemon=True)
+            feeder = threading.Thread(target=_feed, args=(pipe, payload), daemon=True)
             feeder.start()
             proc = subprocess.run(
                 [airflow_cli(), "connections", "import", pipe], capture_output=True, text=True, timeout=600

@@ -254,6 +254,8 @@ def test_connections_import_for_real_through_a_pipe(
 
     for k, v in stack.env().items():
         monkeypatch.setenv(k, v)
+    for conn_id in ("WEDSYNC_SOURCE", "BACKUP_PRIMARY"):  # defined in the metadata database only (or not at all)
+        monkeypatch.delenv(f"AIRFLOW_CONN_{conn_id}", raising=False)
     found = find_configurations(backed.world.storages["primary"], backed.world.ring)
     ids = ("wedsync_source", "backup_primary")
     with psycopg.connect(stack.cluster.dsn(stack.config.airflow_db), autocommit=True) as conn:
