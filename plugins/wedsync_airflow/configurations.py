@@ -15,8 +15,6 @@ from wedsync_backup.configurations.bundle import CONNECTION_FIELDS, Configuratio
 from wedsync_backup.configurations.policy import configurations_policy, connection_ids
 from wedsync_backup.policy import policy_file_path
 
-_MISSING = object()
-
 
 def connection_fields(conn: Any) -> dict[str, Any]:
     """An Airflow connection as ``airflow connections export --format json`` writes it (extra as text)."""
@@ -31,8 +29,8 @@ def existing_connection(conn_id: str) -> Any | None:
 
 
 def existing_variable(key: str) -> Any:
-    """The variable's value, or ``_MISSING``."""
-    return Variable.get(key, default=_MISSING)
+    """The variable's value, or None."""
+    return Variable.get(key, default=None)
 
 
 def gather_bundle(policy_path: str | None = None) -> ConfigurationBundle:
@@ -50,7 +48,7 @@ def gather_bundle(policy_path: str | None = None) -> ConfigurationBundle:
             connections[conn_id] = connection_fields(conn)
     for key in configurations_policy(raw).variables:
         value = existing_variable(key)
-        if value is _MISSING:
+        if value is None:
             missing.append(f"variable {key}")
         else:
             variables[key] = value
@@ -61,4 +59,4 @@ def is_defined(kind: str, name: str) -> bool:
     """Whether this Airflow already has the connection or variable (a restore leaves those as they are)."""
     if kind == "connection":
         return existing_connection(name) is not None
-    return existing_variable(name) is not _MISSING
+    return existing_variable(name) is not None

@@ -74,7 +74,10 @@ def store_configurations(
     data = pending_manifest_bytes(primary, backup_id)
     sha = hashlib.sha256(data).hexdigest()
     manifest = Manifest.from_bytes(data, source=f"manifest of {backup_id} on primary")
-    if primary.exists(manifest_key(backup_id)) and manifest.configurations is not None:
+    if primary.exists(manifest_key(backup_id)):  # committed: never touched again
+        if manifest.configurations is None:
+            log.warning("Backup %s was committed without the configurations component: left as it is", backup_id)
+            return StoreResult(backup_id, sha, [], [], {}, already_stored=True)
         log.info("Backup %s is already committed with its configurations", backup_id)
         return _result(manifest, sha, already=True)
     keyring = res.keyring()
