@@ -144,12 +144,15 @@ class _ConfigurationRestoreBase(CommandOperator):
 
 
 class PlanConfigurationRestoreOperator(_ConfigurationRestoreBase):
-    """Checks everything and reports what would be restored (names and counts, never a value)."""
+    """Checks everything and reports what would be restored (names and counts, never a value). Pushes
+    ``backup_id``: the restore task restores exactly the backup planned."""
 
     def execute(self, context: Any) -> dict[str, Any]:
-        return self.call(
+        plan = self.call(
             lambda: cmd.plan_configuration_restore(self.build_resources(), self.request(), AirflowImporter())
         )
+        context["ti"].xcom_push(key="backup_id", value=plan["backup_id"])
+        return plan
 
 
 class RestoreConfigurationOperator(_ConfigurationRestoreBase):
