@@ -27,7 +27,7 @@ from wedsync_backup.configurations.restore import (
     write_files,
 )
 from wedsync_backup.crypto import Keyring
-from wedsync_backup.errors import WedSyncError
+from wedsync_backup.errors import ConfigError, WedSyncError
 from wedsync_backup.pg import target_from_conninfo
 
 
@@ -50,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _keyring(args: argparse.Namespace) -> Keyring:
     def read(path: str) -> str:
-        return Path(path).read_text().strip()
+        try:
+            return Path(path).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"Cannot read the key file {path}", str(e), "name a readable file") from e
 
     return Keyring.from_secrets(
         read(args.key_file), [read(p) for p in args.previous_key_file], source=f"key file {args.key_file}"
