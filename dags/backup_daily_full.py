@@ -1,6 +1,7 @@
 """Daily full backup: one consistent snapshot of the whole platform database, three verified copies.
 
-preflight -> export (to primary) -> replicate (secondary, offsite; mapped) -> verify (every copy; mapped)
+preflight -> export (to primary) -> configurations (policy, connections, variables, configuration tables)
+-> replicate (secondary, offsite; mapped) -> verify (every copy; mapped)
 -> commit (manifest on every target, catalog row 'completed') -> prune (30-day retention).
 Any failure marks the catalog row 'failed': a backup counts only when every copy is verified.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, TriggerRule
+from airflow.sdk import DAG, Param, TriggerRule
 from wedsync_airflow.assets import FULL_BACKUP_VERIFIED
 from wedsync_airflow.dag_support import retry_delay, target_names
 from wedsync_airflow.notifiers import alert_on
@@ -22,6 +23,7 @@ from wedsync_airflow.operators.backup import (
     ReplicateOperator,
     VerifyOperator,
 )
+from wedsync_airflow.operators.configurations import StoreConfigurationsOperator
 
 with DAG(
     dag_id="backup_daily_full",
@@ -38,13 +40,28 @@ with DAG(
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(hours=6),
     },
+    # A run triggered by hand may say why, and be recorded as a manual backup (the console's type manual):
+    # a full export all the same, starting a chain (the full tier's prune considers type full only).
+    params={
+        "backup_type": Param(
+            "full", enum=["full", "manual"], title="Backup type", description="manual: a full backup taken by hand"
+        ),
+        "reason": Param(
+            None, type=["null", "string"], maxLength=500, title="Reason", description="Why (recorded in the catalog)"
+        ),
+    },
     tags=["wedsync", "backup", "tier:full"],
     doc_md=__doc__,
 ) as dag:
-    preflight = BackupPreflightOperator(task_id="preflight", backup_type="full", tier="full")
+    backup_type, reason = "{{ params.backup_type }}", "{{ params.reason or '' }}"
+    preflight = BackupPreflightOperator(task_id="preflight", backup_type=backup_type, tier="full", reason=reason)
     backup_id = preflight.output["backup_id"]
-    export = ExportOperator(task_id="export", backup_id=backup_id, backup_type="full")
-    sha = export.output["manifest_sha256"]
+    export = ExportOperator(task_id="export", backup_id=backup_id, backup_type=backup_type)
+    # the configurations component (policy, connections, variables, configuration tables) joins the backup
+    configurations = StoreConfigurationsOperator(
+        task_id="configurations", backup_id=backup_id, manifest_sha256=export.output["manifest_sha256"]
+    )
+    sha = configurations.output["manifest_sha256"]
     replicate = ReplicateOperator.partial(task_id="replicate", backup_id=backup_id, manifest_sha256=sha).expand(
         target_name=target_names(replicas_only=True)
     )
@@ -69,6 +86,6 @@ with DAG(
         retries=0,
     )
 
-    export >> replicate >> verify
+    export >> configurations >> replicate >> verify
     commit >> prune
-    [preflight, export, replicate, verify, commit] >> mark_failed
+    [preflight, export, configurations, replicate, verify, commit] >> mark_failed

@@ -17,6 +17,8 @@ from wedsync_backup import FORMAT_VERSION
 from wedsync_backup.errors import IntegrityError
 
 BACKUP_TYPES = ("full", "incremental", "archive", "manual", "wedding")
+# Whole-database exports that start an incremental chain: the daily full, and a full taken by hand (manual).
+FULL_TYPES = ("full", "manual")
 
 
 def backup_prefix(backup_id: str) -> str:
@@ -196,6 +198,47 @@ class WeddingsSection:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WeddingsSection:
         return cls(**{**d, "weddings": [WeddingEntry.from_dict(w) for w in d.get("weddings", [])]})
+class ConfigTable:
+    """One configuration table's rows (COPY text), from the database ``ConfigurationsSection.tables_conn_id``."""
+
+    schema: str
+    name: str
+    columns: list[str]
+    row_count: int
+    object: StoredObject
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass
+class ConfigurationsSection:
+    """The configurations component: what rebuilds the backup system itself (configurations/).
+
+    Only names are here; the policy text, the connections (with their secrets) and the variables are in
+    the encrypted objects.
+    """
+
+    policy: StoredObject  # the policy YAML in force
+    connections: StoredObject  # JSON as `airflow connections import` reads it
+    variables: StoredObject  # JSON as `airflow variables import` reads it
+    connection_ids: list[str] = field(default_factory=list)
+    variable_keys: list[str] = field(default_factory=list)
+    tables: list[ConfigTable] = field(default_factory=list)
+    tables_conn_id: str | None = None
+    missing: list[str] = field(default_factory=list)  # connections/variables named but not defined
+
+    def objects(self) -> list[StoredObject]:
+        return [self.policy, self.connections, self.variables, *(t.object for t in self.tables)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConfigurationsSection:
+        d = dict(d)
+        for k in ("policy", "connections", "variables"):
+            d[k] = StoredObject(**d[k])
+        d["tables"] = [ConfigTable(**{**t, "object": StoredObject(**t["object"])}) for t in d.get("tables", [])]
+        return cls(**d)
 
 
 @dataclass
@@ -216,6 +259,7 @@ class Manifest:
     chain: ChainSection | None = None
     provenance: Provenance | None = None
     weddings: WeddingsSection | None = None  # wedding backups: one object per wedding
+    configurations: ConfigurationsSection | None = None
     # Per-tier capture details (an incremental's LSN range, counts, sequences). Manifests written before the
     # typed sections also kept their provenance and chain here; ``provenance_info``/``chain_info`` read both.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -240,7 +284,14 @@ class Manifest:
             out.append(StoredObject(**self.extra["large_objects"]["object"]))
         if self.weddings is not None:
             out += [w.object for w in self.weddings.weddings]
+        if self.configurations is not None:
+            out += self.configurations.objects()
         return out
+
+    @property
+    def components(self) -> list[str]:
+        """What the backup holds, as the catalog's ``components_backed_up`` lists it."""
+        return ["database"] + (["configurations"] if self.configurations is not None else [])
 
     @property
     def point(self) -> ConsistentPoint:
@@ -350,6 +401,8 @@ class Manifest:
             d["provenance"] = Provenance(**d["provenance"])
         if d.get("weddings") is not None:
             d["weddings"] = WeddingsSection.from_dict(d["weddings"])
+        if d.get("configurations") is not None:
+            d["configurations"] = ConfigurationsSection.from_dict(d["configurations"])
         manifest = cls(**d)
         manifest._read_body = raw
         return manifest

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from wedsync_backup.errors import ConfigError, TransientError, WedSyncError
 
@@ -319,3 +319,17 @@ def quote_ident(name: str) -> str:
 
 def qualified(schema: str, name: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def target_from_conninfo(conninfo: str, label: str) -> PgTarget:
+    """A database named by a libpq conninfo or URL (command-line tools, where there is no Airflow)."""
+    kw = conninfo_to_dict(conninfo)
+    return PgTarget(
+        host=str(kw.pop("host", "127.0.0.1")),
+        port=int(kw.pop("port", 5432)),
+        user=str(kw.pop("user", "postgres")),
+        password=kw.pop("password", None),  # type: ignore[arg-type]
+        dbname=str(kw.pop("dbname", "postgres")),
+        options={k: str(v) for k, v in kw.items()},
+        label=label,
+    )

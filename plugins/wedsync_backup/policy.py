@@ -181,10 +181,15 @@ def _role(name: str, t: dict[str, Any], source_site: str) -> str:
     return str(role)
 
 
+def policy_file_path(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Path:
+    """The policy file in force: ``path``, else $WEDSYNC_BACKUP_POLICY, else the shipped one."""
+    env = dict(os.environ if env is None else env)
+    return Path(path or env.get(POLICY_ENV) or DEFAULT_POLICY_PATH)
+
+
 def read_policy_file(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
     """The policy file's raw mapping (``path``, else $WEDSYNC_BACKUP_POLICY, else the shipped one)."""
-    env = dict(os.environ if env is None else env)
-    p = Path(path or env.get(POLICY_ENV) or DEFAULT_POLICY_PATH)
+    p = policy_file_path(path, env)
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except FileNotFoundError as e:

@@ -140,8 +140,10 @@ def start_backup(req: dict[str, Any], user: str) -> dict[str, Any]:
     else:
         dag_id = BACKUP_DAGS[kind]
         conf = {"reason": req["reason"], "priority_level": req["priorityLevel"], "requested_by": user}
+        if kind in ("full", "manual"):  # recorded as this type, with the reason, in the catalog
+            conf["backup_type"] = kind
     run = runs.trigger(dag_id, conf, user=user, note=f"{kind} backup from the console: {req['reason']}")
-    backup_type = "incremental" if kind == "incremental" else ("wedding" if kind == "wedding" else "full")
+    backup_type = kind
     backup_id = None
     if kind != "wedding":
         from wedsync_backup.backup_id import make_backup_id
@@ -159,7 +161,7 @@ def start_backup(req: dict[str, Any], user: str) -> dict[str, Any]:
         "run_id": run["run_id"],
         "state": run["state"],
         "estimated_duration_seconds": estimate_seconds(dag_id, backup_type),
-        "scheduled_components": validation.COMPONENTS,
+        "scheduled_components": validation.components_of(kind),
         "priority_level": req["priorityLevel"],
         "recovery_points": points,
         "warning": f"{dag_id} is paused: the run waits until it is unpaused" if run["dag_paused"] else None,

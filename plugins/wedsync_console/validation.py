@@ -29,8 +29,14 @@ RESTORE_FIELDS = (
     "confirm",
     "reason",
 )
-COMPONENTS = ("database",)  # what this system backs up today; files and configurations are not yet
+COMPONENTS = ("database", "configurations")  # what this system backs up today; files are not yet
 KNOWN_COMPONENTS = ("database", "files", "configurations")
+FULL_ONLY = ("configurations",)  # stored by every full (and manual) backup, never by the other types
+
+
+def components_of(kind: str) -> list[str]:
+    """What a backup of type ``kind`` stores: every component (whether or not it was asked for)."""
+    return [c for c in COMPONENTS if kind in ("full", "manual") or c not in FULL_ONLY]
 BACKUP_TYPES = ("full", "incremental", "manual", "wedding")
 PRIORITIES = ("normal", "high")
 WEDDING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
@@ -95,7 +101,12 @@ def backup_request(body: dict[str, Any]) -> dict[str, Any]:
             errors["includeComponents"] = f"unknown component(s) {', '.join(unknown)}: use {known}"
         elif missing:
             errors["includeComponents"] = (
-                f"{', '.join(missing)} cannot be backed up by this system yet: only {', '.join(COMPONENTS)} is"
+                f"{', '.join(missing)} cannot be backed up by this system yet: only {', '.join(COMPONENTS)}"
+            )
+        elif kind in BACKUP_TYPES and set(components) - set(components_of(kind)):
+            errors["includeComponents"] = (
+                f"a {kind} backup stores {', '.join(components_of(kind))}; configurations come with a full or "
+                "manual backup"
             )
     priority = body.get("priorityLevel", "normal")
     if priority not in PRIORITIES:

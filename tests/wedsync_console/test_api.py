@@ -16,6 +16,7 @@ import httpx
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+from wedsync_backup.catalog import Catalog
 
 from tests.wedsync_console.conftest import Console
 
@@ -235,6 +236,10 @@ def test_recovery_points_and_named_points(console: Console, clients: dict[str, h
         ),
         ({"type": "wedding", "reason": "ok reason"}, {"weddingIds"}),
         ({"type": "full", "reason": "ok reason", "weddingIds": ["w-1"]}, {"weddingIds"}),
+        (
+            {"type": "incremental", "reason": "ok reason", "includeComponents": ["configurations"]},
+            {"includeComponents"},
+        ),
     ],
 )
 def test_bad_backup_requests_trigger_nothing(
@@ -283,6 +288,47 @@ def test_a_wedding_backup_triggers_backup_wedding_now(console: Console, clients:
     assert b["recovery_points"] == ["a wedding recovery point for each of w-1, w-2"]
     run = clients["admin"].get(f"/api/v2/dags/backup_wedding_now/dagRuns/{b['run_id']}").json()
     assert run["conf"] == {"wedding_ids": ["w-1", "w-2"], "reason": "before the seating import"}
+
+
+def test_a_manual_backup_is_recorded_as_manual_with_its_reason_and_configurations(
+    console: Console, clients: dict[str, httpx.Client]
+) -> None:
+    """Type manual runs backup_daily_full as a manual backup: the catalog says manual, with the reason; and
+    every full backup (the console's first one too) stores the configurations component."""
+    with console.catalog() as conn:
+        first = conn.execute(
+            "SELECT components_backed_up FROM backup_operations WHERE backup_id = %s", (console.backup_id,)
+        ).fetchone()
+    assert first["components_backed_up"] == ["database", "configurations"]
+    body = {
+        "type": "manual",
+        "reason": "before the supplier import",
+        "includeComponents": ["database", "configurations"],
+    }
+    r = clients["admin"].post(f"{API}/backups", json=body)
+    assert r.status_code == 202, r.text
+    b = r.json()
+    assert b["dag_id"] == "backup_daily_full" and b["backup_id"].startswith("manual-")
+    assert b["scheduled_components"] == ["database", "configurations"]
+    row = wait_row(console, b["backup_id"])  # the preflight records it; the core tests follow a manual backup through
+    assert (row["backup_type"], row["reason"]) == ("manual", "before the supplier import")
+    # no need to spend the rest of the run here: stop it, and record it failed as its mark_failed task would
+    r = clients["admin"].patch(f"/api/v2/dags/backup_daily_full/dagRuns/{b['run_id']}", json={"state": "failed"})
+    assert r.status_code == 200, r.text
+    Catalog(console.catalog_dsn).fail_backup(b["backup_id"], "stopped by the test once recorded")
+
+
+def wait_row(console: Console, backup_id: str, timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with console.catalog() as conn:
+            row = conn.execute(
+                "SELECT backup_type, reason, status FROM backup_operations WHERE backup_id = %s", (backup_id,)
+            ).fetchone()
+        if row:
+            return row
+        time.sleep(1)
+    raise TimeoutError(f"no catalog row for {backup_id} within {timeout:.0f}s:\n{console.log_tail('scheduler')}")
 
 
 # --- rate limits ---------------------------------------------------------------------------------------------------

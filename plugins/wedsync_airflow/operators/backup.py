@@ -37,7 +37,7 @@ class BackupPreflightOperator(CommandOperator):
                 self.run_of(context),
                 backup_type=self.backup_type,
                 tier=self.tier,
-                reason=self.reason,
+                reason=self.reason or None,  # an unset param renders as ""
             )
         )
         ti = context["ti"]
@@ -50,7 +50,7 @@ class BackupPreflightOperator(CommandOperator):
 class ExportOperator(CommandOperator):
     """Consistent, prioritized, parallel export streamed to the primary target. Pushes ``manifest_sha256``."""
 
-    template_fields = (*CommandOperator.template_fields, "backup_id")
+    template_fields = (*CommandOperator.template_fields, "backup_id", "backup_type")
 
     def __init__(self, *, backup_id: str, backup_type: str = "full", tier: str = "full", **kwargs: Any) -> None:
         super().__init__(**kwargs)

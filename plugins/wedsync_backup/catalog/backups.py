@@ -286,6 +286,7 @@ class Backups(CatalogBase):
             "warnings": Jsonb(list(prov.warnings)),
             "ddl": None,
             "ddl_details": None,
+            "components": Jsonb(manifest.components),  # what the manifest holds, not what begin expected
         }
         if manifest.backup_type == "incremental" and (
             "schema_changes" in manifest.extra or "chain_end" in manifest.extra
@@ -302,11 +303,12 @@ class Backups(CatalogBase):
                 created_by, size_bytes, compressed_size_bytes, tables_included, primary_location,
                 secondary_location, offsite_location, checksum, integrity_verified, retention_until,
                 parent_backup_id, key_id, format_version, consistent_lsn, snapshot_time, total_rows,
-                dag_id, run_id, reason, rule_321, warnings, schema_changes, schema_change_details)
+                dag_id, run_id, reason, rule_321, warnings, schema_changes, schema_change_details,
+                components_backed_up)
             VALUES (%(id)s, %(type)s, 'completed', %(created_at)s, now(), %(by)s, %(plain)s, %(stored)s,
                 %(tables)s, %(primary)s, %(secondary)s, %(offsite)s, %(checksum)s, true, %(retention)s,
                 %(parent)s, %(key_id)s, %(format)s, %(lsn)s, %(snap)s, %(rows)s, %(dag)s, %(run)s,
-                %(reason)s, %(rule)s, %(warnings)s, %(ddl)s, %(ddl_details)s)
+                %(reason)s, %(rule)s, %(warnings)s, %(ddl)s, %(ddl_details)s, %(components)s)
             ON CONFLICT (backup_id) DO UPDATE SET
                 status = 'completed', integrity_verified = true, error = NULL, pruned_at = NULL,
                 completed_at = COALESCE(b.completed_at, now()),
@@ -323,7 +325,8 @@ class Backups(CatalogBase):
                 rule_321 = COALESCE(b.rule_321, EXCLUDED.rule_321),
                 warnings = CASE WHEN b.warnings = '[]'::jsonb THEN EXCLUDED.warnings ELSE b.warnings END,
                 schema_changes = COALESCE(b.schema_changes, EXCLUDED.schema_changes),
-                schema_change_details = COALESCE(b.schema_change_details, EXCLUDED.schema_change_details)
+                schema_change_details = COALESCE(b.schema_change_details, EXCLUDED.schema_change_details),
+                components_backed_up = EXCLUDED.components_backed_up
             """,
             params,
         )

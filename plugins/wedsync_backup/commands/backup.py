@@ -21,7 +21,7 @@ from wedsync_backup.errors import IntegrityError
 from wedsync_backup.export import ExportOptions, run_export
 from wedsync_backup.logical.ddl import capture_state
 from wedsync_backup.logical.slot import check_logical_decoding, drop_slot, ensure_replica_identity, slot_name_for
-from wedsync_backup.manifest import ChainSection, Manifest, Provenance
+from wedsync_backup.manifest import FULL_TYPES, ChainSection, Manifest, Provenance
 from wedsync_backup.policy import Policy
 from wedsync_backup.replicate import replicate as copy_backup
 from wedsync_backup.repository import pending_manifest_bytes, write_commit_marker
@@ -127,7 +127,7 @@ def begin(
     checked = check_setup(res)
     backup_id = run.backup_id(backup_type)
     warnings = list(checked.warnings)
-    if backup_type == "full":  # the chain this backup starts: DDL capture installed, large objects warned of
+    if backup_type in FULL_TYPES:  # the chain this backup starts: DDL capture installed, large objects warned of
         warnings += prepare_chain_source(res.policy, res.catalog(), res.source(), actor=run.actor, backup_id=backup_id)
     fresh = res.catalog().start_backup(
         backup_id=backup_id,
@@ -207,7 +207,7 @@ def export(
 ) -> ExportResult:
     """Export one consistent snapshot to the primary; the manifest stays pending until commit."""
     policy = res.policy
-    chain, slot = chain_start(res, backup_id, run) if backup_type == "full" else (None, None)
+    chain, slot = chain_start(res, backup_id, run) if backup_type in FULL_TYPES else (None, None)
     manifest = run_export(
         res.source(),
         res.primary(),
@@ -325,7 +325,7 @@ def mark_failed(res: Resources, backup_id: str | None) -> bool:
     assert backup_id is not None
     changed = res.catalog().fail_backup(backup_id, "a backup step failed: see the failed task's log for what to fix")
     parts = parse_backup_id(backup_id)
-    if parts is not None and parts.backup_type == "full":
+    if parts is not None and parts.backup_type in FULL_TYPES:
         drop_slot(res.source(), slot_name_for(backup_id))
     log.error("Backup %s marked failed; no copy of it counts until a new run completes", backup_id)
     return changed

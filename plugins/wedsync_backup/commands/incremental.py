@@ -18,6 +18,7 @@ from wedsync_backup.errors import ConfigError, IntegrityError
 from wedsync_backup.incremental import capture_incremental
 from wedsync_backup.logical.ddl import FINGERPRINT_VERSION
 from wedsync_backup.logical.slot import advance_slot, check_logical_decoding, drop_slot, wedsync_slots
+from wedsync_backup.manifest import FULL_TYPES
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pitr import chain_of
 from wedsync_backup.repository import committed_manifests, read_manifest
@@ -40,7 +41,7 @@ NO_FULL_YET = (
 def require_a_full_backup(primary: Storage) -> None:
     """A fresh installation has no full backup yet: nothing is at risk that the first full will not cover, so
     the run has nothing to do (it skips, green) rather than failing."""
-    if not any(m.backup_type == "full" for m in committed_manifests(primary)):
+    if not any(m.backup_type in FULL_TYPES for m in committed_manifests(primary)):
         raise NothingToDo(NO_FULL_YET.format(url=primary.url()))
 
 
@@ -101,7 +102,7 @@ def chain_work(res: Resources) -> ChainWork:
     """
     manifests = committed_manifests(res.primary())
     fulls = sorted(
-        (m for m in manifests if m.backup_type == "full" and m.point.slot),
+        (m for m in manifests if m.backup_type in FULL_TYPES and m.point.slot),
         key=lambda m: m.point.time or m.created_at,
     )
     live = {s.name: s for s in wedsync_slots(res.source())}
@@ -255,7 +256,7 @@ def _end_chain(res: Resources, source: PgTarget, plan: IncrementalPlan, run: Run
 def _watermark_plan(res: Resources, run: RunRef, verdict: dict[str, Any], warnings: list[str]) -> IncrementalPlan:
     """The fallback chain: the newest committed full backup and the incrementals after it."""
     manifests = committed_manifests(res.primary())
-    fulls = sorted((m for m in manifests if m.backup_type == "full"), key=lambda m: m.point.time or m.created_at)
+    fulls = sorted((m for m in manifests if m.backup_type in FULL_TYPES), key=lambda m: m.point.time or m.created_at)
     if not fulls:
         raise NoChainToContinue("No full backup to continue from", fix="run backup_daily_full first")
     full = fulls[-1]

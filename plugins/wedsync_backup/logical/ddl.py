@@ -27,9 +27,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
-from wedsync_backup.pg import PgTarget
+from wedsync_backup.pg import PgTarget, target_from_conninfo
 
 CAPTURE_SCHEMA = "_wedsync_backup"
 MESSAGE_PREFIX = "wedsync.ddl"
@@ -315,16 +314,7 @@ def main(argv: list[str]) -> int:
         print(__doc__.split("\n\n")[0], file=sys.stderr)
         print("usage: python -m wedsync_backup.logical.ddl remove|status '<conninfo>'", file=sys.stderr)
         return 2
-    kw = conninfo_to_dict(argv[1])
-    target = PgTarget(
-        host=str(kw.pop("host", "127.0.0.1")),
-        port=int(kw.pop("port", 5432)),
-        user=str(kw.pop("user", "postgres")),
-        password=kw.pop("password", None),  # type: ignore[arg-type]
-        dbname=str(kw.pop("dbname", "postgres")),
-        options={k: str(v) for k, v in kw.items()},
-        label="source",
-    )
+    target = target_from_conninfo(argv[1], "source")
     if argv[0] == "status":
         print(json.dumps(capture_state(target).as_dict()))
         return 0

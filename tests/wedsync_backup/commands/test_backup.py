@@ -88,3 +88,18 @@ def test_a_fourth_target(world: World, tmp_path: Path) -> None:
     assert all(r["verified"] for r in row["replicas"])
     assert row["offsite_location"].startswith("gs")  # the first offsite copy, in policy order
     assert read_manifest(world.storages["vault"], backup_id).backup_id == backup_id
+
+
+def test_a_manual_backup_is_a_full_recorded_as_manual(world: World) -> None:
+    """The console's type manual: a whole export that starts a chain, recorded as manual with its reason."""
+    res, run = world.resources(), world.run()
+    begun = backup.begin(res, run, backup_type="manual", reason="before the supplier import")
+    assert begun.backup_id.startswith("manual-")
+    exported = backup.export(res, begun.backup_id, run, backup_type="manual")
+    assert slot_info(res.source(), slot_name_for(begun.backup_id)) is not None  # the chain starts here too
+    world.copy_and_commit(res, begun.backup_id, exported.manifest_sha256)
+    row = world.catalog.get_backup(begun.backup_id)
+    assert row is not None and (row["backup_type"], row["status"]) == ("manual", "completed")
+    assert row["reason"] == "before the supplier import"
+    m = read_manifest(world.storages["primary"], begun.backup_id)
+    assert m.backup_type == "manual" and m.chain is not None and m.chain.method == "logical"
