@@ -198,6 +198,9 @@ class WeddingsSection:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WeddingsSection:
         return cls(**{**d, "weddings": [WeddingEntry.from_dict(w) for w in d.get("weddings", [])]})
+
+
+@dataclass
 class ConfigTable:
     """One configuration table's rows (COPY text), from the database ``ConfigurationsSection.tables_conn_id``."""
 
