@@ -36,14 +36,17 @@ def select_prunable(
     *,
     now: datetime,
     retention_days: int,
-    backup_type: str = "full",
+    backup_type: str | tuple[str, ...] = "full",
     recorded: bool = False,
 ) -> list[str]:
-    """Ids of ``backup_type`` backups older than the retention window, never the newest of that type.
+    """Ids of ``backup_type`` backups older than the retention window, never the newest of those types.
+
+    A tuple of types is one group: full and manual backups both start a chain, so they age out together.
 
     A backup that a kept backup depends on (a full or incremental under a kept incremental) is kept too.
     """
-    mine = sorted((m for m in manifests if m.backup_type == backup_type), key=_time)
+    types = (backup_type,) if isinstance(backup_type, str) else backup_type
+    mine = sorted((m for m in manifests if m.backup_type in types), key=_time)
     if not mine:
         return []
     newest = mine[-1].backup_id

@@ -114,3 +114,11 @@ def test_incomplete_backup_ids(tmp_path: Path) -> None:
     store.put_bytes("elsewhere/not-a-backup", b"x")
     assert incomplete_backup_ids(store, committed={"done"}, in_progress={"running"}) == ["crashed", "pending-only"]
     assert incomplete_backup_ids(LocalStorage(tmp_path / "none", name="p", medium="d", site="a"), set(), set()) == []
+
+
+def test_full_and_manual_backups_age_out_together() -> None:
+    """The full tier prunes manual backups too (both start a chain); the newest of the two is always kept."""
+    ms = [manifest("m-70", 70, "manual"), manifest("f-60", 60), manifest("m-40", 40, "manual"), manifest("f-5", 5)]
+    assert select_prunable(ms, now=NOW, retention_days=30, backup_type=("full", "manual")) == ["m-70", "f-60", "m-40"]
+    only_manual = [manifest("m-70", 70, "manual"), manifest("m-40", 40, "manual")]
+    assert select_prunable(only_manual, now=NOW, retention_days=30, backup_type=("full", "manual")) == ["m-70"]

@@ -15,6 +15,7 @@ from wedsync_backup.backup_id import backup_age_hours
 from wedsync_backup.commands.resources import Resources
 from wedsync_backup.errors import ConfigError
 from wedsync_backup.logical.slot import drop_slot, slot_name_for, wedsync_slots
+from wedsync_backup.manifest import FULL_TYPES
 from wedsync_backup.repository import committed_manifests
 from wedsync_backup.retention import delete_backup, incomplete_backup_ids, select_prunable
 
@@ -53,7 +54,7 @@ def prune(
             manifests,
             now=now,
             retention_days=t.retention_days,
-            backup_type=backup_type,
+            backup_type=FULL_TYPES if backup_type == "full" else backup_type,  # manual backups age like fulls
             recorded=backup_type == "wedding",  # each wedding backup keeps its weddings' retention policy
         )
         for backup_id in ids:
