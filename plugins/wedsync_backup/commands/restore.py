@@ -17,6 +17,7 @@ from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef
 from wedsync_backup.drill import refuse_damaged_copy
 from wedsync_backup.errors import ConfigError, CryptoError, IntegrityError, WedSyncError
 from wedsync_backup.named_points import find_named_point
+from wedsync_backup.partial.request import PARTIAL_SCOPES, check_partial_request
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pitr import ChainPlan, plan_chain, restore_to_point
 from wedsync_backup.policy import Policy
@@ -34,7 +35,7 @@ from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
 MODES = ("latest", "backup_id", "point_in_time")
-SCOPES = ("complete",)
+SCOPES = ("complete", *PARTIAL_SCOPES)
 # A damaged or undecryptable copy reads the same on a retry: fail at once, pointing to another target.
 RESTORE_FATAL: tuple[type[WedSyncError], ...] = (ConfigError, CryptoError, IntegrityError)
 EVENT_TYPE = "emergency_restore"
@@ -62,10 +63,20 @@ class RestoreRequest:
     reason: str = ""
     target_time: str | None = None
     recovery_point: str | None = None  # a named recovery point's label, instead of target_time
+    # the partial scopes (wedding-only: wedding_ids, data_types; selective: tables, into_schema)
+    wedding_ids: list[str] | str | None = None
+    data_types: list[str] | str | None = None
+    tables: list[str] | str | None = None
+    into_schema: str | None = None
 
     @property
     def is_dry_run(self) -> bool:
         return not _false(self.dry_run)
+
+    @property
+    def is_partial(self) -> bool:
+        """wedding-only or selective: chosen rows into a live database (commands/partial_restore.py)."""
+        return self.scope in PARTIAL_SCOPES
 
     def validate(self, policy: Policy) -> None:
         """Cross-field checks the JSON schema cannot express; each names the parameter to fix."""
@@ -77,14 +88,18 @@ class RestoreRequest:
             self.until()
         if self.scope not in SCOPES:
             raise ConfigError(f"Restore scope '{self.scope}' is not available", fix=f"use scope {', '.join(SCOPES)}")
+        check_partial_request(self.scope, self.wedding_ids, self.data_types, self.tables, self.into_schema, policy)
         policy.target(self.from_target)
         if not self.target_conn_id:
             raise ConfigError("No target_conn_id given", fix="name the Airflow connection of the empty database")
-        if self.target_conn_id in (policy.source_conn_id, policy.catalog_conn_id):
+        live = (policy.catalog_conn_id,) if self.is_partial else (policy.source_conn_id, policy.catalog_conn_id)
+        if self.target_conn_id in live:
             raise ConfigError(
                 f"target_conn_id '{self.target_conn_id}' is the backup source or catalog",
-                "a restore goes into an empty database, never over live data",
-                "create an empty database, add a connection for it and name that connection",
+                "a complete restore goes into an empty database, never over live data (and nothing is ever "
+                "restored into the catalog)",
+                "create an empty database, add a connection for it and name that connection; or bring chosen "
+                "weddings or tables back into the live database with scope wedding-only or selective",
             )
         if not self.is_dry_run and (self.confirm or "").strip() != expected_confirmation(self.target_conn_id):
             raise ConfigError(
