@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from wedsync_backup.errors import ConfigError
+from wedsync_backup.weddings.policy import WeddingsPolicy, parse_weddings_policy
 
 DEFAULT_POLICY_PATH = Path(__file__).resolve().parents[2] / "include" / "config" / "backup_policy.yaml"
 POLICY_ENV = "WEDSYNC_BACKUP_POLICY"
@@ -86,6 +87,7 @@ class Policy:
     rule_321: Rule321Policy
     tiers: dict[str, TierPolicy] = field(default_factory=dict)
     incremental: IncrementalPolicy = field(default_factory=IncrementalPolicy)
+    weddings: WeddingsPolicy = field(default_factory=WeddingsPolicy)
 
     def target(self, name: str) -> TargetPolicy:
         for t in self.targets:
@@ -282,4 +284,5 @@ def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
             fallback=_choice(_section(raw, "incremental"), "fallback", ("none", "updated_at"), "none"),
             watermark_column=str(_section(raw, "incremental").get("watermark_column", "updated_at")),
         ),
+        weddings=parse_weddings_policy(raw.get("weddings")),
     )

@@ -1,0 +1,1 @@
+"""Weddings as the unit of protection: what a wedding's data is (slice), its phases, and its backups."""
