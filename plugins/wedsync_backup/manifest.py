@@ -16,7 +16,7 @@ from typing import Any
 from wedsync_backup import FORMAT_VERSION
 from wedsync_backup.errors import IntegrityError
 
-BACKUP_TYPES = ("full", "incremental", "archive", "manual", "wedding")
+BACKUP_TYPES = ("full", "incremental", "archive", "manual", "wedding", "pre_restore")
 
 
 def backup_prefix(backup_id: str) -> str:
@@ -157,6 +157,17 @@ class Provenance:
 
 
 @dataclass
+class RestoreScope:
+    """A ``pre_restore`` safety snapshot: the live rows a partial restore replaced, so another restore of the
+    same scope can put them back. Wedding-only: every table's ``parts[i]`` holds wedding ``wedding_ids[i]``."""
+
+    scope: str  # wedding-only | selective
+    wedding_ids: list[str] = field(default_factory=list)
+    data_types: list[str] = field(default_factory=list)
+    event_id: int | None = None  # the disaster_recovery_events row of the restore it undoes
+
+
+@dataclass
 class Manifest:
     backup_id: str
     backup_type: str
@@ -173,6 +184,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     chain: ChainSection | None = None
     provenance: Provenance | None = None
+    restore_scope: RestoreScope | None = None  # pre_restore snapshots only
     # Per-tier capture details (an incremental's LSN range, counts, sequences). Manifests written before the
     # typed sections also kept their provenance and chain here; ``provenance_info``/``chain_info`` read both.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -301,6 +313,8 @@ class Manifest:
             d["chain"] = ChainSection(**d["chain"])
         if d.get("provenance") is not None:
             d["provenance"] = Provenance(**d["provenance"])
+        if d.get("restore_scope") is not None:
+            d["restore_scope"] = RestoreScope(**d["restore_scope"])
         manifest = cls(**d)
         manifest._read_body = raw
         return manifest

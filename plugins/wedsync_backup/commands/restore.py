@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from wedsync_backup.catalog import Catalog
+from wedsync_backup.commands import partial_restore
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef
+from wedsync_backup.commands.restore_details import details_at_start, details_of
 from wedsync_backup.drill import refuse_damaged_copy
 from wedsync_backup.errors import ConfigError, CryptoError, IntegrityError, WedSyncError
 from wedsync_backup.named_points import find_named_point
@@ -235,13 +237,21 @@ def plan(res: Resources, req: RestoreRequest, run: RunRef) -> PlanResult:
         )
     try:
         req = with_named_point(req, lambda: res.catalog().dsn)
-        result = _check(res, req)
+        if cat is not None and event_id is not None:
+            cat.record_recovery_details(event_id, details_at_start(req, res.policy, run))
+        if req.is_partial:
+            req.validate(res.policy)
+            result = partial_restore.check(res, req, run)
+        else:
+            result = _check(res, req)
         if cat is not None:  # the scrub's verdict: a copy (or backup) known damaged is not restored from
             refuse_damaged_copy(cat, str(result["backup_id"]), req.from_target)
     except Exception as e:
         if cat is not None and event_id is not None:
             cat.finish_recovery_event(event_id, status="refused", error=str(e))
         raise
+    if cat is not None and event_id is not None:
+        cat.record_recovery_details(event_id, details_of(result))
     if cat is not None and event_id is not None and req.is_dry_run:
         cat.finish_recovery_event(event_id, status="planned", result=result)
     log.info("Restore plan: %s", result)
@@ -272,12 +282,17 @@ def restore(
             return dict(event["result"])
     try:
         req = with_named_point(req, lambda: res.catalog().dsn)
-        result = _restore(res, req, planned, retry)
+        if req.is_partial:
+            req.validate(res.policy)
+            result = partial_restore.apply(res, req, run)
+        else:
+            result = _restore(res, req, planned, retry)
     except Exception as e:
         if cat is not None and event_id is not None:
             cat.finish_recovery_event(event_id, status="failed", error=str(e))
         raise
     if cat is not None and event_id is not None:
+        cat.record_recovery_details(event_id, details_of(result))
         cat.finish_recovery_event(
             event_id, status="completed", result=result, data_loss_minutes=result["data_loss_minutes"]
         )

@@ -49,7 +49,12 @@ def scope_problems(conf: Mapping[str, Any]) -> list[str]:
     """Each problem of the scope's companion params as one sentence naming the param to fix."""
     scope = conf.get("scope") or "complete"
     problems: list[str] = []
-    companions = {"wedding_ids": WEDDING_ONLY, "data_types": WEDDING_ONLY, "tables": SELECTIVE, "into_schema": SELECTIVE}
+    companions = {
+        "wedding_ids": WEDDING_ONLY,
+        "data_types": WEDDING_ONLY,
+        "tables": SELECTIVE,
+        "into_schema": SELECTIVE,
+    }
     for param, needs in companions.items():
         if given(conf.get(param)) and scope != needs:
             problems.append(f"{param} is given but scope is '{scope}': {param} goes with scope {needs}")
@@ -81,7 +86,7 @@ def check_partial_request(
     if problems:
         param = problems[0].split(" ", 1)[0]
         raise ConfigError(problems[0], fix=f"correct the {param} parameter" if param != "scope" else "")
-    known = dict(getattr(policy, "weddings", None).data_types) if hasattr(policy, "weddings") else {}
+    known = policy.weddings.data_types
     unknown = [t for t in as_names(data_types) if t not in known]
     if unknown:
         raise ConfigError(
