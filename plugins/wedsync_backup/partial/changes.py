@@ -199,7 +199,8 @@ def disable_user_triggers(conn: psycopg.Connection, tables: list[LiveTable]) -> 
         """
         SELECT r.oid::regclass::text, g.tgname, g.tgenabled::text
           FROM unnest(%s::text[]) AS n(name)
-          CROSS JOIN LATERAL pg_partition_tree(n.name::regclass) p
+          CROSS JOIN LATERAL (SELECT n.name::regclass AS relid  -- a plain table has no partition tree
+                              UNION SELECT relid FROM pg_partition_tree(n.name::regclass)) p
           JOIN pg_class r ON r.oid = p.relid
           JOIN pg_trigger g ON g.tgrelid = r.oid AND NOT g.tgisinternal AND g.tgenabled <> 'D'
         """,
