@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from wedsync_backup.commands import restore
 from wedsync_backup.commands.restore import RestoreRequest
 from wedsync_backup.crypto import Keyring
-from wedsync_backup.errors import ConfigError
+from wedsync_backup.errors import ConfigError, RestoreError
 from wedsync_backup.policy import load_policy
 from wedsync_backup.weddings.policy import parse_weddings_policy
 from wedsync_backup.weddings.slice import discover_slice
@@ -409,3 +409,72 @@ def test_the_same_in_a_quoted_schema_with_a_self_referencing_child(
     quoted_platform: World, pick: int, before: list, after: list
 ) -> None:
     check_property(quoted_platform, QUOTED, pick, before, after)
+
+
+# --- undo, data types, conflicts, bad input --------------------------------------------------------------------
+def test_only_some_data_types_then_undo_through_the_safety_snapshot(platform: World) -> None:
+    world = platform
+    w = weddings_in(world)[0]
+    at, clone = mark(world)
+    try:
+        world.write("UPDATE public.guests SET name = 'damaged' WHERE wedding_id = %(w)s", {"w": w})
+        world.write("DELETE FROM public.timeline_events WHERE wedding_id = %(w)s", {"w": w})
+        hourly(world)
+        damaged = wedding_state(world, [w])
+        guests = len(damaged["public.guests"])
+        params = {"scope": "wedding-only", "wedding_ids": [w], "data_types": ["guests"], "mode": "point_in_time"}
+        plan = dry_run(world, **params, target_time=at.isoformat())
+        assert plan["tables"] == {"public.guests": {"delete": 0, "insert": 0, "update": guests}}
+        assert wedding_state(world, [w]) == damaged
+
+        done = run_restore(world, **params, target_time=at.isoformat())
+        now = wedding_state(world, [w])
+        assert now["public.guests"] == wedding_state(world, [w], clone)["public.guests"]
+        assert now["public.timeline_events"] == []  # not in scope: left as it is
+
+        run_restore(world, **{**params, "mode": "backup_id"}, backup_id=done["safety_snapshot_id"])
+        assert wedding_state(world, [w]) == damaged  # undone
+    finally:
+        world.cluster.psql("-c", f'DROP DATABASE IF EXISTS "{clone}" WITH (FORCE)')
+
+
+def test_a_key_now_used_by_another_wedding_is_refused_naming_table_key_and_wedding(platform: World) -> None:
+    world = platform
+    w, v = weddings_in(world)[:2]
+    at, clone = mark(world)
+    world.cluster.psql("-c", f'DROP DATABASE "{clone}"')
+    with psycopg.connect(world.cluster.dsn(world.source_db)) as conn:
+        g = conn.execute("SELECT min(id) FROM public.guests WHERE wedding_id = %s", (w,)).fetchone()[0]
+    world.write("UPDATE public.guests SET wedding_id = %(v)s WHERE id = %(g)s", {"v": v, "g": g})
+    hourly(world)
+    everything = wedding_state(world, weddings_in(world))
+    with pytest.raises(RestoreError, match=rf"public\.guests: key \(id={g}\) is now used by wedding {v}"):
+        run_restore(world, scope="wedding-only", wedding_ids=[w], mode="point_in_time", target_time=at.isoformat())
+    assert wedding_state(world, weddings_in(world)) == everything  # nothing changed
+    with world.catalog.connect() as conn:
+        last = conn.execute("SELECT status, error FROM disaster_recovery_events ORDER BY id DESC LIMIT 1").fetchone()
+    assert last["status"] == "failed" and "is now used by wedding" in last["error"]
+
+
+def test_bad_input_is_refused_before_anything_is_touched(platform: World) -> None:
+    world = platform
+    empty = f"empty_{uuid.uuid4().hex[:8]}"
+    world.cluster.create_database(empty)
+    world.databases["empty_db"] = world.db(empty, "empty_db")
+    everything = wedding_state(world, weddings_in(world))
+    cases = [
+        ({"wedding_ids": ["999999"]}, ConfigError, "Unknown wedding id 999999"),
+        (
+            {"wedding_ids": ["1"], "data_types": ["photos"]},
+            ConfigError,
+            "data_types photos is not in the backup policy",
+        ),
+        ({"scope": "selective", "tables": ["public.nope"]}, ConfigError, "Table public.nope does not exist"),
+        ({"wedding_ids": ["1"], "target_conn_id": "empty_db"}, ConfigError, "has no wedding table public.weddings"),
+        ({"wedding_ids": ["1"], "dry_run": False, "confirm": "RESTORE elsewhere"}, ConfigError, "not confirmed"),
+        ({"wedding_ids": ["1"], "tables": ["guests"]}, ConfigError, "tables is given but scope is 'wedding-only'"),
+    ]
+    for params, error, message in cases:
+        with pytest.raises(error, match=message):
+            dry_run(world, **{"scope": "wedding-only", **params})
+    assert wedding_state(world, weddings_in(world)) == everything
