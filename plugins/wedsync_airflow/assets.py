@@ -8,3 +8,6 @@ from airflow.sdk import Asset
 # Named without a URI scheme: a scheme makes Airflow load every provider's URI handlers at parse time
 # (seconds, the GCS hook among them), which DAG files must not pay.
 FULL_BACKUP_VERIFIED = Asset(name="wedsync_full_backup_verified")
+
+# Emitted by the wedding DAGs' commit task once every copy of a wedding backup is verified and recorded.
+WEDDING_BACKUP_VERIFIED = Asset(name="wedsync_wedding_backup_verified")

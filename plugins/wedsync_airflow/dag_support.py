@@ -33,3 +33,9 @@ def describe_targets() -> str:
 def retry_delay(default_seconds: int = 120) -> timedelta:
     """First retry delay (doubling after); WEDSYNC_RETRY_DELAY_SECONDS shortens it for local stacks and tests."""
     return timedelta(seconds=int(os.environ.get("WEDSYNC_RETRY_DELAY_SECONDS", default_seconds)))
+
+
+def wedding_tick_minutes() -> int:
+    """How often the wedding proximity DAG wakes: the wedding-day RPO (a wedding on its day is backed up that
+    often; every other due wedding at its own, longer frequency)."""
+    return max(1, min(59, load_policy().weddings.wedding_day_rpo_minutes))

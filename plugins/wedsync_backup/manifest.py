@@ -157,6 +157,47 @@ class Provenance:
 
 
 @dataclass
+class WeddingEntry:
+    """One wedding of a wedding backup: its own object, readable without the others (weddings/export.py)."""
+
+    wedding_id: str
+    wedding_date: str | None
+    phase: str  # planning | preparation | execution | post_event
+    object: StoredObject
+    row_counts: dict[str, int]  # "schema.table" -> the wedding's rows (root and slice tables)
+    parent_row_counts: dict[str, int] = field(default_factory=dict)  # parent rows recorded with it
+    retention_policy: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(self.row_counts.values())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WeddingEntry:
+        return cls(**{**d, "object": StoredObject(**d["object"])})
+
+
+@dataclass
+class WeddingsSection:
+    """A wedding backup: which weddings, of which slice definition, read at which moment."""
+
+    root: str  # the wedding table, "schema.table"
+    key: str
+    time_zone: str
+    tables: list[str]  # the slice's tables in load order (root first)
+    parents: list[str]  # parent tables in load order
+    weddings: list[WeddingEntry] = field(default_factory=list)
+    requested: list[str] = field(default_factory=list)  # ids asked for by name (backup_wedding_now)
+
+    def entry(self, wedding_id: str) -> WeddingEntry | None:
+        return next((w for w in self.weddings if w.wedding_id == wedding_id), None)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WeddingsSection:
+        return cls(**{**d, "weddings": [WeddingEntry.from_dict(w) for w in d.get("weddings", [])]})
+
+
+@dataclass
 class RestoreScope:
     """A ``pre_restore`` safety snapshot: the live rows a partial restore replaced, so another restore of the
     same scope can put them back. Wedding-only: every table's ``parts[i]`` holds wedding ``wedding_ids[i]``."""
@@ -184,6 +225,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     chain: ChainSection | None = None
     provenance: Provenance | None = None
+    weddings: WeddingsSection | None = None  # wedding backups: one object per wedding
     restore_scope: RestoreScope | None = None  # pre_restore snapshots only
     # Per-tier capture details (an incremental's LSN range, counts, sequences). Manifests written before the
     # typed sections also kept their provenance and chain here; ``provenance_info``/``chain_info`` read both.
@@ -207,6 +249,8 @@ class Manifest:
             out.append(self.changes_object)
         if self.extra.get("large_objects"):  # full backups: the large objects' contents (large_objects.py)
             out.append(StoredObject(**self.extra["large_objects"]["object"]))
+        if self.weddings is not None:
+            out += [w.object for w in self.weddings.weddings]
         return out
 
     @property
@@ -258,7 +302,8 @@ class Manifest:
 
     @property
     def total_rows(self) -> int:
-        return sum(t.row_count for t in self.tables)
+        weddings = sum(w.rows for w in self.weddings.weddings) if self.weddings else 0
+        return sum(t.row_count for t in self.tables) + weddings
 
     @property
     def plain_bytes(self) -> int:
@@ -313,6 +358,8 @@ class Manifest:
             d["chain"] = ChainSection(**d["chain"])
         if d.get("provenance") is not None:
             d["provenance"] = Provenance(**d["provenance"])
+        if d.get("weddings") is not None:
+            d["weddings"] = WeddingsSection.from_dict(d["weddings"])
         if d.get("restore_scope") is not None:
             d["restore_scope"] = RestoreScope(**d["restore_scope"])
         manifest = cls(**d)

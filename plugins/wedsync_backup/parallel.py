@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import TypeVar
 
 import psycopg
 
 CANCEL_TIMEOUT = 5.0
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Crew:
@@ -79,3 +82,20 @@ def run_crew(workers: int, work: Callable[[Crew], None], name: str) -> None:
         pool.shutdown(wait=True)
     if crew.error is not None:
         raise crew.error
+
+
+def each_object(fn: Callable[[T], R], items: list[T], workers: int = 1) -> Iterator[R]:
+    """``fn`` over ``items`` in order, ``workers`` at a time (1: in this thread); the first error is raised
+    once the running calls are done, and no new call starts after it."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="objects") as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            for f in futures:
+                yield f.result()
+        finally:
+            for f in futures:
+                f.cancel()

@@ -22,8 +22,22 @@ def _time(m: Manifest) -> datetime:
     return datetime.fromisoformat(m.consistent_point.get("time") or m.created_at)
 
 
+def _expired(m: Manifest, cutoff: datetime, now: datetime, recorded: bool) -> bool:
+    """Past the tier's window; with ``recorded``, past the retention the backup itself recorded (a wedding
+    backup's retention policy: None is permanent)."""
+    if not recorded:
+        return _time(m) < cutoff
+    until = m.provenance_info.retention_until
+    return until is not None and datetime.fromisoformat(until) < now
+
+
 def select_prunable(
-    manifests: list[Manifest], *, now: datetime, retention_days: int, backup_type: str = "full"
+    manifests: list[Manifest],
+    *,
+    now: datetime,
+    retention_days: int,
+    backup_type: str = "full",
+    recorded: bool = False,
 ) -> list[str]:
     """Ids of ``backup_type`` backups older than the retention window, never the newest of that type.
 
@@ -34,7 +48,7 @@ def select_prunable(
         return []
     newest = mine[-1].backup_id
     cutoff = now - timedelta(days=retention_days)
-    candidates = {m.backup_id for m in mine if _time(m) < cutoff and m.backup_id != newest}
+    candidates = {m.backup_id for m in mine if _expired(m, cutoff, now, recorded) and m.backup_id != newest}
     parent = {m.backup_id: m.parent_backup_id for m in manifests}
     protected: set[str] = set()
     for m in manifests:

@@ -15,6 +15,7 @@ from typing import Any
 from wedsync_backup.crypto import Keyring, decrypt_stream
 from wedsync_backup.errors import IntegrityError, WedSyncError, is_transient
 from wedsync_backup.manifest import Manifest, StoredObject
+from wedsync_backup.parallel import each_object
 from wedsync_backup.pipeline import decode_from_storage
 from wedsync_backup.restore import verify_manifest_mac
 from wedsync_backup.storage.base import Storage
@@ -68,11 +69,15 @@ def _verify_object(storage: Storage, obj: StoredObject, keyring: Keyring, backup
         )
 
 
-def verify_copy(manifest: Manifest, storage: Storage, keyring: Keyring, *, deep: bool = False) -> VerifyResult:
-    """Check every object of ``manifest`` on ``storage``; raise on the first fault, naming it."""
+def verify_copy(
+    manifest: Manifest, storage: Storage, keyring: Keyring, *, deep: bool = False, workers: int = 1
+) -> VerifyResult:
+    """Check every object of ``manifest`` on ``storage``; raise on the first fault, naming it. ``workers`` > 1
+    checks that many objects at once (many small objects: a wedding backup)."""
     verify_manifest_mac(manifest, keyring)
     objects = manifest.objects()
-    for obj in objects:
+
+    def one(obj: StoredObject) -> None:
         try:
             _verify_object(storage, obj, keyring, manifest.backup_id, deep)
         except WedSyncError:
@@ -84,6 +89,9 @@ def verify_copy(manifest: Manifest, storage: Storage, keyring: Keyring, *, deep:
                 "check the target",
                 transient=is_transient(e),  # a dropped connection is retried; damaged data is not
             ) from e
+
+    for _ in each_object(one, objects, workers):
+        pass
     log.info("Verified %d objects of %s on %s", len(objects), manifest.backup_id, storage.name)
     return VerifyResult(
         target_name=storage.name,

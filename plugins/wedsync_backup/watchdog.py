@@ -17,6 +17,7 @@ from typing import Any
 from wedsync_backup import alerts
 from wedsync_backup.alerts import Alert
 from wedsync_backup.catalog import Catalog
+from wedsync_backup.weddings.policy import WeddingsPolicy
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ TIER_DAGS = {
     "incremental": "backup_hourly_incremental",
     "full": "backup_daily_full",
     "archive": "backup_weekly_archive",
+    "wedding_day": "backup_wedding_proximity",  # tiers wedding_day:<wedding id> (weddings/watch.py)
 }
 
 
@@ -131,10 +133,21 @@ def _mark(cat: Catalog, tier: str, column: str, now: datetime) -> None:
 
 
 def run_watchdog(
-    cat: Catalog, objectives: dict[str, timedelta], now: datetime, *, notify: Callable[[Alert], object]
+    cat: Catalog,
+    objectives: dict[str, timedelta],
+    now: datetime,
+    *,
+    notify: Callable[[Alert], object],
+    weddings: WeddingsPolicy | None = None,
 ) -> WatchdogResult:
-    """Check every tier; alert a breach once when it opens, and announce its end."""
-    result = WatchdogResult(tier_states(cat, objectives, now))
+    """Check every tier (and, with ``weddings``, every wedding on its day); alert a breach once when it
+    opens, and announce its end."""
+    states = tier_states(cat, objectives, now)
+    if weddings is not None:
+        from wedsync_backup.weddings.watch import wedding_day_states  # (it imports this module)
+
+        states += wedding_day_states(cat, weddings, now)
+    result = WatchdogResult(states)
     for s in result.states:
         if s.breached:
             if not _open(cat, s, now):
@@ -147,7 +160,7 @@ def run_watchdog(
                     objective=human(s.objective),
                     age=human(s.age) if s.age is not None else None,
                     newest_backup_id=s.newest_backup_id,
-                    dag=TIER_DAGS.get(s.tier, "the tier's backup DAG"),
+                    dag=TIER_DAGS.get(s.tier.split(":")[0], "the tier's backup DAG"),
                 )
             )
             _mark(cat, s.tier, "alerted_at", now)

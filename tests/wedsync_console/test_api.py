@@ -150,7 +150,8 @@ def test_status(console: Console, clients: dict[str, httpx.Client]) -> None:
     assert archive["deployed"] is True and archive["newest_point"] is None
     assert archive["health"] == "critical" and archive["health_text"].startswith("no verified backup yet")
     assert archive["paused"] is True and archive["health_text"].endswith("the DAG is paused")
-    assert tiers["wedding"]["health"] == "not_deployed"  # backup_wedding_proximity is not in this Airflow
+    wedding = tiers["wedding"]  # deployed (issue 9), created paused, no wedding backup in this test
+    assert wedding["deployed"] is True and wedding["newest_point"] is None and wedding["paused"] is True
     assert {t["target_name"]: (t["healthy"], t["backups"]) for t in s["targets"]} == {
         "primary": (True, 1),
         "secondary": (True, 1),
@@ -271,6 +272,17 @@ def test_a_manual_backup_triggers_the_dag_as_the_user(
     assert rows[-1]["details"]["outcome"] == "triggered" and rows[-1]["details"]["run_id"] == b["run_id"]
     assert rows[-1]["backup_id"] == b["backup_id"]
     assert rows[-2]["details"]["outcome"] == "accepted" and rows[-1]["details"]["reservation"] == str(rows[-2]["id"])
+
+
+def test_a_wedding_backup_triggers_backup_wedding_now(console: Console, clients: dict[str, httpx.Client]) -> None:
+    body = {"type": "wedding", "reason": "before the seating import", "weddingIds": ["w-1", "w-2"]}
+    r = clients["admin"].post(f"{API}/backups", json=body)
+    assert r.status_code == 202, r.text
+    b = r.json()
+    assert b["dag_id"] == "backup_wedding_now" and b["backup_id"] is None
+    assert b["recovery_points"] == ["a wedding recovery point for each of w-1, w-2"]
+    run = clients["admin"].get(f"/api/v2/dags/backup_wedding_now/dagRuns/{b['run_id']}").json()
+    assert run["conf"] == {"wedding_ids": ["w-1", "w-2"], "reason": "before the seating import"}
 
 
 # --- rate limits ---------------------------------------------------------------------------------------------------

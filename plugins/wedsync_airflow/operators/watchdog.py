@@ -31,6 +31,7 @@ class RpoWatchdogOperator(WedSyncOperator):
             objectives,
             datetime.now(UTC),
             notify=lambda alert: send_alert(alert, policy_path=self.policy_path or None),
+            weddings=policy.weddings,
         )
         for state in result.states:
             self.log.info("%s", state.as_dict())

@@ -18,10 +18,11 @@ from wedsync_backup.catalog.migrations import MIGRATIONS_DIR, Migration, load_mi
 from wedsync_backup.catalog.rebuild import Rebuild as _Rebuild
 from wedsync_backup.catalog.rebuild import RebuildResult
 from wedsync_backup.catalog.recovery_events import EVENT_STATUSES, RecoveryEvents
+from wedsync_backup.catalog.wedding_backups import WeddingBackups
 from wedsync_backup.catalog.weddings import WeddingSettings
 
 
-class Catalog(_Rebuild, Backups, RecoveryEvents, BackupTests, WeddingSettings, AuditLog, CatalogBase):
+class Catalog(_Rebuild, Backups, RecoveryEvents, BackupTests, WeddingSettings, WeddingBackups, AuditLog, CatalogBase):
     """Repository over the tracking tables; ``dsn`` is a libpq conninfo string or URL."""
 
 

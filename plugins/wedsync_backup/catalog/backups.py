@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 
 from wedsync_backup.catalog.audit import write_audit
 from wedsync_backup.catalog.connection import CatalogBase, Conn, aware, parse_time
+from wedsync_backup.catalog.wedding_backups import record_wedding_backups
 from wedsync_backup.errors import ConfigError, IntegrityError
 from wedsync_backup.manifest import BACKUP_TYPES, Manifest, TableEntry
 
@@ -94,6 +95,12 @@ def locations_by_role(replicas: Sequence[dict[str, Any]], roles: Mapping[str, st
     return out
 
 
+def point_type(manifest: Manifest) -> str:
+    if manifest.backup_type == "wedding":
+        return "wedding"
+    return "incremental" if manifest.parent_backup_id else "full"
+
+
 class Backups(CatalogBase):
     def start_backup(
         self,
@@ -108,7 +115,7 @@ class Backups(CatalogBase):
         run_id: str | None = None,
         reason: str | None = None,
         parent_backup_id: str | None = None,
-        components: Sequence[str] = ("database",),
+        components: Sequence[Any] = ("database",),
     ) -> bool:
         """Record the backup as in progress. False if it is already completed (a duplicate trigger)."""
         if backup_type not in BACKUP_TYPES:
@@ -384,9 +391,10 @@ class Backups(CatalogBase):
                 cp.get("lsn"),
                 cp.get("txid_snapshot"),
                 chain,
-                "incremental" if manifest.parent_backup_id else "full",
+                point_type(manifest),
             ),
         )
+        record_wedding_backups(conn, manifest)  # a wedding backup's per-wedding points, same transaction
         write_audit(
             conn,
             "backup_completed",

@@ -30,6 +30,7 @@ from wedsync_backup.verify import verify_copy
 from wedsync_backup.watermark import WARNING as WATERMARK_WARNING
 
 log = logging.getLogger(__name__)
+OBJECT_WORKERS = 8
 
 
 # --- shared checks -----------------------------------------------------------------------------------------
@@ -233,10 +234,15 @@ def export(
     )
 
 
+def object_workers(manifest: Manifest) -> int:
+    """Objects copied or verified at once: many small ones (a wedding backup, one per wedding) in parallel."""
+    return OBJECT_WORKERS if manifest.weddings is not None else 1
+
+
 def replicate(res: Resources, backup_id: str, manifest_sha256: str, target_name: str) -> dict[str, Any]:
     """Copy the backup's ciphertext from the primary to one replica target (never needs the key)."""
     manifest = load_pending_manifest(res, backup_id, manifest_sha256)
-    return copy_backup(manifest, res.primary(), res.storage(target_name)).as_dict()
+    return copy_backup(manifest, res.primary(), res.storage(target_name), workers=object_workers(manifest)).as_dict()
 
 
 def verify(
@@ -244,7 +250,8 @@ def verify(
 ) -> dict[str, Any]:
     """Check one copy: every object's size and sha256, and decryption of every chunk."""
     manifest = load_pending_manifest(res, backup_id, manifest_sha256)
-    result = verify_copy(manifest, res.storage(target_name), res.keyring(), deep=deep).as_dict()
+    storage = res.storage(target_name)
+    result = verify_copy(manifest, storage, res.keyring(), deep=deep, workers=object_workers(manifest)).as_dict()
     result["manifest_sha256"] = manifest_sha256
     return result
 

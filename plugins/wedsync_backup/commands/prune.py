@@ -49,7 +49,13 @@ def prune(
     pruned: dict[str, list[str]] = {}
     for storage in res.all_storages():
         manifests = committed_manifests(storage)
-        ids = select_prunable(manifests, now=now, retention_days=t.retention_days, backup_type=backup_type)
+        ids = select_prunable(
+            manifests,
+            now=now,
+            retention_days=t.retention_days,
+            backup_type=backup_type,
+            recorded=backup_type == "wedding",  # each wedding backup keeps its weddings' retention policy
+        )
         for backup_id in ids:
             delete_backup(storage, backup_id)
         pruned[storage.name] = ids
