@@ -4,7 +4,8 @@
 -- 1. disaster_recovery_events gains the specification's columns, filled by every restore (complete ones
 --    included), and what a partial restore records: its safety snapshot (the pre_restore backup that undoes
 --    it), the weddings it brought back and the rows it changed per table.
--- 2. backup_operations accepts the safety snapshot's type, pre_restore.
+-- 2. backup_operations accepts the safety snapshot's type, pre_restore, and its recovery point says so (it is
+--    restorable through a partial scope only, never mistaken for a full backup's point).
 
 ALTER TABLE disaster_recovery_events
     ADD COLUMN recovery_type text
@@ -35,3 +36,7 @@ CREATE INDEX disaster_recovery_events_weddings
 ALTER TABLE backup_operations DROP CONSTRAINT backup_operations_backup_type_check;
 ALTER TABLE backup_operations ADD CONSTRAINT backup_operations_backup_type_check
     CHECK (backup_type IN ('full', 'incremental', 'archive', 'manual', 'wedding', 'pre_restore'));
+
+ALTER TABLE recovery_points DROP CONSTRAINT recovery_points_point_type_check;
+ALTER TABLE recovery_points ADD CONSTRAINT recovery_points_point_type_check
+    CHECK (point_type IN ('full', 'incremental', 'named', 'wedding', 'pre_restore'));

@@ -41,6 +41,7 @@ from wedsync_backup.partial.source import BackupRows, backup_database, check_sna
 from wedsync_backup.partial.stage import Staging, temp
 from wedsync_backup.pitr import bump_sequences_in
 from wedsync_backup.policy import Policy
+from wedsync_backup.weddings.export import read_wedding_slice
 from wedsync_backup.weddings.policy import table_name
 from wedsync_backup.weddings.slice import SliceTable, WeddingSlice, discover_slice
 
@@ -158,8 +159,7 @@ def _refuse_unknown(
     known = _known_weddings(live, scope, scope.wedding_ids)
     if backup is not None:
         known |= _known_weddings(backup, scope, scope.wedding_ids)
-    elif rows.snapshot is not None:
-        known |= set(rows.scope.wedding_ids)
+    known |= rows.holds()
     unknown = [w for w in scope.wedding_ids if w not in known]
     if unknown:
         raise ConfigError(
@@ -225,6 +225,39 @@ def _stage(
         staging.index(staged, m.live.key if set(m.live.key) <= set(columns) else ())
         works.append(TableWork(m.live, columns, staged, ""))
     return works
+
+
+def _stage_wedding_backup(
+    staging: Staging, scope: Scope, rows: BackupRows, keyring: Keyring
+) -> tuple[list[TableWork], list[TableWork]]:
+    """Each wedding's object of a wedding backup, read alone, section by section into the stage."""
+    assert rows.weddings is not None
+    members = {m.live.qualified: m for m in [*scope.tables, *scope.parents]}
+    staged: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
+    for wedding in scope.wedding_ids:
+        for section in read_wedding_slice(
+            rows.storage, keyring, rows.weddings.backup_id, wedding, manifest=rows.weddings
+        ):
+            m = members.get((section.schema, section.name))
+            if m is None:
+                continue  # outside the data types asked for: its lines are skipped unread
+            columns = tuple(section.columns)
+            if (section.schema, section.name) not in staged:
+                if not set(columns) <= set(m.live.columns):
+                    raise ConfigError(
+                        f"Table {m.live.display} has changed since wedding backup {rows.weddings.backup_id}",
+                        f"the backup holds columns {', '.join(columns)}; the table has {', '.join(m.live.columns)}",
+                        "restore from a newer backup, or with mode point_in_time",
+                    )
+                staged[(section.schema, section.name)] = (staging.empty_like(m.live, columns), columns)
+            staging.load_lines(staged[(section.schema, section.name)][0], columns, section.lines)
+
+    def work(m: Member) -> TableWork:
+        name, columns = staged.get(m.live.qualified) or (staging.empty_like(m.live, m.live.columns), m.live.columns)
+        staging.index(name, m.live.key if set(m.live.key) <= set(columns) else ())
+        return TableWork(m.live, columns, name, "")
+
+    return [work(m) for m in scope.tables], [work(m) for m in scope.parents]
 
 
 # --- compare, then replace in one transaction ------------------------------------------------------------
@@ -337,7 +370,8 @@ def _run(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, apply
     target = req.destination(res)
     storage = res.storage(req.from_target)
     ring = res.keyring()
-    rows = choose_rows(req.mode, req.backup_id, req.until(), storage, ring)
+    ids = as_names(req.wedding_ids) if req.scope == WEDDING_ONLY else None
+    rows = choose_rows(req.mode, req.backup_id, req.until(), storage, ring, ids)
     into = None if req.into_schema in (None, "", "None") else str(req.into_schema)
     with target.connect(autocommit=False) as conn:
         scope = _scope(conn, policy, req, target.label)
@@ -363,8 +397,11 @@ def _run(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, apply
         staging = Staging(conn)
         with backup_database(rows, ring, target, f"partial|{run.dag_id}|{run.run_id}", policy.export_workers) as backup:
             _refuse_unknown(scope, conn, backup, rows)
-            works = _stage(staging, scope, scope.tables, rows, backup, ring)
-            parents = _stage(staging, scope, scope.parents, rows, backup, ring) if backup is not None else []
+            if rows.weddings is not None:
+                works, parents = _stage_wedding_backup(staging, scope, rows, ring)
+            else:
+                works = _stage(staging, scope, scope.tables, rows, backup, ring)
+                parents = _stage(staging, scope, scope.parents, rows, backup, ring) if backup is not None else []
         conn.commit()
         result["business_impact_level"] = _impact(conn, scope, works, parents, into)
         result["affected_users_count"] = _users(conn, parents)

@@ -3,6 +3,8 @@
 - a full backup, plus its chain up to the chosen moment (``latest``, ``point_in_time``, or ``backup_id`` of a
   full): restored into a scratch database on the target's server with the restore and replay engines, then
   read from there with the same SQL that reads the live database (the wedding's slice, or whole tables);
+- a wedding backup (``backup_id``, or ``latest`` when it is newer than the chain's last capture): each
+  wedding's object, read alone (``read_wedding_slice``), straight into the stage, its parent rows included;
 - a ``pre_restore`` safety snapshot (``backup_id``): its rows are decrypted straight into the stage.
 """
 
@@ -33,17 +35,26 @@ FULL_TYPES = ("full", "archive", "manual")
 
 @dataclass
 class BackupRows:
-    """A full backup (+ chain) to read rows from in a scratch database, or a snapshot's rows."""
+    """A full backup (+ chain) to read rows from in a scratch database, a wedding backup, or a snapshot."""
 
     storage: Storage
     chain: ChainPlan | None = None
     snapshot: Manifest | None = None
+    weddings: Manifest | None = None  # a wedding backup
 
     @property
     def manifest(self) -> Manifest:
-        found = self.chain.full if self.chain is not None else self.snapshot
+        found = self.chain.full if self.chain is not None else self.snapshot or self.weddings
         assert found is not None
         return found
+
+    def holds(self) -> set[str]:
+        """The weddings a wedding backup or a wedding-only snapshot holds (empty for a full backup)."""
+        if self.weddings is not None and self.weddings.weddings is not None:
+            return {w.wedding_id for w in self.weddings.weddings.weddings}
+        if self.snapshot is not None and self.snapshot.restore_scope is not None:
+            return set(self.snapshot.restore_scope.wedding_ids)
+        return set()
 
     @property
     def scope(self) -> RestoreScope:
@@ -79,20 +90,29 @@ class BackupRows:
 
 
 def choose_rows(
-    mode: str, backup_id: str | None, until: datetime | None, storage: Storage, keyring: Keyring
+    mode: str,
+    backup_id: str | None,
+    until: datetime | None,
+    storage: Storage,
+    keyring: Keyring,
+    wedding_ids: list[str] | None = None,
 ) -> BackupRows:
-    """The backup the mode names, every manifest authenticated and every object present on ``storage``."""
+    """The backup the mode names, every manifest authenticated and every object present on ``storage``.
+    ``latest`` for weddings: the newest wedding backup holding them all, when it is newer than the chain."""
     if mode == "backup_id":
         m = read_manifest(storage, str(backup_id))
         if m.backup_type in FULL_TYPES:
             rows = BackupRows(storage, chain=ChainPlan(m, [], None, None, m.point.time or ""))
         elif m.backup_type == "pre_restore" and m.restore_scope is not None:
             rows = BackupRows(storage, snapshot=m)
+        elif m.backup_type == "wedding" and m.weddings is not None and wedding_ids:
+            rows = BackupRows(storage, weddings=m)
         else:
             raise ConfigError(
-                f"Backup {backup_id} is a {m.backup_type} backup, which a partial restore cannot read alone",
-                "a partial restore reads a full backup (with its chain) or a pre_restore safety snapshot",
-                "use mode point_in_time (the moment it was taken) or name a full or pre_restore backup",
+                f"Backup {backup_id} is a {m.backup_type} backup, which this restore cannot read alone",
+                "a partial restore reads a full backup (with its chain), a wedding backup (wedding-only) or a "
+                "pre_restore safety snapshot",
+                "use mode point_in_time (the moment it was taken) or name a full, wedding or pre_restore backup",
             )
     else:
         manifests = committed_manifests(storage)
@@ -105,14 +125,42 @@ def choose_rows(
             rows = BackupRows(storage, chain=plan_chain(manifests, until))
         except IntegrityError as e:
             raise ConfigError(e.what, e.why, e.fix) from e
+        newest = newest_wedding_backup(manifests, wedding_ids or []) if until is None else None
+        covered = rows.chain.covered_until if rows.chain is not None else None
+        if newest is not None and (not covered or (newest.point.time or "") > covered):
+            rows = BackupRows(storage, weddings=newest)
     for m in [rows.manifest, *(rows.chain.increments if rows.chain else [])]:
         verify_manifest_mac(m, keyring)
         check_objects_present(m, storage)
     return rows
 
 
+def newest_wedding_backup(manifests: list[Manifest], wedding_ids: list[str]) -> Manifest | None:
+    """The newest wedding backup that holds every one of ``wedding_ids`` (None without ids or such a backup)."""
+    if not wedding_ids:
+        return None
+    found = [
+        m
+        for m in manifests
+        if m.backup_type == "wedding"
+        and m.weddings is not None
+        and all(m.weddings.entry(w) is not None for w in wedding_ids)
+    ]
+    return max(found, key=lambda m: m.point.time or "", default=None)
+
+
 def check_snapshot_fits(rows: BackupRows, scope: str, wedding_ids: list[str], tables: list[tuple[str, str]]) -> None:
     """A safety snapshot is restored through the scope it was taken for, and holds what is asked of it."""
+    if rows.weddings is not None:
+        missing = [w for w in wedding_ids if w not in rows.holds()]
+        if scope != WEDDING_ONLY or missing:
+            raise ConfigError(
+                f"Wedding backup {rows.weddings.backup_id} cannot restore "
+                + (f"wedding(s) {', '.join(missing)}" if missing else f"scope {scope}"),
+                f"it holds weddings {', '.join(sorted(rows.holds()))} (and is read by scope wedding-only only)",
+                "pick a wedding backup that holds them (wedding_backups table), or mode point_in_time",
+            )
+        return
     if rows.snapshot is None:
         return
     held = rows.scope

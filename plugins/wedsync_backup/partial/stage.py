@@ -84,6 +84,15 @@ class Staging:
             rows = wc.rowcount
         return rows
 
+    def load_lines(self, dest: str, columns: Sequence[str], lines: Iterable[bytes]) -> int:
+        """COPY text lines (a wedding backup's section) into ``dest``."""
+        cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+        with self.conn.cursor() as cur:
+            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(temp(dest), cols)) as writer:
+                for line in lines:
+                    writer.write(line)
+            return cur.rowcount
+
     def load_parts(
         self,
         dest: str,

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wedsync_backup.commands import restore
+from wedsync_backup.commands import restore, wedding_backup
 from wedsync_backup.commands.restore import RestoreRequest
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import ConfigError, RestoreError
@@ -478,3 +478,19 @@ def test_bad_input_is_refused_before_anything_is_touched(platform: World) -> Non
         with pytest.raises(error, match=message):
             dry_run(world, **{"scope": "wedding-only", **params})
     assert wedding_state(world, weddings_in(world)) == everything
+
+
+def test_latest_reads_the_wedding_backup_when_it_is_newer_than_the_chain(platform: World) -> None:
+    world = platform
+    w = weddings_in(world)[-1]
+    hourly(world)
+    backup_id = wedding_backup.backup_weddings(
+        world.resources(), world.run("backup_wedding_now"), wedding_ids=[w], reason="before the import"
+    )
+    at_backup = wedding_state(world, [w])
+    world.write("DELETE FROM public.guests WHERE wedding_id = %(w)s", {"w": w})
+    world.write("UPDATE public.weddings SET venue = 'wrong' WHERE id = %(w)s", {"w": w})
+    done = run_restore(world, scope="wedding-only", wedding_ids=[w], mode="latest")
+    assert done["backup_id"] == backup_id and done["backup_type"] == "wedding"
+    assert wedding_state(world, [w]) == at_backup
+    sequences_ahead(world)
