@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from wedsync_backup.weddings.slice import _q as sql_name
+
 QName = tuple[str, str]
 
 
@@ -31,14 +33,12 @@ class LiveTable:
 
     @property
     def ident(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
+        return sql.Identifier(*self.qualified)
 
     @property
     def display(self) -> str:
-        """schema.table, quoted where SQL needs it (for messages)."""
-        return ".".join(
-            p if p.isidentifier() and p == p.lower() else '"' + p.replace('"', '""') + '"' for p in self.qualified
-        )
+        """schema.table, quoted where SQL needs it (for messages), as a wedding slice's tables say it."""
+        return ".".join(map(sql_name, self.qualified))
 
     def cols(self, alias: str | None = None, columns: Iterable[str] | None = None) -> sql.Composed:
         names = self.columns if columns is None else tuple(columns)

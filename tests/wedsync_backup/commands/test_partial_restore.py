@@ -11,11 +11,10 @@ safety snapshot, selective with and without into_schema, a conflict, and bad inp
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -24,17 +23,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wedsync_backup.commands import restore, wedding_backup
 from wedsync_backup.commands.restore import RestoreRequest
-from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import ConfigError, RestoreError
 from wedsync_backup.policy import load_policy
 from wedsync_backup.weddings.policy import parse_weddings_policy
 from wedsync_backup.weddings.slice import discover_slice
 
 from devstack.postgres import Cluster
-from tests.fixtures.storage import StorageTargets
-from tests.wedsync_backup.commands.conftest import World
+from devstack.services import GcsEmulator, MotoServer
+from tests.fixtures.storage import StorageTargets, set_storage_env, unique_bucket
+from tests.wedsync_backup.commands.conftest import World, new_world
 from tests.wedsync_backup.commands.test_incremental import hourly
-from tests.wedsync_backup.test_incremental import drop_db
 
 SCHEMA = """
 CREATE FUNCTION public.touch() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -96,46 +94,28 @@ QUOTED_POLICY = {
 }
 
 
-@dataclasses.dataclass
-class Platform:
-    """A live source with a full backup (and its chain), a catalog and the three targets."""
-
-    world: World
-    root: str  # the wedding table, as SQL
-    children: dict[str, str]  # child table (SQL) -> its wedding column (or a path, for task_notes)
-
-    def conn(self, db: str | None = None) -> psycopg.Connection:
-        return psycopg.connect(self.world.cluster.dsn(db or self.world.source_db), autocommit=True)
-
-
 def make_platform(
-    pg_cluster: Cluster, targets: StorageTargets, schema: str, weddings: dict[str, Any], root: str
+    pg_cluster: Cluster, targets: StorageTargets, schema: str, weddings: dict[str, Any]
 ) -> Iterator[World]:
-    source_db, catalog_db = f"psrc_{uuid.uuid4().hex[:8]}", f"pcat_{uuid.uuid4().hex[:8]}"
-    pg_cluster.create_database(source_db)
-    pg_cluster.psql(dbname=source_db, input=schema)
-    pg_cluster.create_database(catalog_db)
     policy = dataclasses.replace(load_policy(env={}), weddings=parse_weddings_policy(weddings))
-    world = World(
-        pg_cluster,
-        source_db,
-        catalog_db,
-        policy,
-        {s.name: s for s in targets},
-        Keyring(os.urandom(32)),
-    )
-    try:
-        yield world
-    finally:
-        drop_db(pg_cluster, source_db)
-        pg_cluster.psql("-c", f'DROP DATABASE IF EXISTS "{catalog_db}" WITH (FORCE)')
-        for name in world.databases:
-            pg_cluster.psql("-c", f'DROP DATABASE IF EXISTS "{world.databases[name].dbname}" WITH (FORCE)')
+    yield from new_world(pg_cluster, schema, policy, targets)
+
+
+def own_targets(s3: MotoServer, gcs: GcsEmulator, tmp: pytest.TempPathFactory) -> Iterator[StorageTargets]:
+    """Each platform its own three targets: its chain never meets another platform's backups."""
+    from wedsync_airflow.targets import build_targets
+
+    s3_bucket, gcs_bucket = unique_bucket("s3"), unique_bucket("gcs")
+    s3.create_bucket(s3_bucket)
+    gcs.create_bucket(gcs_bucket)
+    with pytest.MonkeyPatch.context() as mp:
+        set_storage_env(mp, s3, gcs, tmp.mktemp("targets") / "backups", s3_bucket, gcs_bucket)
+        yield StorageTargets(*build_targets(load_policy()))
 
 
 @pytest.fixture(scope="module")
 def live(pg_cluster: Cluster, module_targets: StorageTargets) -> Iterator[World]:
-    yield from make_platform(pg_cluster, module_targets, SCHEMA, POLICY, "public.weddings")
+    yield from make_platform(pg_cluster, module_targets, SCHEMA, POLICY)
 
 
 def run_restore(world: World, **params: Any) -> dict[str, Any]:
@@ -291,7 +271,7 @@ SEEDED = (1, 2, 3, 4)
 
 
 def seeded(pg_cluster: Cluster, targets: StorageTargets, shape: Shape) -> Iterator[World]:
-    for world in make_platform(pg_cluster, targets, shape.schema, shape.policy, shape.root):
+    for world in make_platform(pg_cluster, targets, shape.schema, shape.policy):
         for w in SEEDED:
             for stmt in shape.seed:
                 world.write(stmt, {"w": w})
@@ -300,14 +280,21 @@ def seeded(pg_cluster: Cluster, targets: StorageTargets, shape: Shape) -> Iterat
         yield world
 
 
-@pytest.fixture(scope="module")
-def platform(pg_cluster: Cluster, module_targets: StorageTargets) -> Iterator[World]:
-    yield from seeded(pg_cluster, module_targets, PUBLIC)
+def platform_of(shape: Shape) -> Any:
+    """A module fixture: ``shape`` seeded on a source of its own, with its own targets and full backup."""
+
+    @pytest.fixture(scope="module")
+    def fixture(
+        pg_cluster: Cluster, s3_server: MotoServer, gcs_server: GcsEmulator, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[World]:
+        for targets in own_targets(s3_server, gcs_server, tmp_path_factory):
+            yield from seeded(pg_cluster, targets, shape)
+
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def quoted_platform(pg_cluster: Cluster, module_targets: StorageTargets) -> Iterator[World]:
-    yield from seeded(pg_cluster, module_targets, QUOTED)
+platform = platform_of(PUBLIC)
+quoted_platform = platform_of(QUOTED)
 
 
 def weddings_in(world: World, db: str | None = None) -> list[str]:
@@ -366,10 +353,8 @@ def apply_steps(world: World, shape: Shape, steps: list[tuple[int, int, str]], w
 
 def mark(world: World) -> tuple[datetime, str]:
     """The moment T, and a template clone of the source as it is then (nobody writes in between)."""
-    time.sleep(0.02)
-    at = datetime.now(UTC)
-    time.sleep(0.02)
-    name = f"clone_{uuid.uuid4().hex[:10]}"
+    name, at = f"clone_{uuid.uuid4().hex[:10]}", datetime.now(UTC) + timedelta(milliseconds=20)
+    time.sleep(0.04)  # T lies strictly between the writes before and after it
     world.cluster.create_database(name, template=world.source_db)
     return at, name
 
