@@ -204,6 +204,8 @@ def _run(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, apply
             result["tables"] = {w.live.display: w.counts for w in works}
             if apply:
                 conn.commit()
+            else:
+                conn.rollback()  # a dry run leaves no schema behind (the connection would commit on close)
             return result
         if apply:
             _lock(conn, [w.live for w in [*parents, *works]])

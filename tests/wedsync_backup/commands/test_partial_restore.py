@@ -151,6 +151,8 @@ def test_selective_into_a_side_schema_then_over_the_live_table_then_undo(live: W
     world.write("INSERT INTO public.notes SELECT id, 'new' FROM public.weddings")
     damaged = table_rows(world, "public.notes")
 
+    plan = dry_run(world, scope="selective", tables=["notes"], into_schema="inspect_1")
+    assert plan["tables"] == {"public.notes": {"delete": 0, "insert": 3, "update": 0}}
     side = run_restore(world, scope="selective", tables=["notes"], into_schema="inspect_1", mode="latest")
     assert side["tables"] == {"public.notes": {"delete": 0, "insert": 3, "update": 0}}
     assert side["safety_snapshot_id"] is None  # nothing live was replaced
