@@ -105,6 +105,19 @@ def restore_run(res: Resources, **params: Any) -> tuple[float, float, dict[str, 
     return plan_s, restore_s, done
 
 
+def profiled(path: str | None, fn: Callable[[], Any]) -> Any:
+    if not path:
+        return fn()
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    out = prof.runcall(fn)
+    with open(path, "w") as f:
+        pstats.Stats(prof, stream=f).sort_stats("cumulative").print_stats(60)
+    return out
+
+
 def wedding_rows(b: WeddingBench, w: int) -> int:
     return int(
         b.cluster.psql(
@@ -122,11 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", type=int, default=1_000, help="weddings with the full demo data set")
     p.add_argument("--work", default=str(REPO_ROOT / "bench" / "work" / "partial_restore"))
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--profile", help="write a cProfile of the wedding-backup restore to this file")
     p.add_argument("--out", default=str(REPO_ROOT / "bench" / "RESULTS_PARTIAL_RESTORE.md"))
     args = p.parse_args(argv)
     args.due = 0
     b = WeddingBench(args)
     b.start()
+    os.environ.update(b.gcs.env())  # the GCS client finds the emulator through STORAGE_EMULATOR_HOST
     try:
         seeded = b.seed(datetime.now(UTC))
         print(f"seeded {seeded}", flush=True)
@@ -158,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         inc_s, _ = timed(lambda: hourly(res))
         loads = {"before": load()}
-        one = restore_run(res, scope="wedding-only", wedding_ids=[str(w)], mode="backup_id", backup_id=wedding_id)
+        one = profiled(
+            args.profile,
+            lambda: restore_run(
+                res, scope="wedding-only", wedding_ids=[str(w)], mode="backup_id", backup_id=wedding_id
+            ),
+        )
         print(f"wedding backup restore: {one[:2]}", flush=True)
         b.cluster.psql("-c", f"DELETE FROM guests WHERE wedding_id = {w}", dbname=SOURCE_DB)
         pit = restore_run(

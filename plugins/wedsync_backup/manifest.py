@@ -200,12 +200,18 @@ class WeddingsSection:
 @dataclass
 class RestoreScope:
     """A ``pre_restore`` safety snapshot: the live rows a partial restore replaced, so another restore of the
-    same scope can put them back. Wedding-only: every table's ``parts[i]`` holds wedding ``wedding_ids[i]``."""
+    same scope can put them back. Selective: its tables. Wedding-only: ``weddings``, one object each."""
 
     scope: str  # wedding-only | selective
     wedding_ids: list[str] = field(default_factory=list)
     data_types: list[str] = field(default_factory=list)
     event_id: int | None = None  # the disaster_recovery_events row of the restore it undoes
+    # wedding-only: one object per wedding, its tables as sections (the wedding backup's object format)
+    weddings: list[WeddingEntry] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RestoreScope:
+        return cls(**{**d, "weddings": [WeddingEntry.from_dict(w) for w in d.get("weddings", [])]})
 
 
 @dataclass
@@ -251,6 +257,8 @@ class Manifest:
             out.append(StoredObject(**self.extra["large_objects"]["object"]))
         if self.weddings is not None:
             out += [w.object for w in self.weddings.weddings]
+        if self.restore_scope is not None:
+            out += [w.object for w in self.restore_scope.weddings]
         return out
 
     @property
@@ -303,6 +311,7 @@ class Manifest:
     @property
     def total_rows(self) -> int:
         weddings = sum(w.rows for w in self.weddings.weddings) if self.weddings else 0
+        weddings += sum(w.rows for w in self.restore_scope.weddings) if self.restore_scope else 0
         return sum(t.row_count for t in self.tables) + weddings
 
     @property
@@ -361,7 +370,7 @@ class Manifest:
         if d.get("weddings") is not None:
             d["weddings"] = WeddingsSection.from_dict(d["weddings"])
         if d.get("restore_scope") is not None:
-            d["restore_scope"] = RestoreScope(**d["restore_scope"])
+            d["restore_scope"] = RestoreScope.from_dict(d["restore_scope"])
         manifest = cls(**d)
         manifest._read_body = raw
         return manifest

@@ -366,9 +366,7 @@ def bump_sequences_in(
     for seq, (value, called) in (recorded or {}).items():
         if not called:
             continue
-        last, is_called = conn.execute(
-            sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(seq))
-        ).fetchone()
+        last, is_called = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(seq))).fetchone()
         if last < int(value) or (last == int(value) and not is_called):
             conn.execute("SELECT setval(%s::regclass, %s, true)", (seq, int(value)))
             bumped.append(seq)

@@ -372,4 +372,3 @@ def create_app() -> FastAPI:
         return JSONResponse(jsonable_encoder(restore_state(run_id)))
 
     return app
-

@@ -169,7 +169,9 @@ def _run(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, apply
     into = None if req.into_schema in (None, "", "None") else str(req.into_schema)
     with target.connect(autocommit=False) as conn:
         scope = _scope(conn, policy, req, target.label)
-        check_snapshot_fits(rows, req.scope, scope.wedding_ids, [m.live.qualified for m in scope.tables])
+        check_snapshot_fits(
+            rows, req.scope, scope.wedding_ids, [m.live.qualified for m in scope.tables], scope.data_types
+        )
         if into:
             check_side_schema(conn, into, target.label)
         conn.commit()
@@ -191,7 +193,7 @@ def _run(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, apply
         staging = Staging(conn)
         with backup_database(rows, ring, target, f"partial|{run.dag_id}|{run.run_id}", policy.export_workers) as backup:
             refuse_unknown(scope, conn, backup, rows)
-            if rows.weddings is not None:
+            if rows.by_wedding:
                 works, parents = stage_wedding_backup(staging, scope, rows, ring)
             else:
                 works = stage_rows(staging, scope, scope.tables, rows, backup, ring)
@@ -215,25 +217,21 @@ def _run(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, apply
         if not apply or not result["rows_changed"]:
             conn.rollback()
             return result
-        snapshot_tables = [
-            SnapshotTable(
-                w.live,
-                w.columns,
-                tuple((m.rows, {"wedding_ids": [i]}) for i in scope.wedding_ids)
-                if scope.kind == WEDDING_ONLY
-                else ((m.rows, None),),
-            )
-            for m, w in zip(scope.tables, works, strict=True)
-        ]
+        wedding_only = scope.kind == WEDDING_ONLY
+        by_table = (
+            []
+            if wedding_only
+            else [SnapshotTable(w.live, w.columns, ((m.rows, None),)) for m, w in zip(scope.tables, works, strict=True)]
+        )
+        by_wedding = [m.part_of for m in scope.tables if m.part_of is not None] if wedding_only else []
         section = RestoreScope(req.scope, scope.wedding_ids, scope.data_types)
+        why = f"before restoring {scope.describe()}: {req.reason}"
         inserted, snapshot_id = _replace(
             conn,
             scope,
             works,
             parents,
-            lambda: take_safety_snapshot(
-                res, run, target, snapshot_tables, section, f"before restoring {scope.describe()}: {req.reason}"
-            ),
+            lambda: take_safety_snapshot(res, run, target, by_table, section, why, wedding_tables=by_wedding),
         )
         conn.commit()
     result["parents_inserted"] = inserted

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from wedsync_backup.partial.shape import LiveTable
-from wedsync_backup.partial.stage import temp
+from wedsync_backup.partial.stage import INDEX_MIN_ROWS, temp
 
 OPS = ("delete", "insert", "update")
 
@@ -58,7 +58,7 @@ def count_changes(conn: psycopg.Connection, work: TableWork, actions_name: str) 
         keys = sql.SQL(", ").join(map(sql.Identifier, work.live.key))
         ks = work.live.cols("s", work.live.key)
         kl = work.live.cols("l", work.live.key)
-        conn.execute(
+        made = conn.execute(
             sql.SQL(
                 "CREATE TEMP TABLE {name} AS "
                 "SELECT {kl}, 'delete'::text AS op FROM {cur} l WHERE NOT EXISTS (SELECT 1 FROM {s} s WHERE {m}) "
@@ -76,7 +76,8 @@ def count_changes(conn: psycopg.Connection, work: TableWork, actions_name: str) 
             )
         )
         work.actions = actions_name
-        conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(temp(actions_name), keys))
+        if made.rowcount >= INDEX_MIN_ROWS:
+            conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(temp(actions_name), keys))
         rows = conn.execute(sql.SQL("SELECT op, count(*) FROM {} GROUP BY op").format(temp(actions_name))).fetchall()
     else:
         rows = conn.execute(

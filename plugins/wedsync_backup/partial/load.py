@@ -15,7 +15,6 @@ from wedsync_backup.partial.scope import Member, Scope, whole_table
 from wedsync_backup.partial.shape import read_live_table
 from wedsync_backup.partial.source import BackupRows
 from wedsync_backup.partial.stage import Staging
-from wedsync_backup.weddings.export import read_wedding_slice
 from wedsync_backup.weddings.slice import discover_slice
 
 
@@ -94,13 +93,7 @@ def stage_rows(
                 columns = tuple(entry.columns)
             staged = staging.empty_like(m.live, columns)
             if entry is not None:
-                held = rows.scope.wedding_ids
-                parts = (
-                    [entry.parts[held.index(w)] for w in scope.wedding_ids]
-                    if scope.kind == WEDDING_ONLY
-                    else entry.parts
-                )
-                staging.load_parts(staged, entry, parts, rows.storage, keyring, rows.manifest.backup_id)
+                staging.load_parts(staged, entry, entry.parts, rows.storage, keyring, rows.manifest.backup_id)
         staging.index(staged, m.live.key if set(m.live.key) <= set(columns) else ())
         works.append(TableWork(m.live, columns, staged, ""))
     return works
@@ -110,13 +103,10 @@ def stage_wedding_backup(
     staging: Staging, scope: Scope, rows: BackupRows, keyring: Keyring
 ) -> tuple[list[TableWork], list[TableWork]]:
     """Each wedding's object of a wedding backup, read alone, section by section into the stage."""
-    assert rows.weddings is not None
     members = {m.live.qualified: m for m in [*scope.tables, *scope.parents]}
     staged: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
     for wedding in scope.wedding_ids:
-        for section in read_wedding_slice(
-            rows.storage, keyring, rows.weddings.backup_id, wedding, manifest=rows.weddings
-        ):
+        for section in rows.sections(keyring, wedding):
             m = members.get((section.schema, section.name))
             if m is None:
                 continue  # outside the data types asked for: its lines are skipped unread
@@ -124,7 +114,7 @@ def stage_wedding_backup(
             if (section.schema, section.name) not in staged:
                 if not set(columns) <= set(m.live.columns):
                     raise ConfigError(
-                        f"Table {m.live.display} has changed since wedding backup {rows.weddings.backup_id}",
+                        f"Table {m.live.display} has changed since backup {rows.manifest.backup_id}",
                         f"the backup holds columns {', '.join(columns)}; the table has {', '.join(m.live.columns)}",
                         "restore from a newer backup, or with mode point_in_time",
                     )

@@ -28,6 +28,7 @@ from wedsync_backup.pitr import ChainPlan, plan_chain, restore_to_point
 from wedsync_backup.repository import committed_manifests, read_manifest
 from wedsync_backup.restore import check_objects_present, verify_manifest_mac
 from wedsync_backup.storage.base import Storage
+from wedsync_backup.weddings.export import SliceSection, read_wedding_object, read_wedding_slice
 
 SCRATCH_PREFIX = "wedsync_partial_"
 FULL_TYPES = ("full", "archive", "manual")
@@ -47,6 +48,18 @@ class BackupRows:
         found = self.chain.full if self.chain is not None else self.snapshot or self.weddings
         assert found is not None
         return found
+
+    @property
+    def by_wedding(self) -> bool:
+        """Rows come as one object per wedding: a wedding backup, or a wedding-only safety snapshot."""
+        return self.weddings is not None or bool(self.snapshot and self.scope.scope == WEDDING_ONLY)
+
+    def sections(self, keyring: Keyring, wedding: str) -> Iterator[SliceSection]:
+        """One wedding's tables, section by section (by_wedding sources only; their manifest is authenticated)."""
+        if self.weddings is not None:
+            return read_wedding_slice(self.storage, keyring, self.weddings.backup_id, wedding, manifest=self.weddings)
+        entry = next(e for e in self.scope.weddings if e.wedding_id == wedding)
+        return read_wedding_object(self.storage, keyring, self.manifest.backup_id, entry)
 
     def holds(self) -> set[str]:
         """The weddings a wedding backup or a wedding-only snapshot holds (empty for a full backup)."""
@@ -149,7 +162,9 @@ def newest_wedding_backup(manifests: list[Manifest], wedding_ids: list[str]) -> 
     return max(found, key=lambda m: m.point.time or "", default=None)
 
 
-def check_snapshot_fits(rows: BackupRows, scope: str, wedding_ids: list[str], tables: list[tuple[str, str]]) -> None:
+def check_snapshot_fits(
+    rows: BackupRows, scope: str, wedding_ids: list[str], tables: list[tuple[str, str]], data_types: list[str]
+) -> None:
     """A safety snapshot is restored through the scope it was taken for, and holds what is asked of it."""
     if rows.weddings is not None:
         missing = [w for w in wedding_ids if w not in rows.holds()]
@@ -171,6 +186,13 @@ def check_snapshot_fits(rows: BackupRows, scope: str, wedding_ids: list[str], ta
             f"restore it with scope {held.scope}",
         )
     if scope == WEDDING_ONLY:
+        wider = held.data_types and (not data_types or not set(data_types) <= set(held.data_types))
+        if wider:
+            raise ConfigError(
+                f"Safety snapshot {rows.snapshot.backup_id} holds only data types {', '.join(held.data_types)}",
+                f"this restore asks for {', '.join(data_types) or 'the whole wedding'}",
+                f"restore it with data_types {', '.join(held.data_types)} (or fewer)",
+            )
         missing = [w for w in wedding_ids if w not in held.wedding_ids]
         if missing:
             raise ConfigError(

@@ -20,6 +20,7 @@ from wedsync_backup.restore import _load_part
 from wedsync_backup.storage.base import Storage
 
 TEMP = "pg_temp"
+INDEX_MIN_ROWS = 5000  # smaller staged tables are scanned: an index (and ANALYZE) would cost more than it saves
 
 
 def temp(name: str) -> sql.Identifier:
@@ -38,11 +39,13 @@ class Staging:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self._n = 0
+        self.rows: dict[str, int] = {}  # staged table -> rows in it
 
     def _create(self, kind: str, select: sql.Composable) -> str:
         self._n += 1
         name = f"_ws_{kind}{self._n}"
-        self.conn.execute(sql.SQL("CREATE TEMP TABLE {} AS {}").format(sql.Identifier(name), select))
+        cur = self.conn.execute(sql.SQL("CREATE TEMP TABLE {} AS {}").format(sql.Identifier(name), select))
+        self.rows[name] = max(cur.rowcount, 0)
         return name
 
     def empty_like(self, live: LiveTable, columns: Sequence[str]) -> str:
@@ -55,7 +58,10 @@ class Staging:
         return self._create("l", sql.SQL(bind(self.conn, select, params)))
 
     def index(self, name: str, columns: Sequence[str]) -> None:
-        """Index the staged rows on ``columns`` (the key they are matched by) and give the planner their size."""
+        """Index the staged rows on ``columns`` (the key they are matched by) and give the planner their size,
+        once there are enough of them to matter."""
+        if self.rows.get(name, 0) < INDEX_MIN_ROWS:
+            return
         if columns:
             self.conn.execute(
                 sql.SQL("CREATE INDEX ON {} ({})").format(temp(name), sql.SQL(", ").join(map(sql.Identifier, columns)))
@@ -82,6 +88,7 @@ class Staging:
                 for data in reader:
                     writer.write(data)
             rows = wc.rowcount
+        self.rows[dest] += rows
         return rows
 
     def load_lines(self, dest: str, columns: Sequence[str], lines: Iterable[bytes]) -> int:
@@ -91,6 +98,7 @@ class Staging:
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(temp(dest), cols)) as writer:
                 for line in lines:
                     writer.write(line)
+            self.rows[dest] += cur.rowcount
             return cur.rowcount
 
     def load_parts(
@@ -104,4 +112,6 @@ class Staging:
     ) -> int:
         """Decrypt ``parts`` of a backup's table (each checked against its checksum) into ``dest``."""
         staged = replace(entry, schema=TEMP, name=dest)
-        return sum(_load_part(self.conn, staged, obj, storage, keyring, backup_id) for obj in parts)
+        rows = sum(_load_part(self.conn, staged, obj, storage, keyring, backup_id) for obj in parts)
+        self.rows[dest] += rows
+        return rows
