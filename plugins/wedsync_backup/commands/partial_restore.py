@@ -33,7 +33,7 @@ from wedsync_backup.partial.changes import (
 from wedsync_backup.partial.conflicts import clash_error, constraint_error, owner_of, unique_clash
 from wedsync_backup.partial.load import refuse_unknown, stage_rows, stage_wedding_backup
 from wedsync_backup.partial.request import SELECTIVE, WEDDING_ONLY, as_names
-from wedsync_backup.partial.scope import Scope, check_side_schema, selective_scope, wedding_scope
+from wedsync_backup.partial.scope import Member, Scope, check_side_schema, selective_scope, wedding_scope
 from wedsync_backup.partial.shape import LiveTable
 from wedsync_backup.partial.snapshot import SnapshotTable, take_safety_snapshot
 from wedsync_backup.partial.source import backup_database, check_snapshot_fits, choose_rows
@@ -55,11 +55,28 @@ def _scope(conn: psycopg.Connection, policy: Policy, req: RestoreRequest, label:
 
 
 # --- compare, then replace in one transaction ------------------------------------------------------------
+def _in_scope(m: Member, w: TableWork) -> sql.Composable:
+    """The live rows a restore replaces: the wedding's, and the rows with a key the backup holds that belong to
+    no wedding now (a delete of the wedding SET its wedding_id NULL: they are re-attached, not a conflict)."""
+    t = m.part_of
+    if t is None or t.membership != "direct" or not w.keyed:
+        return m.rows
+    return sql.SQL("{} UNION ALL SELECT t.* FROM {}{} t WHERE ({}) IN (SELECT {} FROM {}) AND {}").format(
+        m.rows,
+        sql.SQL("" if m.live.kind == "p" else "ONLY "),
+        m.live.ident,
+        m.live.cols("t", m.live.key),
+        m.live.cols(None, m.live.key),
+        temp(w.staged),
+        sql.SQL(" AND ").join(sql.SQL("{} IS NULL").format(sql.Identifier("t", c)) for c in t.direct_columns),
+    )
+
+
 def _compare(staging: Staging, scope: Scope, works: list[TableWork]) -> None:
     """Read the live rows in scope (inside the open transaction), count the changes, refuse a clash."""
     conn = staging.conn
     for i, (m, w) in enumerate(zip(scope.tables, works, strict=True)):
-        w.current = staging.snapshot(m.rows, scope.params, w.columns)
+        w.current = staging.snapshot(_in_scope(m, w), scope.params, w.columns)
         staging.index(w.current, m.live.key if w.keyed else ())
         count_changes(conn, w, f"_ws_a{i}")
     for m, w in zip(scope.tables, works, strict=True):
