@@ -181,7 +181,9 @@ def capture_incremental(
     live_fingerprint = end_fingerprint if closing else schema_fingerprint(source, exclude_schemas)
     data_key = keyring.new_data_key(backup_id)
     ddl_xids, analyze_xids = catalog_xids(source, exclude_schemas)
-    guard = ChangeGuard(schema_at_end(parent), ddl_xids, {*exclude_schemas, CAPTURE_SCHEMA}, analyze_xids)
+    guard = ChangeGuard(
+        schema_at_end(parent), ddl_xids, {*exclude_schemas, CAPTURE_SCHEMA}, analyze_xids
+    )
     sequences = read_sequence_values(source)
     key = f"{backup_prefix(backup_id)}changes.wsb"
     result = encode_to_storage(_peek(source, slot, upto_lsn, guard), storage, key, data_key, zstd_level=zstd_level)

@@ -235,8 +235,8 @@ def export(
 
 
 def object_workers(manifest: Manifest) -> int:
-    """Objects copied or verified at once: many small ones (a wedding backup, one per wedding; a safety
-    snapshot, one per table and wedding) in parallel."""
+    """Objects copied or verified at once: many small ones (a wedding backup or a wedding-only safety
+    snapshot: one per wedding) in parallel."""
     return OBJECT_WORKERS if manifest.weddings is not None or manifest.restore_scope is not None else 1
 
 
