@@ -20,9 +20,7 @@ from wedsync_airflow.operators.wedding import (
 
 def wedding_backup_chain(begin: WeddingBeginOperator, *, outlets: list | None = None) -> None:
     backup_id = begin.output["backup_id"]
-    export = WeddingBatchOperator.partial(task_id="export_batch", backup_id=backup_id).expand(
-        batch_no=begin.output
-    )
+    export = WeddingBatchOperator.partial(task_id="export_batch", backup_id=backup_id).expand(batch_no=begin.output)
     seal = WeddingSealOperator(task_id="seal", backup_id=backup_id)
     sha = seal.output["manifest_sha256"]
     replicate = ReplicateOperator.partial(task_id="replicate", backup_id=backup_id, manifest_sha256=sha).expand(

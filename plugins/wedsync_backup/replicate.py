@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from wedsync_backup.errors import IntegrityError
-from wedsync_backup.manifest import Manifest, StoredObject
+from wedsync_backup.manifest import Manifest, StoredObject, backup_prefix
 from wedsync_backup.parallel import each_object
 from wedsync_backup.storage.base import Storage
 
@@ -51,8 +51,12 @@ def replicate(
 ) -> ReplicationResult:
     """Copy every object; ``workers`` > 1 copies that many at once (many small objects: a wedding backup)."""
 
+    # many objects: one listing says what is there already, instead of a request per object
+    listed = {o.key: o.size for o in dst.list(backup_prefix(manifest.backup_id))} if workers > 1 else None
+
     def one(obj: StoredObject) -> bool:
-        if skip_verified and dst.size(obj.key) == obj.stored_bytes and _sha256(dst, obj.key) == obj.stored_sha256:
+        size = listed.get(obj.key) if listed is not None else dst.size(obj.key)
+        if skip_verified and size == obj.stored_bytes and _sha256(dst, obj.key) == obj.stored_sha256:
             return False
         _copy(src, dst, obj)
         return True

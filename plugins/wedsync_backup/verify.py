@@ -14,7 +14,7 @@ from typing import Any
 
 from wedsync_backup.crypto import Keyring, decrypt_stream
 from wedsync_backup.errors import IntegrityError, WedSyncError, is_transient
-from wedsync_backup.manifest import Manifest, StoredObject
+from wedsync_backup.manifest import Manifest, StoredObject, backup_prefix
 from wedsync_backup.parallel import each_object
 from wedsync_backup.pipeline import decode_from_storage
 from wedsync_backup.restore import verify_manifest_mac
@@ -40,8 +40,15 @@ class VerifyResult:
         return dict(self.__dict__)
 
 
-def _verify_object(storage: Storage, obj: StoredObject, keyring: Keyring, backup_id: str, deep: bool) -> None:
-    size = storage.size(obj.key)
+def _verify_object(
+    storage: Storage,
+    obj: StoredObject,
+    keyring: Keyring,
+    backup_id: str,
+    deep: bool,
+    listed: dict[str, int] | None = None,
+) -> None:
+    size = listed.get(obj.key) if listed is not None else storage.size(obj.key)
     if size != obj.stored_bytes:
         raise IntegrityError(
             f"Object {obj.key} on target {storage.name} is {'missing' if size is None else f'{size} bytes'}",
@@ -76,10 +83,12 @@ def verify_copy(
     checks that many objects at once (many small objects: a wedding backup)."""
     verify_manifest_mac(manifest, keyring)
     objects = manifest.objects()
+    # many objects: one listing gives every size, instead of a request per object
+    listed = {o.key: o.size for o in storage.list(backup_prefix(manifest.backup_id))} if workers > 1 else None
 
     def one(obj: StoredObject) -> None:
         try:
-            _verify_object(storage, obj, keyring, manifest.backup_id, deep)
+            _verify_object(storage, obj, keyring, manifest.backup_id, deep, listed)
         except WedSyncError:
             raise
         except Exception as e:  # storage/network faults: say which object and which target

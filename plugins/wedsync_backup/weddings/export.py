@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from wedsync_backup.storage.base import Storage
 from wedsync_backup.weddings.slice import WEDDING_ID, SliceTable, WeddingSlice
 from wedsync_backup.weddings.snapshot import import_snapshot
 
+log = logging.getLogger(__name__)
 MAGIC = b"WSWEDDING 1 "
 _COPY_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
 
@@ -117,12 +119,14 @@ def export_batch(
     out = []
     for w in weddings:
         mine = rows.pop(w.wedding_id)
-        if not mine[0]:
-            raise IntegrityError(
-                f"Wedding {w.wedding_id} has no row in {wedding_slice.root.display} in the run's snapshot",
-                "it was deleted after the run chose it",
-                "the next run skips it; restore it from an earlier wedding backup if the delete was a mistake",
+        if not mine[0]:  # deleted between choosing and the snapshot: nothing to back up, the others go on
+            log.warning(
+                "!!! Wedding %s has no row in %s in the run's snapshot (deleted just before it): not in this "
+                "backup; restore it from an earlier wedding backup if the delete was a mistake",
+                w.wedding_id,
+                wedding_slice.root.display,
             )
+            continue
         counts = {table_label(t): len(mine[i]) for i, (t, role) in enumerate(tables) if role != "parent"}
         parents = {table_label(t): len(mine[i]) for i, (t, role) in enumerate(tables) if role == "parent"}
         key = wedding_object_key(backup_id, w.wedding_id)

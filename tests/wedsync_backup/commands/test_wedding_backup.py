@@ -193,3 +193,29 @@ def test_wedding_backups_are_pruned_by_their_recorded_retention(wworld: World) -
         assert w.catalog.get_backup(backup_id)["pruned_at"] is not None  # type: ignore[index]
         assert not w.storages["secondary"].exists(f"backups/{backup_id}/manifest.json")
     assert len(w.catalog.list_completed("wedding")) == 1  # backup_wedding_now's (standard, but the newest)
+
+
+def test_a_wedding_deleted_during_the_run_is_backed_up_as_the_snapshot_saw_it(wworld: World) -> None:
+    """Every batch reads the snapshot begin exported: a delete after it changes nothing in the backup."""
+    w = wworld
+    res = w.resources()
+    r = run("backup_wedding_now")
+    begun = cmd.begin(res, r, wedding_ids=["8", "9"], now=NOW)  # the snapshot is held from here on
+    w.write("DELETE FROM weddings WHERE id = 9")  # after the snapshot: still in the backup
+    for n in begun.batches:
+        cmd.export_batch(res, begun.backup_id, n)
+    sealed = cmd.seal(res, begun.backup_id, r)
+    assert sealed.weddings == 2
+    with psycopg.connect(w.cluster.dsn(w.source_db)) as conn:
+        assert conn.execute("SELECT count(*) FROM guests WHERE wedding_id = 9").fetchone()[0] == 0
+    back = read_back_pending(w, begun.backup_id, sealed.manifest_sha256, "9")
+    assert len(back["public.guests"]) > 0  # as the snapshot saw it
+    assert cmd.mark_failed(res, begun.backup_id) is True
+
+
+def read_back_pending(w: World, backup_id: str, sha: str, wedding_id: str) -> dict[str, list[bytes]]:
+    m = read_manifest_pending(w, backup_id, sha)
+    return {
+        f"{s.schema}.{s.name}": list(s.lines)
+        for s in read_wedding_slice(w.storages["primary"], w.ring, backup_id, wedding_id, manifest=m)
+    }

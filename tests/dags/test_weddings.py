@@ -1,0 +1,44 @@
+"""End to end through `airflow dags test`: backup_wedding_now backs chosen weddings up through the chain that
+backup_wedding_proximity shares (begin, export_batch mapped over batches, seal, replicate, verify, commit).
+One DAG run only (a run costs tens of seconds): the refusal of unknown ids, the due weddings and failures are
+tested on the command (tests/wedsync_backup/commands/test_wedding_backup.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from devstack.demo import create_demo_schema, seed_demo
+from tests.fixtures.airflow import Stack
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def wedding_source(stack: Stack) -> str:
+    source = stack.new_database("weddings_src")
+    dsn = stack.cluster.dsn(source)
+    create_demo_schema(dsn)
+    seed_demo(dsn, 0.05)  # 4 weddings
+    return source
+
+
+def test_backup_wedding_now(stack: Stack, wedding_source: str) -> None:
+    env = stack.env(WEDSYNC_SOURCE=stack.conn_json(wedding_source))
+
+    result = stack.run_dag("backup_wedding_now", {"wedding_ids": ["2", "3"], "reason": "INC-9"}, env=env)
+    assert result.state == "success", result.output[-6000:]
+    with stack.catalog() as cat:
+        row = cat.execute(
+            "SELECT backup_id, status, reason, dag_id FROM backup_operations WHERE backup_type = 'wedding'"
+            " ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()
+        weddings = cat.execute(
+            "SELECT wedding_id, (row_counts->>'public.guests')::int FROM wedding_backups WHERE backup_id = %s"
+            " ORDER BY wedding_id",
+            (row[0],),
+        ).fetchall()
+        copies = cat.execute("SELECT count(*) FROM backup_replicas WHERE backup_id = %s AND verified", (row[0],))
+        runs = cat.execute("SELECT count(*) FROM backup_operations WHERE dag_id = 'backup_wedding_now'").fetchone()[0]
+    assert row[1:] == ("completed", "INC-9", "backup_wedding_now") and runs == 1  # one row per run
+    assert [w for w, _ in weddings] == ["2", "3"] and all(g > 0 for _, g in weddings)
+    assert copies.fetchone()[0] == 3
