@@ -1,4 +1,5 @@
-"""Emergency restore: bring a backup back into an empty database. Manual trigger only.
+"""Emergency restore: bring a backup back into an empty database, or chosen weddings or tables back into a live
+one (scopes wedding-only and selective: commands/partial_restore.py). Manual trigger only.
 
 Runs as a dry run by default: the plan task checks everything (parameters, confirmation, the backup's
 manifest and key, every object on the chosen target, the target database being empty) and reports what
@@ -50,7 +51,42 @@ PARAMS = {
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
         description="Required when mode is backup_id (see the backup_operations table)",
     ),
-    "scope": Param("complete", enum=["complete"], title="Scope", description="complete: the whole database"),
+    "scope": Param(
+        "complete",
+        enum=["complete", "wedding-only", "selective"],
+        title="Scope",
+        description="complete: the whole database into an empty one; wedding-only: the weddings named below back "
+        "INTO a live database (the source itself may be the target); selective: the tables named below",
+    ),
+    "wedding_ids": Param(
+        None,
+        type=["null", "array"],
+        items={"type": "string", "pattern": r"^[^\s,]+$"},
+        title="Wedding ids (wedding-only)",
+        description="The weddings to bring back (the wedding table's key), one per line",
+    ),
+    "data_types": Param(
+        None,
+        type=["null", "array"],
+        items={"type": "string"},
+        title="Data types (wedding-only)",
+        description="Only these kinds of a wedding's data (the policy's weddings.data_types, e.g. guests, "
+        "timeline); empty: the whole wedding",
+    ),
+    "tables": Param(
+        None,
+        type=["null", "array"],
+        items={"type": "string", "minLength": 1},
+        title="Tables (selective)",
+        description="The tables to bring back whole, as schema.table, one per line",
+    ),
+    "into_schema": Param(
+        None,
+        type=["null", "string"],
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        title="Into a new schema (selective)",
+        description="Load the tables into this NEW schema for inspection; the live tables stay untouched",
+    ),
     "from_target": Param(
         primary_target_name(),
         enum=target_names(),
@@ -62,7 +98,8 @@ PARAMS = {
         minLength=1,
         pattern=r"^[A-Za-z0-9_.-]+$",
         title="Target connection id",
-        description="Airflow connection of the EMPTY database to restore into",
+        description="Airflow connection of the EMPTY database to restore into (scope complete), or of the live "
+        "database to bring weddings or tables back into (wedding-only, selective)",
     ),
     "dry_run": Param(True, type="boolean", title="Dry run", description="true: report the plan and stop"),
     "confirm": Param(
@@ -92,6 +129,10 @@ COMMON = {
     "reason": "{{ params.reason }}",
     "target_time": "{{ params.target_time }}",
     "recovery_point": "{{ params.recovery_point }}",
+    "wedding_ids": "{{ params.wedding_ids }}",
+    "data_types": "{{ params.data_types }}",
+    "tables": "{{ params.tables }}",
+    "into_schema": "{{ params.into_schema }}",
 }
 
 with DAG(

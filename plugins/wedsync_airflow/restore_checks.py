@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from wedsync_backup.commands.restore import expected_confirmation
+from wedsync_backup.partial.request import scope_problems
 
 DAG_ID = "emergency_restore"
 TRIGGER_PATH = f"/api/v2/dags/{DAG_ID}/dagRuns"
@@ -54,4 +55,4 @@ def cross_field_problems(conf: dict[str, Any]) -> list[str]:
             problems.append(why)
     if mode == "backup_id" and not conf.get("backup_id"):
         problems.append("mode is 'backup_id' but no backup_id was given: set backup_id (see backup_operations)")
-    return problems
+    return problems + scope_problems(conf)

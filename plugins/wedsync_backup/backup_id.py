@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-_ID = re.compile(r"^(?P<type>[a-z]+)-(?P<stamp>\d{8}T\d{6}Z)-(?P<digest>[0-9a-f]{8})$")
+_ID = re.compile(r"^(?P<type>[a-z][a-z_]*)-(?P<stamp>\d{8}T\d{6}Z)-(?P<digest>[0-9a-f]{8})$")
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,9 @@ COPY_FAULTS = (IntegrityError, CryptoError, StorageError)
 
 
 # --- the scratch database --------------------------------------------------------------------------------
-def scratch_name(key: str) -> str:
+def scratch_name(key: str, prefix: str = SCRATCH_PREFIX) -> str:
     """A stable scratch database name per drill run (a retry reuses, and first drops, its own)."""
-    return SCRATCH_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:12]
+    return prefix + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _drop(server: PgTarget, name: str) -> None:
@@ -64,12 +64,10 @@ def _drop(server: PgTarget, name: str) -> None:
 
 
 @contextmanager
-def scratch_database(server: PgTarget, name: str) -> Iterator[PgTarget]:
+def scratch_database(server: PgTarget, name: str, prefix: str = SCRATCH_PREFIX) -> Iterator[PgTarget]:
     """A fresh empty database ``name`` on ``server``, dropped at the end whatever happens."""
-    if not name.startswith(SCRATCH_PREFIX):
-        raise ConfigError(
-            f"Refusing to use '{name}' as a scratch database", fix=f"its name must start {SCRATCH_PREFIX}"
-        )
+    if not name.startswith(prefix):
+        raise ConfigError(f"Refusing to use '{name}' as a scratch database", fix=f"its name must start {prefix}")
     _drop(server, name)
     try:
         with server.connect(autocommit=True) as conn:

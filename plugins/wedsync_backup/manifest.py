@@ -16,9 +16,9 @@ from typing import Any
 from wedsync_backup import FORMAT_VERSION
 from wedsync_backup.errors import IntegrityError
 
-BACKUP_TYPES = ("full", "incremental", "archive", "manual", "wedding")
 # Whole-database exports that start an incremental chain: the daily full, and a full taken by hand (manual).
 FULL_TYPES = ("full", "manual")
+BACKUP_TYPES = ("full", "incremental", "archive", "manual", "wedding", "pre_restore")
 
 
 def backup_prefix(backup_id: str) -> str:
@@ -245,6 +245,23 @@ class ConfigurationsSection:
 
 
 @dataclass
+class RestoreScope:
+    """A ``pre_restore`` safety snapshot: the live rows a partial restore replaced, so another restore of the
+    same scope can put them back. Selective: its tables. Wedding-only: ``weddings``, one object each."""
+
+    scope: str  # wedding-only | selective
+    wedding_ids: list[str] = field(default_factory=list)
+    data_types: list[str] = field(default_factory=list)
+    event_id: int | None = None  # the disaster_recovery_events row of the restore it undoes
+    # wedding-only: one object per wedding, its tables as sections (the wedding backup's object format)
+    weddings: list[WeddingEntry] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RestoreScope:
+        return cls(**{**d, "weddings": [WeddingEntry.from_dict(w) for w in d.get("weddings", [])]})
+
+
+@dataclass
 class Manifest:
     backup_id: str
     backup_type: str
@@ -263,6 +280,7 @@ class Manifest:
     provenance: Provenance | None = None
     weddings: WeddingsSection | None = None  # wedding backups: one object per wedding
     configurations: ConfigurationsSection | None = None
+    restore_scope: RestoreScope | None = None  # pre_restore snapshots only
     # Per-tier capture details (an incremental's LSN range, counts, sequences). Manifests written before the
     # typed sections also kept their provenance and chain here; ``provenance_info``/``chain_info`` read both.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -289,6 +307,8 @@ class Manifest:
             out += [w.object for w in self.weddings.weddings]
         if self.configurations is not None:
             out += self.configurations.objects()
+        if self.restore_scope is not None:
+            out += [w.object for w in self.restore_scope.weddings]
         return out
 
     @property
@@ -347,6 +367,7 @@ class Manifest:
     @property
     def total_rows(self) -> int:
         weddings = sum(w.rows for w in self.weddings.weddings) if self.weddings else 0
+        weddings += sum(w.rows for w in self.restore_scope.weddings) if self.restore_scope else 0
         return sum(t.row_count for t in self.tables) + weddings
 
     @property
@@ -406,6 +427,8 @@ class Manifest:
             d["weddings"] = WeddingsSection.from_dict(d["weddings"])
         if d.get("configurations") is not None:
             d["configurations"] = ConfigurationsSection.from_dict(d["configurations"])
+        if d.get("restore_scope") is not None:
+            d["restore_scope"] = RestoreScope.from_dict(d["restore_scope"])
         manifest = cls(**d)
         manifest._read_body = raw
         return manifest

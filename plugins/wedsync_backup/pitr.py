@@ -352,46 +352,53 @@ def apply_chain(
 def bump_sequences(target: PgTarget, recorded: dict[str, list[object]] | None = None) -> list[str]:
     """Logical decoding carries no sequence changes: move each sequence past its columns' maximum, and at
     least to the value the last replayed capture recorded (``recorded``)."""
-    bumped = []
     with target.connect(autocommit=False) as conn:
-        for seq, (value, called) in (recorded or {}).items():
-            if not called:
-                continue
-            last, is_called = conn.execute(
-                sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(seq))
-            ).fetchone()
-            if last < int(value) or (last == int(value) and not is_called):
-                conn.execute("SELECT setval(%s::regclass, %s, true)", (seq, int(value)))
-                bumped.append(seq)
-        rows = conn.execute(
-            """
-            SELECT s.oid::regclass::text, t.oid::regclass::text, a.attname
-              FROM pg_class s JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass
-                                              AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
-              JOIN pg_class t ON t.oid = d.refobjid
-              JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
-             WHERE s.relkind = 'S'
-            UNION  -- sequences no column owns but a column default draws from (nextval in DEFAULT)
-            SELECT s.oid::regclass::text, t.oid::regclass::text, a.attname
-              FROM pg_class s JOIN pg_depend d ON d.refobjid = s.oid AND d.refclassid = 'pg_class'::regclass
-                                              AND d.classid = 'pg_attrdef'::regclass
-              JOIN pg_attrdef ad ON ad.oid = d.objid
-              JOIN pg_class t ON t.oid = ad.adrelid AND t.relkind IN ('r', 'p')
-              JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ad.adnum
-             WHERE s.relkind = 'S'
-            """
-        ).fetchall()
-        for seq, table, column in rows:
-            top = conn.execute(
-                sql.SQL("SELECT max({})::bigint FROM {}").format(sql.Identifier(column), sql.SQL(table))
-            ).fetchone()[0]
-            if top is None:
-                continue
-            last, called = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(seq))).fetchone()
-            if last < top or (last == top and not called):
-                conn.execute("SELECT setval(%s::regclass, %s, true)", (seq, top))
-                bumped.append(seq)
+        bumped = bump_sequences_in(conn, recorded)
         conn.commit()
+    return bumped
+
+
+def bump_sequences_in(
+    conn: psycopg.Connection, recorded: dict[str, list[object]] | None = None, tables: list[str] | None = None
+) -> list[str]:
+    """bump_sequences on an open transaction; ``tables`` (SQL names): only the sequences of their columns."""
+    bumped = []
+    for seq, (value, called) in (recorded or {}).items():
+        if not called:
+            continue
+        last, is_called = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(seq))).fetchone()
+        if last < int(value) or (last == int(value) and not is_called):
+            conn.execute("SELECT setval(%s::regclass, %s, true)", (seq, int(value)))
+            bumped.append(seq)
+    rows = conn.execute(
+        """
+        SELECT s.oid::regclass::text, t.oid::regclass::text, a.attname
+          FROM pg_class s JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass
+                                          AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+          JOIN pg_class t ON t.oid = d.refobjid
+          JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+         WHERE s.relkind = 'S' AND (%(tables)s::text[] IS NULL OR t.oid = ANY(%(tables)s::text[]::regclass[]))
+        UNION  -- sequences no column owns but a column default draws from (nextval in DEFAULT)
+        SELECT s.oid::regclass::text, t.oid::regclass::text, a.attname
+          FROM pg_class s JOIN pg_depend d ON d.refobjid = s.oid AND d.refclassid = 'pg_class'::regclass
+                                          AND d.classid = 'pg_attrdef'::regclass
+          JOIN pg_attrdef ad ON ad.oid = d.objid
+          JOIN pg_class t ON t.oid = ad.adrelid AND t.relkind IN ('r', 'p')
+          JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ad.adnum
+         WHERE s.relkind = 'S' AND (%(tables)s::text[] IS NULL OR t.oid = ANY(%(tables)s::text[]::regclass[]))
+        """,
+        {"tables": tables},
+    ).fetchall()
+    for seq, table, column in rows:
+        top = conn.execute(
+            sql.SQL("SELECT max({})::bigint FROM {}").format(sql.Identifier(column), sql.SQL(table))
+        ).fetchone()[0]
+        if top is None:
+            continue
+        last, called = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(seq))).fetchone()
+        if last < top or (last == top and not called):
+            conn.execute("SELECT setval(%s::regclass, %s, true)", (seq, top))
+            bumped.append(seq)
     return bumped
 
 

@@ -28,6 +28,10 @@ RESTORE_FIELDS = (
     "dry_run",
     "confirm",
     "reason",
+    "wedding_ids",
+    "data_types",
+    "tables",
+    "into_schema",
 )
 COMPONENTS = ("database", "configurations")  # what this system backs up today; files are not yet
 KNOWN_COMPONENTS = ("database", "files", "configurations")

@@ -108,3 +108,40 @@ def test_restore_drill_dag_proves_the_demo_backup(stack: Stack, demo_backup: tup
         ).fetchone()
     assert success and "restored from primary" in notes and last_tested is not None
     assert invariants and set(invariants.values()) == {0}
+
+
+def test_emergency_restore_brings_one_wedding_back_into_the_live_database(
+    stack: Stack, demo_backup: tuple[str, str]
+) -> None:
+    """Issue 9: scope wedding-only into the live source itself (a copy of the demo source here): wedding 3 is
+    damaged, then brought back from the full backup; the database equals the source again, wedding 3 included."""
+    source, backup_id = demo_backup
+    live = stack.new_database("live")
+    stack.cluster.psql("-c", f'DROP DATABASE "{live}"')
+    stack.cluster.create_database(live, template=source)
+    stack.cluster.psql(
+        "-c", "DELETE FROM public.guests WHERE wedding_id = 3",
+        "-c", "UPDATE public.weddings SET venue_name = 'wrong' WHERE id = 3",
+        "-c", "DELETE FROM public.weddings WHERE id = 4",
+        dbname=live,
+    )  # fmt: skip
+    conf = {
+        "scope": "wedding-only",
+        "wedding_ids": ["3", "4"],
+        "mode": "backup_id",
+        "backup_id": backup_id,
+        "target_conn_id": "wedsync_source",
+        "dry_run": False,
+        "confirm": "RESTORE wedsync_source",
+        "reason": "INC-9 guest list overwritten",
+    }
+    result = stack.run_dag("emergency_restore", conf, env=stack.env(WEDSYNC_SOURCE=stack.conn_json(live)))
+    assert result.state == "success", result.output[-6000:]
+    assert_same_database(stack.cluster, source, live)
+    with stack.catalog() as cat:
+        event = cat.execute(
+            "SELECT status, recovery_type, recovery_environment, affected_wedding_ids, safety_snapshot_id, "
+            "table_row_counts->'public.guests' FROM disaster_recovery_events ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    assert event[:4] == ("completed", "partial_restore", "production", ["3", "4"])
+    assert event[4].startswith("pre_restore-") and event[5]["insert"] > 0

@@ -23,6 +23,10 @@ class _RestoreParams(CommandOperator):
         "reason",
         "target_time",
         "recovery_point",
+        "wedding_ids",
+        "data_types",
+        "tables",
+        "into_schema",
     )
 
     def __init__(
@@ -38,9 +42,17 @@ class _RestoreParams(CommandOperator):
         reason: str = "",
         target_time: str | None = None,
         recovery_point: str | None = None,
+        wedding_ids: list[str] | str | None = None,
+        data_types: list[str] | str | None = None,
+        tables: list[str] | str | None = None,
+        into_schema: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.wedding_ids = wedding_ids
+        self.data_types = data_types
+        self.tables = tables
+        self.into_schema = into_schema
         self.target_time = target_time
         self.recovery_point = recovery_point
         self.mode = mode
@@ -65,6 +77,10 @@ class _RestoreParams(CommandOperator):
             reason=self.reason,
             target_time=self.target_time,
             recovery_point=self.recovery_point,
+            wedding_ids=self.wedding_ids,
+            data_types=self.data_types,
+            tables=self.tables,
+            into_schema=self.into_schema,
         )
 
 

@@ -96,8 +96,8 @@ def locations_by_role(replicas: Sequence[dict[str, Any]], roles: Mapping[str, st
 
 
 def point_type(manifest: Manifest) -> str:
-    if manifest.backup_type == "wedding":
-        return "wedding"
+    if manifest.backup_type in ("wedding", "pre_restore"):
+        return manifest.backup_type
     return "incremental" if manifest.parent_backup_id else "full"
 
 

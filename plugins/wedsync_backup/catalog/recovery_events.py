@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -10,6 +12,24 @@ from wedsync_backup.catalog.connection import CatalogBase
 from wedsync_backup.errors import ConfigError
 
 EVENT_STATUSES = ("planned", "in_progress", "completed", "failed", "refused")
+RECOVERY_TYPES = ("full_restore", "point_in_time", "partial_restore")
+
+
+@dataclass
+class RecoveryDetails:
+    """The specification's columns of a restore event; None leaves a column as it is (filled in stages)."""
+
+    recovery_type: str | None = None
+    target_timestamp: datetime | None = None
+    backup_used: str | None = None
+    recovery_environment: str | None = None  # production (into the live source) or isolated
+    affected_users_count: int | None = None
+    business_impact_level: str | None = None  # low, medium, high, critical
+    initiated_by: str | None = None
+    approved_by: str | None = None
+    safety_snapshot_id: str | None = None
+    affected_wedding_ids: list[str] | None = None
+    table_row_counts: dict[str, dict[str, int]] | None = None
 
 
 class RecoveryEvents(CatalogBase):
@@ -108,3 +128,17 @@ class RecoveryEvents(CatalogBase):
     def get_recovery_event(self, event_id: int) -> dict[str, Any] | None:
         with self.connect() as conn:
             return conn.execute("SELECT * FROM disaster_recovery_events WHERE id = %s", (event_id,)).fetchone()
+
+    def record_recovery_details(self, event_id: int, details: RecoveryDetails) -> None:
+        """Fill the event's specification columns; a field left None keeps what the row holds."""
+        values = {k: v for k, v in asdict(details).items() if v is not None}
+        if not values:
+            return
+        if "table_row_counts" in values:
+            values["table_row_counts"] = Jsonb(values["table_row_counts"])
+        sets = ", ".join(f"{k} = %({k})s" for k in values)  # keys are the dataclass's own field names
+        with self.connect() as conn:
+            conn.execute(
+                f"UPDATE disaster_recovery_events SET {sets}, updated_at = now() WHERE id = %(event_id)s",
+                {**values, "event_id": event_id},
+            )

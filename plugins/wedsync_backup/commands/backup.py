@@ -235,8 +235,9 @@ def export(
 
 
 def object_workers(manifest: Manifest) -> int:
-    """Objects copied or verified at once: many small ones (a wedding backup, one per wedding) in parallel."""
-    return OBJECT_WORKERS if manifest.weddings is not None else 1
+    """Objects copied or verified at once: many small ones (a wedding backup or a wedding-only safety
+    snapshot: one per wedding) in parallel."""
+    return OBJECT_WORKERS if manifest.weddings is not None or manifest.restore_scope is not None else 1
 
 
 def replicate(res: Resources, backup_id: str, manifest_sha256: str, target_name: str) -> dict[str, Any]:

@@ -13,10 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from wedsync_backup.catalog import Catalog
+from wedsync_backup.commands import partial_restore
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef
+from wedsync_backup.commands.restore_details import details_at_start, details_of
 from wedsync_backup.drill import refuse_damaged_copy
 from wedsync_backup.errors import ConfigError, CryptoError, IntegrityError, WedSyncError
 from wedsync_backup.named_points import find_named_point
+from wedsync_backup.partial.request import PARTIAL_SCOPES, check_partial_request
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pitr import ChainPlan, plan_chain, restore_to_point
 from wedsync_backup.policy import Policy
@@ -34,7 +37,7 @@ from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
 MODES = ("latest", "backup_id", "point_in_time")
-SCOPES = ("complete",)
+SCOPES = ("complete", *PARTIAL_SCOPES)
 # A damaged or undecryptable copy reads the same on a retry: fail at once, pointing to another target.
 RESTORE_FATAL: tuple[type[WedSyncError], ...] = (ConfigError, CryptoError, IntegrityError)
 EVENT_TYPE = "emergency_restore"
@@ -62,10 +65,20 @@ class RestoreRequest:
     reason: str = ""
     target_time: str | None = None
     recovery_point: str | None = None  # a named recovery point's label, instead of target_time
+    # the partial scopes (wedding-only: wedding_ids, data_types; selective: tables, into_schema)
+    wedding_ids: list[str] | str | None = None
+    data_types: list[str] | str | None = None
+    tables: list[str] | str | None = None
+    into_schema: str | None = None
 
     @property
     def is_dry_run(self) -> bool:
         return not _false(self.dry_run)
+
+    @property
+    def is_partial(self) -> bool:
+        """wedding-only or selective: chosen rows into a live database (commands/partial_restore.py)."""
+        return self.scope in PARTIAL_SCOPES
 
     def validate(self, policy: Policy) -> None:
         """Cross-field checks the JSON schema cannot express; each names the parameter to fix."""
@@ -77,14 +90,18 @@ class RestoreRequest:
             self.until()
         if self.scope not in SCOPES:
             raise ConfigError(f"Restore scope '{self.scope}' is not available", fix=f"use scope {', '.join(SCOPES)}")
+        check_partial_request(self.scope, self.wedding_ids, self.data_types, self.tables, self.into_schema, policy)
         policy.target(self.from_target)
         if not self.target_conn_id:
             raise ConfigError("No target_conn_id given", fix="name the Airflow connection of the empty database")
-        if self.target_conn_id in (policy.source_conn_id, policy.catalog_conn_id):
+        live = (policy.catalog_conn_id,) if self.is_partial else (policy.source_conn_id, policy.catalog_conn_id)
+        if self.target_conn_id in live:
             raise ConfigError(
                 f"target_conn_id '{self.target_conn_id}' is the backup source or catalog",
-                "a restore goes into an empty database, never over live data",
-                "create an empty database, add a connection for it and name that connection",
+                "a complete restore goes into an empty database, never over live data (and nothing is ever "
+                "restored into the catalog)",
+                "create an empty database, add a connection for it and name that connection; or bring chosen "
+                "weddings or tables back into the live database with scope wedding-only or selective",
             )
         if not self.is_dry_run and (self.confirm or "").strip() != expected_confirmation(self.target_conn_id):
             raise ConfigError(
@@ -220,13 +237,21 @@ def plan(res: Resources, req: RestoreRequest, run: RunRef) -> PlanResult:
         )
     try:
         req = with_named_point(req, lambda: res.catalog().dsn)
-        result = _check(res, req)
+        if cat is not None and event_id is not None:
+            cat.record_recovery_details(event_id, details_at_start(req, res.policy, run))
+        if req.is_partial:
+            req.validate(res.policy)
+            result = partial_restore.check(res, req, run)
+        else:
+            result = _check(res, req)
         if cat is not None:  # the scrub's verdict: a copy (or backup) known damaged is not restored from
             refuse_damaged_copy(cat, str(result["backup_id"]), req.from_target)
     except Exception as e:
         if cat is not None and event_id is not None:
             cat.finish_recovery_event(event_id, status="refused", error=str(e))
         raise
+    if cat is not None and event_id is not None:
+        cat.record_recovery_details(event_id, details_of(result))
     if cat is not None and event_id is not None and req.is_dry_run:
         cat.finish_recovery_event(event_id, status="planned", result=result)
     log.info("Restore plan: %s", result)
@@ -257,12 +282,17 @@ def restore(
             return dict(event["result"])
     try:
         req = with_named_point(req, lambda: res.catalog().dsn)
-        result = _restore(res, req, planned, retry)
+        if req.is_partial:
+            req.validate(res.policy)
+            result = partial_restore.apply(res, req, run)
+        else:
+            result = _restore(res, req, planned, retry)
     except Exception as e:
         if cat is not None and event_id is not None:
             cat.finish_recovery_event(event_id, status="failed", error=str(e))
         raise
     if cat is not None and event_id is not None:
+        cat.record_recovery_details(event_id, details_of(result))
         cat.finish_recovery_event(
             event_id, status="completed", result=result, data_loss_minutes=result["data_loss_minutes"]
         )

@@ -207,6 +207,14 @@ def read_wedding_slice(
             "it is not a wedding backup, or that wedding was not due in its run",
             "pick a wedding backup that lists it (see the wedding_backups table)",
         )
+    return read_wedding_object(storage, keyring, backup_id, entry)
+
+
+def read_wedding_object(
+    storage: Storage, keyring: Keyring, backup_id: str, entry: WeddingEntry
+) -> Iterator[SliceSection]:
+    """One wedding's object (as its authenticated manifest describes it, ``entry``), section by section."""
+    wedding_id = entry.wedding_id
     lines = _lines(decode_from_storage(storage, entry.object, keyring, backup_id=backup_id))
     head = next(lines, b"")
     if not head.startswith(MAGIC) or json.loads(head[len(MAGIC) :])["wedding_id"] != wedding_id:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -90,23 +90,21 @@ class World:
         return copy_and_commit(res, backup_id, sha, tier)
 
 
-@pytest.fixture
-def world(pg_cluster: Cluster, storage_policy: Policy, storage_targets: StorageTargets) -> Iterator[World]:
+def new_world(pg_cluster: Cluster, schema_sql: str, policy: Policy, targets: Iterable[Storage]) -> Iterator[World]:
+    """A source with ``schema_sql``, an empty catalog and ``targets``; every database dropped afterwards."""
     source_db, catalog_db = f"src_{uuid.uuid4().hex[:10]}", f"cat_{uuid.uuid4().hex[:10]}"
     pg_cluster.create_database(source_db)
-    pg_cluster.psql(dbname=source_db, input=SOURCE_SQL)
+    pg_cluster.psql(dbname=source_db, input=schema_sql)
     pg_cluster.create_database(catalog_db)
-    w = World(
-        pg_cluster,
-        source_db,
-        catalog_db,
-        storage_policy,
-        {s.name: s for s in storage_targets},
-        Keyring(os.urandom(32)),
-    )
+    w = World(pg_cluster, source_db, catalog_db, policy, {s.name: s for s in targets}, Keyring(os.urandom(32)))
     try:
         yield w
     finally:
         drop_db(pg_cluster, source_db)
         for name in [catalog_db, *(t.dbname for t in w.databases.values())]:
             pg_cluster.psql("-c", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def world(pg_cluster: Cluster, storage_policy: Policy, storage_targets: StorageTargets) -> Iterator[World]:
+    yield from new_world(pg_cluster, SOURCE_SQL, storage_policy, storage_targets)

@@ -49,6 +49,12 @@ def test_plan_then_restore_latest_from_offsite(world: World) -> None:
     assert db_state(world.cluster, db)[0] == db_state(world.cluster, world.source_db)[0]
     event = world.catalog.get_recovery_event(planned.event_id)  # type: ignore[arg-type]
     assert event is not None and event["status"] == "completed"
+    assert (event["recovery_type"], event["recovery_environment"], event["initiated_by"]) == (
+        "full_restore",
+        "isolated",
+        "tester",
+    )
+    assert event["backup_used"] == done["backup_id"] and event["business_impact_level"] == "critical"
 
     # A retry after the restore finished (the task died before reporting it) never restores again.
     assert restore.restore(res, real, planned.plan, run, event_id=planned.event_id, retry=True) == event["result"]
