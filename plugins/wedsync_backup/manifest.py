@@ -157,6 +157,26 @@ class Provenance:
 
 
 @dataclass
+class FilesSection:
+    """The files component (photos, documents) at this backup's point (wedsync_backup/files).
+
+    ``state`` is an encrypted JSON-lines object of this backup listing the file state (path -> content hash,
+    size); the contents live once in the shared content store (``files/content/``). ``delta_of``: the
+    capture this state is a delta against (an incremental), None when it lists the whole state.
+    """
+
+    state: StoredObject
+    captured_at: str  # ISO 8601 UTC: when the bucket was read
+    objects: int  # files in the state at this point
+    bytes: int
+    new_objects: int  # contents uploaded by this backup (the rest were already in the repository)
+    new_bytes: int
+    delta_of: str | None = None
+    changed: int = 0  # a delta: paths added, changed or removed
+    problems: list[str] = field(default_factory=list)  # missing or corrupt source objects (kept as before)
+
+
+@dataclass
 class Manifest:
     backup_id: str
     backup_type: str
@@ -173,6 +193,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     chain: ChainSection | None = None
     provenance: Provenance | None = None
+    files: FilesSection | None = None
     # Per-tier capture details (an incremental's LSN range, counts, sequences). Manifests written before the
     # typed sections also kept their provenance and chain here; ``provenance_info``/``chain_info`` read both.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -195,6 +216,8 @@ class Manifest:
             out.append(self.changes_object)
         if self.extra.get("large_objects"):  # full backups: the large objects' contents (large_objects.py)
             out.append(StoredObject(**self.extra["large_objects"]["object"]))
+        if self.files is not None:  # the file state; the contents are shared and verified when stored
+            out.append(self.files.state)
         return out
 
     @property
@@ -301,6 +324,8 @@ class Manifest:
             d["chain"] = ChainSection(**d["chain"])
         if d.get("provenance") is not None:
             d["provenance"] = Provenance(**d["provenance"])
+        if d.get("files") is not None:
+            d["files"] = FilesSection(**{**d["files"], "state": StoredObject(**d["files"]["state"])})
         manifest = cls(**d)
         manifest._read_body = raw
         return manifest

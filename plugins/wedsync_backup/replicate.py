@@ -28,7 +28,7 @@ class ReplicationResult:
         return dict(self.__dict__)
 
 
-def _copy(src: Storage, dst: Storage, obj: StoredObject) -> None:
+def copy_object(src: Storage, dst: Storage, obj: StoredObject) -> None:
     h = hashlib.sha256()
     n = 0
     with dst.writer(obj.key) as w:
@@ -51,7 +51,7 @@ def replicate(manifest: Manifest, src: Storage, dst: Storage, *, skip_verified: 
         if skip_verified and dst.size(obj.key) == obj.stored_bytes and _sha256(dst, obj.key) == obj.stored_sha256:
             skipped += 1
             continue
-        _copy(src, dst, obj)
+        copy_object(src, dst, obj)
         copied += 1
         nbytes += obj.stored_bytes
     log.info("Replicated %s to %s: %d copied, %d already there", manifest.backup_id, dst.name, copied, skipped)

@@ -39,7 +39,7 @@ class VerifyResult:
         return dict(self.__dict__)
 
 
-def _verify_object(storage: Storage, obj: StoredObject, keyring: Keyring, backup_id: str, deep: bool) -> None:
+def verify_object(storage: Storage, obj: StoredObject, keyring: Keyring, backup_id: str, deep: bool) -> None:
     size = storage.size(obj.key)
     if size != obj.stored_bytes:
         raise IntegrityError(
@@ -74,7 +74,7 @@ def verify_copy(manifest: Manifest, storage: Storage, keyring: Keyring, *, deep:
     objects = manifest.objects()
     for obj in objects:
         try:
-            _verify_object(storage, obj, keyring, manifest.backup_id, deep)
+            verify_object(storage, obj, keyring, manifest.backup_id, deep)
         except WedSyncError:
             raise
         except Exception as e:  # storage/network faults: say which object and which target

@@ -13,6 +13,7 @@ from typing import Any
 
 from wedsync_backup.chain_source import large_object_warning
 from wedsync_backup.commands.backup import check_setup, check_targets, load_pending_manifest, provenance_of
+from wedsync_backup.commands.files_backup import add_files
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef, retention_until
 from wedsync_backup.errors import ConfigError, IntegrityError
 from wedsync_backup.incremental import capture_incremental
@@ -343,6 +344,7 @@ def capture(res: Resources, backup_id: str, plan: IncrementalPlan, run: RunRef) 
             end_fingerprint=plan.end_fingerprint,
         )
         record_outcome(res.catalog(), manifest, actor=run.actor)
+    manifest = add_files(res, manifest)  # files added or changed since the last capture (commands/files_backup.py)
     x, chain = manifest.extra, manifest.chain_info
     assert chain is not None
     return CaptureResult(
