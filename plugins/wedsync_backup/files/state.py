@@ -32,8 +32,8 @@ class FileEntry:
     ``stored_*``: its encrypted object in the content store; ``etag``: the source object's, to notice change."""
 
     path: str
-    sha256: str | None
-    size: int | None
+    sha256: str | None = None
+    size: int | None = None
     wedding_id: str | None = None
     etag: str | None = None
     stored_bytes: int | None = None
