@@ -29,7 +29,7 @@ RESTORE_FIELDS = (
     "confirm",
     "reason",
 )
-COMPONENTS = ("database",)  # what this system backs up today; files and configurations are not yet
+COMPONENTS = ("database", "files")  # what this system backs up today; configurations are not yet
 KNOWN_COMPONENTS = ("database", "files", "configurations")
 BACKUP_TYPES = ("full", "incremental", "manual", "wedding")
 PRIORITIES = ("normal", "high")

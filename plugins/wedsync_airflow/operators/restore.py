@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from wedsync_backup.commands import restore as cmd
+from wedsync_backup.commands.files_restore import require_component
 from wedsync_backup.commands.restore import RESTORE_FATAL, RestoreRequest
 
 from wedsync_airflow.operators.command import CommandOperator
@@ -23,6 +24,7 @@ class _RestoreParams(CommandOperator):
         "reason",
         "target_time",
         "recovery_point",
+        "components",
     )
 
     def __init__(
@@ -38,9 +40,11 @@ class _RestoreParams(CommandOperator):
         reason: str = "",
         target_time: str | None = None,
         recovery_point: str | None = None,
+        components: list[str] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.components = components
         self.target_time = target_time
         self.recovery_point = recovery_point
         self.mode = mode
@@ -72,6 +76,7 @@ class PlanRestoreOperator(_RestoreParams):
     """Validate every parameter and the backup, record the event, and report the plan. Touches nothing."""
 
     def execute(self, context: Any) -> dict[str, Any]:
+        self.call(lambda: require_component(self.components, "database"))  # files only: skipped
         planned = self.call(lambda: cmd.plan(self.build_resources(), self.request(), self.run_of(context)))
         context["ti"].xcom_push(key="event_id", value=planned.event_id)
         return planned.plan
@@ -88,6 +93,7 @@ class RestoreOperator(_RestoreParams):
         self.event_id = event_id
 
     def execute(self, context: Any) -> dict[str, Any]:
+        self.call(lambda: require_component(self.components, "database"))
         event_id = int(self.event_id) if self.event_id not in (None, "", "None") else None
         planned = self.plan if isinstance(self.plan, dict) else {}
         return self.call(

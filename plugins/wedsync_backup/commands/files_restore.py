@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from wedsync_backup.commands.resources import Resources
+from wedsync_backup.commands.resources import NothingToDo, Resources
+from wedsync_backup.commands.restore import RestoreRequest
 from wedsync_backup.errors import ConfigError
 from wedsync_backup.files.restore import FilesRestoreResult, write_objects
 from wedsync_backup.files.state import FileEntry, files_captures, state_at
@@ -116,3 +117,44 @@ def restore_wedding_files(
         wedding_ids=wedding_ids,
         dry_run=dry_run,
     )
+
+
+def require_component(components: object, component: str) -> tuple[str, ...]:
+    """The restore's components; NothingToDo (the task skips) when ``component`` is not among them."""
+    chosen = parse_components(components)
+    if component not in chosen:
+        raise NothingToDo(f"components is {list(chosen)}: the {component} is not restored in this run")
+    return chosen
+
+
+def restore_files_for(
+    res: Resources,
+    req: RestoreRequest,
+    components: object,
+    *,
+    target_files_conn_id: str | None = None,
+    target_files_bucket: str | None = None,
+) -> dict[str, object]:
+    """emergency_restore's files task: the same params as the database restore (mode, from_target, dry_run,
+    confirm, reason) and the bucket to write into (default: the policy's files bucket through its connection)."""
+    require_component(components, "files")
+    req.validate(res.policy)
+    until = req.until()
+    if req.recovery_point not in (None, "", "None") and until is None:
+        raise ConfigError(
+            "A named recovery point cannot place the files restore yet",
+            fix="give target_time (the named point's time) for the files, or restore components=['database']",
+        )
+    target = target_bucket(res, _set(target_files_conn_id), _set(target_files_bucket))
+    return restore_files(
+        res,
+        target,
+        from_target=req.from_target,
+        backup_id=req.backup_id if req.mode == "backup_id" else None,
+        until=until,
+        dry_run=req.is_dry_run,
+    )
+
+
+def _set(value: str | None) -> str | None:
+    return None if value in (None, "", "None") else value
