@@ -88,6 +88,7 @@ class FilesPolicy:
     checksum_column: str = "checksum"
     size_column: str = "size_bytes"
     wedding_column: str = "wedding_id"
+    workers: int = 4  # objects read, stored and verified at once
 
     @property
     def enabled(self) -> bool:
@@ -111,6 +112,7 @@ def _files(raw: dict[str, Any], env: dict[str, str], site: str) -> FilesPolicy:
         bucket=env.get(FILES_BUCKET_ENV) or f.get("bucket") or None,
         prefix=str(f.get("prefix") or "").strip("/"),
         site=str(f.get("site") or site),
+        workers=max(1, _int(f, "workers", "files", 4)),
         **names,
     )
 

@@ -41,7 +41,13 @@ def files_bucket(res: Resources) -> S3Storage:
 def files_world(res: Resources) -> FilesWorld:
     cat = res.catalog()
     return FilesWorld(
-        res.source(), res.policy.files, files_bucket(res), res.all_storages(), res.keyring(), cat.stored_content
+        res.source(),
+        res.policy.files,
+        files_bucket(res),
+        res.all_storages(),
+        res.keyring(),
+        cat.stored_content,
+        workers=res.policy.files.workers,
     )
 
 

@@ -10,7 +10,10 @@ copied over the good content.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -39,6 +42,7 @@ class FilesWorld:
     storages: list[Storage]
     keyring: Keyring
     stored_content: object = None  # catalog lookup: sha256 -> StoredObject | None (optional)
+    workers: int = 4  # objects read, stored and verified at once
 
 
 @dataclass
@@ -60,6 +64,8 @@ class Capture:
             if e.restorable and e.stored_sha256:
                 self.known.setdefault(str(e.sha256), e.content())
         self.tally = _Tally()
+        self._guard = threading.Lock()
+        self._content_locks: dict[str, threading.Lock] = {}
 
     @property
     def primary(self) -> Storage:
@@ -136,14 +142,34 @@ class Capture:
         for s in missing:
             self.present[s.name][sha] = obj.stored_bytes
 
+    def _entry_alone(self, row: FileRow, listed: Listed | None) -> FileEntry:
+        """entry_for, with no other worker on the same content at once (it is stored once, by one of them)."""
+        with self._guard:
+            lock = self._content_locks.setdefault(row.sha256, threading.Lock())
+        with lock:
+            return self.entry_for(row, listed)
+
+    def _in_order(self, pairs: Iterable[tuple[FileRow, Listed | None]]) -> Iterator[tuple[FileRow, FileEntry]]:
+        """Each row's entry, ``workers`` objects at a time, in row order (a bounded window: memory stays flat)."""
+        workers = max(1, self.w.workers)
+        with ThreadPoolExecutor(workers, thread_name_prefix="files") as pool:
+            window: deque[tuple[FileRow, Future[FileEntry]]] = deque()
+            for row, listed in pairs:
+                window.append((row, pool.submit(self._entry_alone, row, listed)))
+                if len(window) >= 4 * workers:
+                    r, f = window.popleft()
+                    yield r, f.result()
+            while window:
+                r, f = window.popleft()
+                yield r, f.result()
+
     # --- the whole capture -------------------------------------------------------------------------
     def entries(self, delta: bool) -> Iterator[FileEntry]:
         """The state lines: every file (a full capture) or what changed since the previous one (a delta)."""
         seen: set[str] = set()
         rows = file_rows(self.w.source_db, self.w.files)
-        for row, listed in joined(rows, listing(self.w.bucket)):
+        for row, entry in self._in_order(joined(rows, listing(self.w.bucket))):
             seen.add(row.path)
-            entry = self.entry_for(row, listed)
             if entry.restorable:
                 self.tally.objects += 1
                 self.tally.bytes += int(entry.size or 0)
