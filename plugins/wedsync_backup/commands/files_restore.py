@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from wedsync_backup.commands.resources import NothingToDo, Resources
-from wedsync_backup.commands.restore import RestoreRequest
+from wedsync_backup.commands.restore import RestoreRequest, with_named_point
 from wedsync_backup.errors import ConfigError
 from wedsync_backup.files.restore import FilesRestoreResult, write_objects
 from wedsync_backup.files.state import FileEntry, files_captures, state_at
@@ -138,13 +138,9 @@ def restore_files_for(
     """emergency_restore's files task: the same params as the database restore (mode, from_target, dry_run,
     confirm, reason) and the bucket to write into (default: the policy's files bucket through its connection)."""
     require_component(components, "files")
+    req = with_named_point(req, lambda: res.catalog().dsn)  # a named recovery point stands for its moment
     req.validate(res.policy)
     until = req.until()
-    if req.recovery_point not in (None, "", "None") and until is None:
-        raise ConfigError(
-            "A named recovery point cannot place the files restore yet",
-            fix="give target_time (the named point's time) for the files, or restore components=['database']",
-        )
     target = target_bucket(res, _set(target_files_conn_id), _set(target_files_bucket))
     return restore_files(
         res,

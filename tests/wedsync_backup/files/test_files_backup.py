@@ -3,7 +3,18 @@ targets, then restores back into the bucket. Uploads are counted by listing the 
 
 from __future__ import annotations
 
-from wedsync_backup.commands.files_restore import restore_files, restore_wedding_files, target_bucket
+from dataclasses import replace
+
+import pytest
+from wedsync_backup.commands.files_restore import (
+    restore_files,
+    restore_files_for,
+    restore_wedding_files,
+    target_bucket,
+)
+from wedsync_backup.commands.resources import NothingToDo
+from wedsync_backup.commands.restore import RestoreRequest
+from wedsync_backup.errors import ConfigError
 from wedsync_backup.repository import read_manifest
 
 from tests.wedsync_backup.files.conftest import FilesWorld
@@ -29,7 +40,13 @@ def test_round_trip_brings_back_deleted_and_corrupted_objects(files_world: Files
     fw.delete(paths[1])
     fw.s3.client().put_object(Bucket=fw.bucket, Key=paths[2], Body=b"ransomware was here")
 
-    dry = _restore(fw, dry_run=True)
+    # emergency_restore's files task: its params, a dry run by default
+    req = RestoreRequest(target_conn_id="restore_target", reason="INC-12", from_target="offsite")
+    with pytest.raises(NothingToDo):
+        restore_files_for(fw.res, req, ["database"])
+    with pytest.raises(ConfigError, match="confirm"):
+        restore_files_for(fw.res, replace(req, dry_run=False), ["files"], target_files_bucket=fw.bucket)
+    dry = restore_files_for(fw.res, req, ["database", "files"], target_files_bucket=fw.bucket)
     assert (dry["objects"], dry["to_write"], dry["written"]) == (6, 3, 0)
     assert dry["bytes_to_write"] == sum(len(originals[p]) for p in paths[:3])
     assert fw.get(paths[0]) is None  # a dry run touches nothing
