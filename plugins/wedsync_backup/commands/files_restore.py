@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from wedsync_backup.commands.files_backup import OFF_WARNING
 from wedsync_backup.commands.resources import NothingToDo, Resources
 from wedsync_backup.commands.restore import RestoreRequest, with_named_point
 from wedsync_backup.errors import ConfigError
@@ -138,6 +139,8 @@ def restore_files_for(
     """emergency_restore's files task: the same params as the database restore (mode, from_target, dry_run,
     confirm, reason) and the bucket to write into (default: the policy's files bucket through its connection)."""
     require_component(components, "files")
+    if not res.policy.files.enabled and _set(target_files_bucket) is None:
+        raise NothingToDo(f"{OFF_WARNING}: there are no files to restore")
     req = with_named_point(req, lambda: res.catalog().dsn)  # a named recovery point stands for its moment
     req.validate(res.policy)
     until = req.until()
