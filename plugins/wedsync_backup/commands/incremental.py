@@ -301,6 +301,7 @@ class CaptureResult:
     captures_deletes: bool
     schema_changes: int = 0  # captured schema changes, replayed in place by a point-in-time restore
     chain_end: dict[str, Any] | None = None  # set when the chain ended at a change that cannot be replayed
+    files_problems: list[str] = field(default_factory=list)  # missing/corrupt source files (kept as before)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -358,6 +359,7 @@ def capture(res: Resources, backup_id: str, plan: IncrementalPlan, run: RunRef) 
         captures_deletes=chain.captures_deletes,
         schema_changes=len(x.get("schema_changes") or []),
         chain_end=x.get("chain_end"),
+        files_problems=list(manifest.files.problems) if manifest.files else [],
     )
 
 

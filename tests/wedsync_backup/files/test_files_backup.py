@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from wedsync_backup.alerts import files_damaged
 from wedsync_backup.commands.files_restore import (
     restore_files,
     restore_files_for,
@@ -93,6 +94,8 @@ def test_corrupt_source_is_reported_and_the_good_version_kept(files_world: Files
     row = fw.world.catalog.get_backup(second)
     assert row is not None and any(bad in w for w in row["warnings"])
     assert m.files.new_objects == 0  # the corruption was not copied
+    alert = files_damaged(backup_id=second, problems=m.files.problems)
+    assert alert.event == "files_damaged" and bad in alert.text() and gone in alert.text()
 
     restored = _restore(fw, backup_id=second)
     assert restored["written"] == 2
