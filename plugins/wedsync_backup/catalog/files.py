@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from psycopg.types.json import Jsonb
 
 from wedsync_backup.catalog.connection import CatalogBase
+from wedsync_backup.files.content import content_key
 from wedsync_backup.manifest import FilesSection, StoredObject
 
 
@@ -21,8 +24,6 @@ class FileContents(CatalogBase):
             )
 
     def stored_content(self, sha256: str) -> StoredObject | None:
-        from wedsync_backup.files.content import content_key
-
         with self.connect() as conn:
             row = conn.execute("SELECT * FROM file_contents WHERE content_sha256 = %s", (sha256,)).fetchone()
         if row is None:
@@ -66,6 +67,6 @@ class FileContents(CatalogBase):
                 (Jsonb(section.problems[:20]), backup_id),
             )
 
-    def files_capture(self, backup_id: str) -> dict | None:  # type: ignore[type-arg]
+    def files_capture(self, backup_id: str) -> dict[str, Any] | None:
         with self.connect() as conn:
             return conn.execute("SELECT * FROM backup_files WHERE backup_id = %s", (backup_id,)).fetchone()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -41,7 +41,7 @@ class FilesWorld:
     bucket: S3Storage
     storages: list[Storage]
     keyring: Keyring
-    stored_content: object = None  # catalog lookup: sha256 -> StoredObject | None (optional)
+    stored_content: Callable[[str], StoredObject | None] | None = None  # the catalog's record of a content
     workers: int = 4  # objects read, stored and verified at once
 
 
@@ -121,7 +121,7 @@ class Capture:
     def _stored(self, sha: str, size: int) -> StoredObject:
         if sha not in self.known:
             lookup = self.w.stored_content
-            found = lookup(sha) if callable(lookup) else None
+            found = lookup(sha) if lookup is not None else None
             self.known[sha] = found or content.stored_info(self.primary, sha, size, self.w.keyring)
         return self.known[sha]
 

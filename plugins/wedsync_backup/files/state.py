@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 from wedsync_backup.crypto import DataKey, Keyring
 from wedsync_backup.errors import IntegrityError
+from wedsync_backup.files.content import content_key
 from wedsync_backup.manifest import FilesSection, Manifest, StoredObject
 from wedsync_backup.pipeline import decode_from_storage, encode_to_storage
 from wedsync_backup.storage.base import Storage
@@ -47,8 +48,6 @@ class FileEntry:
 
     def content(self) -> StoredObject:
         """The content store object that holds this file's bytes."""
-        from wedsync_backup.files.content import content_key
-
         assert self.sha256 is not None and self.size is not None
         return StoredObject(
             key=content_key(self.sha256),

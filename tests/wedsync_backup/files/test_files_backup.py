@@ -34,6 +34,8 @@ def test_round_trip_brings_back_deleted_and_corrupted_objects(files_world: Files
     assert m.files is not None and m.files.objects == 6 and m.files.new_objects == 6 and not m.files.problems
     row = fw.world.catalog.get_backup(backup_id)
     assert row is not None and "files" in row["components_backed_up"]
+    captured = fw.world.catalog.files_capture(backup_id)
+    assert captured is not None and (captured["objects"], captured["new_objects"]) == (6, 6)
     assert all(fw.contents(name) == 6 for name in fw.world.storages)
 
     paths = sorted(originals)
