@@ -69,7 +69,7 @@ def file_rows(source: PgTarget, files: FilesPolicy, wedding_ids: list[str] | Non
             ) from e
         for path, checksum, size, wedding in cur:
             yield FileRow(
-                str(path),
+                str(path).lstrip("/"),  # object keys are relative to the bucket
                 _hex(checksum),
                 int(size) if size is not None else None,
                 None if wedding is None else str(wedding),
