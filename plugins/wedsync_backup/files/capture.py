@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,7 +59,13 @@ class Capture:
     def __init__(self, world: FilesWorld, previous: dict[str, FileEntry]) -> None:
         self.w = world
         self.previous = previous
+        started = time.monotonic()
         self.present = {s.name: content.present(s) for s in world.storages}
+        log.info(
+            "Content store: %s objects, listed in %.1f s",
+            ", ".join(f"{len(p)} on {name}" for name, p in self.present.items()),
+            time.monotonic() - started,
+        )
         self.known: dict[str, StoredObject] = {}
         for e in previous.values():
             if e.restorable and e.stored_sha256:
