@@ -250,8 +250,8 @@ def render(r: dict[str, Any], command: str) -> str:
         f"Airflow-provider imports): {'meets' if in_ratio <= 0.05 else 'MISSES'} the <= 5% target at this scale. "
         "It is the whole full backup (the database export of the files table, catalog, the manifest on three "
         "targets), whose fixed cost does not shrink with the objects.",
-        "- Peak RSS stays flat whatever the number or size of objects (objects are streamed; an S3 part "
-        "buffer is at most 16 MB).",
+        "- Peak RSS: the process's largest resident set (`os.wait4`); objects are streamed (an S3 part buffer "
+        "is at most 16 MB per worker).",
         "",
     ]
     return "\n".join(lines)
