@@ -67,9 +67,12 @@ class Capture:
             time.monotonic() - started,
         )
         self.known: dict[str, StoredObject] = {}
+        self.keys: dict[str, str] = {}  # content hash -> its data key, as the states record it
         for e in previous.values():
             if e.restorable and e.stored_sha256:
                 self.known.setdefault(str(e.sha256), e.content())
+            if e.sha256 and e.data_key:
+                self.keys.setdefault(e.sha256, e.data_key)
         self.tally = _Tally()
         self._guard = threading.Lock()
         self._content_locks: dict[str, threading.Lock] = {}
@@ -98,7 +101,14 @@ class Capture:
         except content.SourceMismatch as e:
             return self._keep(row, prev, f"corrupt ({e})")
         return FileEntry(
-            row.path, row.sha256, obj.plain_bytes, row.wedding_id, listed.etag, obj.stored_bytes, obj.stored_sha256
+            row.path,
+            row.sha256,
+            obj.plain_bytes,
+            row.wedding_id,
+            listed.etag,
+            obj.stored_bytes,
+            obj.stored_sha256,
+            data_key=self.keys.get(row.sha256),
         )
 
     def _keep(self, row: FileRow, prev: FileEntry | None, why: str) -> FileEntry:
@@ -117,7 +127,7 @@ class Capture:
             content.hash_source(w.bucket, row.path, sha, row.size)  # validated, but never uploaded again
             obj = self._stored(sha, listed.size)
         else:
-            obj = content.upload(w.bucket, row.path, sha, row.size, self.primary, w.keyring)
+            obj, self.keys[sha] = content.upload(w.bucket, row.path, sha, row.size, self.primary, w.keyring)
             content.verify_content(obj, self.primary, w.keyring)
             self.present[self.primary.name][sha] = obj.stored_bytes
             self.tally.uploaded.append(obj)

@@ -10,11 +10,12 @@ recorded its stored checksum.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from collections.abc import Iterable, Iterator
 
-from wedsync_backup.crypto import Keyring
+from wedsync_backup.crypto import DataKey, Keyring
 from wedsync_backup.manifest import StoredObject
 from wedsync_backup.pipeline import encode_to_storage
 from wedsync_backup.replicate import copy_object
@@ -66,11 +67,24 @@ def hash_source(source: Storage, path: str, sha256: str, size: int | None) -> No
 
 def upload(
     source: Storage, path: str, sha256: str, size: int | None, primary: Storage, keyring: Keyring
-) -> StoredObject:
-    """Stream one source object, checked against its row, into the content store on ``primary``."""
+) -> tuple[StoredObject, str]:
+    """Stream one source object, checked against its row, into the content store on ``primary``.
+
+    Returns the stored object and its data key (base64), which the file state keeps, encrypted under the
+    backup's own data key: a retired master key then never strands a content object (``remember_key``).
+    """
     data_key = keyring.new_data_key(content_scope(sha256))
     chunks = _checked(source.read(path), sha256, size, path)
-    return encode_to_storage(chunks, primary, content_key(sha256), data_key, zstd_level=ZSTD_LEVEL).stored_object()
+    stored = encode_to_storage(chunks, primary, content_key(sha256), data_key, zstd_level=ZSTD_LEVEL)
+    return stored.stored_object(), base64.b64encode(data_key.key).decode()
+
+
+def remember_key(keyring: Keyring, sha256: str, data_key_b64: str | None) -> None:
+    """Let ``keyring`` open a content object with the data key its file state recorded, should the master
+    key that wrapped it in the object's header be retired (the header's wrapped key is tried first)."""
+    if data_key_b64:
+        key = base64.b64decode(data_key_b64)
+        keyring.remember(DataKey(key=key, key_id="file-state", backup_id=content_scope(sha256), wrapped={}))
 
 
 def stored_info(storage: Storage, sha256: str, size: int, keyring: Keyring) -> StoredObject:

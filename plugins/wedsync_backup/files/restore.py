@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
-from wedsync_backup.files.content import content_scope
+from wedsync_backup.files.content import content_scope, remember_key
 from wedsync_backup.files.state import FileEntry
 from wedsync_backup.pipeline import decode_from_storage
 from wedsync_backup.storage.base import Storage
@@ -50,6 +50,7 @@ def _already_there(target: Storage, e: FileEntry) -> bool:
 def write_one(e: FileEntry, repo: Storage, target: Storage, keyring: Keyring) -> None:
     """Decrypt one object from the content store into ``target`` (atomic), then check what landed."""
     assert e.sha256 is not None
+    remember_key(keyring, e.sha256, e.data_key)
     with target.writer(e.path) as w:
         for piece in decode_from_storage(repo, e.content(), keyring, backup_id=content_scope(e.sha256)):
             w.write(piece)

@@ -30,7 +30,8 @@ def state_key(backup_id: str) -> str:
 @dataclass
 class FileEntry:
     """One file at a capture. ``sha256``/``size``: the content kept (None: nothing good was ever captured);
-    ``stored_*``: its encrypted object in the content store; ``etag``: the source object's, to notice change."""
+    ``stored_*``: its encrypted object in the content store; ``etag``: the source object's, to notice change;
+    ``data_key``: the content object's own data key, so it opens even after its master key is retired."""
 
     path: str
     sha256: str | None = None
@@ -41,6 +42,7 @@ class FileEntry:
     stored_sha256: str | None = None
     status: str = STATUS_OK
     deleted: bool = False
+    data_key: str | None = None  # the content object's data key (base64); this state is encrypted
 
     @property
     def restorable(self) -> bool:

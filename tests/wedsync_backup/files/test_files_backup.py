@@ -3,11 +3,13 @@ targets, then restores back into the bucket. Uploads are counted by listing the 
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
 from wedsync_backup.alerts import files_damaged
 from wedsync_backup.commands.files_restore import (
+    files_state,
     restore_files,
     restore_files_for,
     restore_wedding_files,
@@ -15,7 +17,9 @@ from wedsync_backup.commands.files_restore import (
 )
 from wedsync_backup.commands.resources import NothingToDo
 from wedsync_backup.commands.restore import RestoreRequest
+from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import ConfigError
+from wedsync_backup.files.restore import write_objects
 from wedsync_backup.repository import read_manifest
 
 from tests.wedsync_backup.files.conftest import FilesWorld
@@ -58,6 +62,15 @@ def test_round_trip_brings_back_deleted_and_corrupted_objects(files_world: Files
     assert (done["written"], done["skipped"]) == (3, 3)
     assert {p: fw.get(p) for p in paths} == originals
     assert _restore(fw)["written"] == 0  # everything already right: skipped
+
+    # a retired master key strands no photo: the (encrypted) state carries each content object's data key
+    _, _, state = files_state(fw.res)
+    fw.delete(paths[0])
+    other_key = Keyring(os.urandom(32))
+    done = write_objects(
+        [state[paths[0]]], fw.world.storages["secondary"], target_bucket(fw.res, None, fw.bucket), other_key
+    )
+    assert done.written == 1 and fw.get(paths[0]) == originals[paths[0]]
 
 
 def test_second_backup_uploads_only_new_objects(files_world: FilesWorld) -> None:
