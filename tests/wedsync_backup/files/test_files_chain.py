@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from wedsync_backup.commands import incremental
 from wedsync_backup.commands.files_restore import files_state, restore_files, target_bucket
 from wedsync_backup.commands.prune import prune
+from wedsync_backup.commands.rebuild import rebuild_catalog
 from wedsync_backup.files.content import content_key
 from wedsync_backup.repository import read_manifest
 
@@ -36,6 +37,14 @@ def test_the_hourly_incremental_captures_what_changed(files_world: FilesWorld) -
     fw.delete(changed)
     assert restore_files(fw.res, target_bucket(fw.res, None, fw.bucket))["written"] == 1
     assert fw.get(changed) == b"%PDF-1.4 signed version"
+
+    # a catalog rebuilt from the repository knows which backups hold files again
+    with fw.world.catalog.connect() as conn:
+        conn.execute("DELETE FROM backup_files")
+        conn.execute("UPDATE backup_operations SET components_backed_up = '[\"database\"]'")
+    rebuild_catalog(fw.res, "secondary", fw.world.run("catalog_rebuild"))
+    assert fw.world.catalog.files_capture(plan.backup_id)["delta_of"] == full  # type: ignore[index]
+    assert "files" in fw.world.catalog.get_backup(full)["components_backed_up"]  # type: ignore[index]
 
 
 def test_retention_removes_only_unreferenced_content(files_world: FilesWorld) -> None:
