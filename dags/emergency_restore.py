@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Param, TriggerRule
 from wedsync_airflow.dag_support import describe_targets, primary_target_name, retry_delay, target_names
 from wedsync_airflow.notifiers import alert_on
+from wedsync_airflow.operators.files import RestoreFilesOperator
 from wedsync_airflow.operators.restore import PlanRestoreOperator, RestoreOperator
 
 PARAMS = {
@@ -101,6 +102,30 @@ PARAMS = {
         description="Airflow connection of the EMPTY database to restore into (scope complete), or of the live "
         "database to bring weddings or tables back into (wedding-only, selective)",
     ),
+    "components": Param(
+        ["database", "files"],
+        type="array",
+        items={"type": "string", "enum": ["database", "files"]},
+        minItems=1,
+        uniqueItems=True,
+        title="Components",
+        description="database: the tables; files: the photos and documents as they were at the same point",
+    ),
+    "target_files_conn_id": Param(
+        None,
+        type=["null", "string"],
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        title="Files target connection (files)",
+        description="aws connection of the bucket to write the files into (default: the policy's wedsync_files)",
+    ),
+    "target_files_bucket": Param(
+        None,
+        type=["null", "string"],
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        title="Files target bucket (files)",
+        description="Bucket to write the files into (default: the policy's files.bucket); objects already there "
+        "with the right checksum are skipped",
+    ),
     "dry_run": Param(True, type="boolean", title="Dry run", description="true: report the plan and stop"),
     "confirm": Param(
         "",
@@ -133,6 +158,7 @@ COMMON = {
     "data_types": "{{ params.data_types }}",
     "tables": "{{ params.tables }}",
     "into_schema": "{{ params.into_schema }}",
+    "components": "{{ params.components }}",
 }
 
 with DAG(
@@ -158,4 +184,11 @@ with DAG(
         on_failure_callback=alert_on("restore_failed"),
         **COMMON,
     )
-    plan >> restore
+    restore_files = RestoreFilesOperator(
+        task_id="restore_files",
+        target_files_conn_id="{{ params.target_files_conn_id }}",
+        target_files_bucket="{{ params.target_files_bucket }}",
+        trigger_rule=TriggerRule.NONE_FAILED,  # after the database (restored, skipped as a dry run, or left out)
+        **COMMON,
+    )
+    plan >> restore >> restore_files

@@ -69,6 +69,7 @@ class StackConfig:
     executor: str = "LocalExecutor"
     broker_url: str | None = None
     dags_paused_at_creation: bool = True
+    files_bucket: str | None = None  # the platform's files bucket (photos, documents); None: files component off
 
     def connections(self) -> dict[str, str]:
         return {
@@ -80,6 +81,7 @@ class StackConfig:
             "BACKUP_ENCRYPTION": json.dumps({"conn_type": "generic", "password": self.master_key}),
             RESTORE_TARGET.upper(): pg_conn_json(self.cluster, RESTORE_TARGET),
             "DRILL_TARGET": pg_conn_json(self.cluster, "postgres"),  # restore drills create scratch databases here
+            **({"WEDSYNC_FILES": self.s3.airflow_conn_json()} if self.files_bucket else {}),
         }
 
     def env(self, extra_connections: dict[str, str] | None = None) -> dict[str, str]:
@@ -107,6 +109,8 @@ class StackConfig:
             PYTHONPATH=os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
             **self.gcs.env(),
         )
+        if self.files_bucket:
+            env["WEDSYNC_FILES_BUCKET"] = self.files_bucket
         if self.broker_url:
             env["AIRFLOW__CELERY__BROKER_URL"] = self.broker_url
             env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + self.cluster.url(self.airflow_db, "postgresql")
@@ -124,6 +128,8 @@ class StackConfig:
     def create_buckets(self) -> None:
         self.s3.create_bucket(self.s3_bucket)
         self.gcs.create_bucket(self.gcs_bucket)
+        if self.files_bucket:
+            self.s3.create_bucket(self.files_bucket)
 
 
 def airflow_bin() -> str:

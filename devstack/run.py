@@ -39,6 +39,7 @@ from devstack.airflow_env import (
 )
 from devstack.api import AirflowApi, ApiError
 from devstack.demo import create_demo_schema, has_demo_schema, seed_demo
+from devstack.files_seed import seed_files
 from devstack.postgres import Cluster
 from devstack.procs import Registry, port_holder
 from devstack.services import GcsEmulator, MotoServer, RedisServer
@@ -57,6 +58,7 @@ PORTS = {
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 FIRST_FULL = "backup_daily_full"
 DEFAULT_SCALE = 1.0
+FILES_BUCKET = "wedsync-files"
 # What the shell needs from the Airflow environment (the rest is the user's own environment).
 ENV_PREFIXES = ("AIRFLOW", "WEDSYNC_", "STORAGE_EMULATOR_HOST", "PYTHONPATH")
 
@@ -286,6 +288,7 @@ class Launcher:
             master_key=_master_key(self.state_dir),
             executor="CeleryExecutor" if executor == "celery" else "LocalExecutor",
             broker_url=redis.url if redis else None,
+            files_bucket=FILES_BUCKET,
         )
         config.create_databases()
         config.create_buckets()
@@ -296,6 +299,9 @@ class Launcher:
             _say(f"seeding the demo wedding database (scale {args.scale}) ...")
             create_demo_schema(source_dsn)
             seed_demo(source_dsn, args.scale)
+        if not config.s3.client().list_objects_v2(Bucket=FILES_BUCKET, MaxKeys=1).get("Contents"):
+            _say(f"seeding the files bucket {FILES_BUCKET} (a small JPEG, PNG or PDF per files row) ...")
+            _say(f"  {seed_files(source_dsn, config.s3.client(), FILES_BUCKET)} objects")
         url = f"http://127.0.0.1:{ports['api']}"
         env = config.env()
         env.update(sizing(parallelism=args.parallelism))

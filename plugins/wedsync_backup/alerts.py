@@ -161,6 +161,21 @@ def backup_damaged(*, backup_id: str, findings: dict[str, str]) -> Alert:
     )
 
 
+def files_damaged(*, backup_id: str, problems: list[str]) -> Alert:
+    """Source objects (photos, documents) missing or not matching their recorded checksum at a backup."""
+    return Alert(
+        event="files_damaged",
+        severity="warning",
+        title=f"{len(problems)} platform file(s) missing or corrupt at backup {backup_id}",
+        what_happened="The files bucket does not hold these objects as the files table records them (missing, "
+        "or another size or SHA-256). The backup kept each one's last good version instead of the damage.",
+        what_to_do="Restore the listed objects (emergency_restore with components=['files']) or re-upload them, "
+        "and find what damaged them.",
+        backup_id=backup_id,
+        details={"objects": "; ".join(problems[:20])},
+    )
+
+
 def copy_repaired(*, backup_id: str, target: str, source: str, finding: str) -> Alert:
     return Alert(
         event="copy_repaired",

@@ -18,6 +18,7 @@ from wedsync_backup.policy import Rule321Policy, read_policy_file
 
 ALERT_EVENTS = (
     "backup_failed",
+    "files_damaged",
     "drill_failed",
     "backup_damaged",
     "copy_repaired",

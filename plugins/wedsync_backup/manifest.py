@@ -262,6 +262,26 @@ class RestoreScope:
 
 
 @dataclass
+class FilesSection:
+    """The files component (photos, documents) at this backup's point (wedsync_backup/files).
+
+    ``state`` is an encrypted JSON-lines object of this backup listing the file state (path -> content hash,
+    size); the contents live once in the shared content store (``files/content/``). ``delta_of``: the
+    capture this state is a delta against (an incremental), None when it lists the whole state.
+    """
+
+    state: StoredObject
+    captured_at: str  # ISO 8601 UTC: when the bucket was read
+    objects: int  # files in the state at this point
+    bytes: int
+    new_objects: int  # contents uploaded by this backup (the rest were already in the repository)
+    new_bytes: int
+    delta_of: str | None = None
+    changed: int = 0  # a delta: paths added, changed or removed
+    problems: list[str] = field(default_factory=list)  # missing or corrupt source objects (kept as before)
+
+
+@dataclass
 class Manifest:
     backup_id: str
     backup_type: str
@@ -281,6 +301,7 @@ class Manifest:
     weddings: WeddingsSection | None = None  # wedding backups: one object per wedding
     configurations: ConfigurationsSection | None = None
     restore_scope: RestoreScope | None = None  # pre_restore snapshots only
+    files: FilesSection | None = None
     # Per-tier capture details (an incremental's LSN range, counts, sequences). Manifests written before the
     # typed sections also kept their provenance and chain here; ``provenance_info``/``chain_info`` read both.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -309,12 +330,18 @@ class Manifest:
             out += self.configurations.objects()
         if self.restore_scope is not None:
             out += [w.object for w in self.restore_scope.weddings]
+        if self.files is not None:  # the file state; the contents are shared and verified when stored
+            out.append(self.files.state)
         return out
 
     @property
     def components(self) -> list[str]:
         """What the backup holds, as the catalog's ``components_backed_up`` lists it."""
-        return ["database"] + (["configurations"] if self.configurations is not None else [])
+        return [
+            "database",
+            *(["files"] if self.files is not None else []),
+            *(["configurations"] if self.configurations is not None else []),
+        ]
 
     @property
     def point(self) -> ConsistentPoint:
@@ -429,6 +456,8 @@ class Manifest:
             d["configurations"] = ConfigurationsSection.from_dict(d["configurations"])
         if d.get("restore_scope") is not None:
             d["restore_scope"] = RestoreScope.from_dict(d["restore_scope"])
+        if d.get("files") is not None:
+            d["files"] = FilesSection(**{**d["files"], "state": StoredObject(**d["files"]["state"])})
         manifest = cls(**d)
         manifest._read_body = raw
         return manifest

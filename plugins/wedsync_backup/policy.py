@@ -74,6 +74,51 @@ class IncrementalPolicy:
 
 
 @dataclass(frozen=True)
+class FilesPolicy:
+    """The platform's files bucket (photos, documents) and the table that describes its objects.
+
+    ``bucket`` empty: the files component is off (every backup logs it loudly); set it, or WEDSYNC_FILES_BUCKET.
+    """
+
+    conn_id: str = "wedsync_files"
+    bucket: str | None = None
+    prefix: str = ""
+    site: str = ""
+    table: str = "public.files"
+    path_column: str = "storage_path"
+    checksum_column: str = "checksum"
+    size_column: str = "size_bytes"
+    wedding_column: str = "wedding_id"
+    workers: int = 4  # objects read, stored and verified at once
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.bucket)
+
+    def source_target(self) -> TargetPolicy:
+        """The files bucket as a storage (read through the same S3 storage and hook as the targets)."""
+        return TargetPolicy("files-source", "s3", self.conn_id, "object-storage", self.site, self.bucket, self.prefix)
+
+
+FILES_BUCKET_ENV = "WEDSYNC_FILES_BUCKET"
+
+
+def _files(raw: dict[str, Any], env: dict[str, str], site: str) -> FilesPolicy:
+    f = _section(raw, "files")
+    names = {
+        k: str(f.get(k) or getattr(FilesPolicy, k))
+        for k in ("table", "path_column", "checksum_column", "size_column", "wedding_column", "conn_id")
+    }
+    return FilesPolicy(
+        bucket=env.get(FILES_BUCKET_ENV) or f.get("bucket") or None,
+        prefix=str(f.get("prefix") or "").strip("/"),
+        site=str(f.get("site") or site),
+        workers=max(1, _int(f, "workers", "files", 4)),
+        **names,
+    )
+
+
+@dataclass(frozen=True)
 class Policy:
     source_conn_id: str
     source_site: str
@@ -88,6 +133,7 @@ class Policy:
     tiers: dict[str, TierPolicy] = field(default_factory=dict)
     incremental: IncrementalPolicy = field(default_factory=IncrementalPolicy)
     weddings: WeddingsPolicy = field(default_factory=WeddingsPolicy)
+    files: FilesPolicy = field(default_factory=FilesPolicy)
 
     def target(self, name: str) -> TargetPolicy:
         for t in self.targets:
@@ -290,4 +336,5 @@ def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
             watermark_column=str(_section(raw, "incremental").get("watermark_column", "updated_at")),
         ),
         weddings=parse_weddings_policy(raw.get("weddings")),
+        files=_files(raw, env, str(source.get("site", ""))),
     )

@@ -29,7 +29,7 @@ class ReplicationResult:
         return dict(self.__dict__)
 
 
-def _copy(src: Storage, dst: Storage, obj: StoredObject) -> None:
+def copy_object(src: Storage, dst: Storage, obj: StoredObject) -> None:
     h = hashlib.sha256()
     n = 0
     with dst.writer(obj.key) as w:
@@ -58,7 +58,7 @@ def replicate(
         size = listed.get(obj.key) if listed is not None else dst.size(obj.key)
         if skip_verified and size == obj.stored_bytes and _sha256(dst, obj.key) == obj.stored_sha256:
             return False
-        _copy(src, dst, obj)
+        copy_object(src, dst, obj)
         return True
 
     objects = manifest.objects()

@@ -40,7 +40,7 @@ class VerifyResult:
         return dict(self.__dict__)
 
 
-def _verify_object(
+def verify_object(
     storage: Storage,
     obj: StoredObject,
     keyring: Keyring,
@@ -88,7 +88,7 @@ def verify_copy(
 
     def one(obj: StoredObject) -> None:
         try:
-            _verify_object(storage, obj, keyring, manifest.backup_id, deep, listed)
+            verify_object(storage, obj, keyring, manifest.backup_id, deep, listed)
         except WedSyncError:
             raise
         except Exception as e:  # storage/network faults: say which object and which target

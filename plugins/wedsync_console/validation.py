@@ -33,7 +33,7 @@ RESTORE_FIELDS = (
     "tables",
     "into_schema",
 )
-COMPONENTS = ("database", "configurations")  # what this system backs up today; files are not yet
+COMPONENTS = ("database", "files", "configurations")  # what this system backs up
 KNOWN_COMPONENTS = ("database", "files", "configurations")
 FULL_ONLY = ("configurations",)  # stored by every full (and manual) backup, never by the other types
 

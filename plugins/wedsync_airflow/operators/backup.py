@@ -12,6 +12,7 @@ from wedsync_backup.commands import backup as cmd
 from wedsync_backup.commands.prune import prune
 
 from wedsync_airflow.operators.command import CommandOperator
+from wedsync_airflow.operators.files import alert_files_problems
 
 
 class BackupPreflightOperator(CommandOperator):
@@ -69,6 +70,7 @@ class ExportOperator(CommandOperator):
             )
         )
         context["ti"].xcom_push(key="manifest_sha256", value=result.manifest_sha256)
+        alert_files_problems(self.backup_id, result.files_problems, context)
         return result.as_dict()
 
 

@@ -11,6 +11,7 @@ from wedsync_backup.commands import incremental as cmd
 from wedsync_backup.commands.incremental import IncrementalPlan
 
 from wedsync_airflow.operators.command import CommandOperator
+from wedsync_airflow.operators.files import alert_files_problems
 
 
 class IncrementalPreflightOperator(CommandOperator):
@@ -40,6 +41,7 @@ class CaptureIncrementalOperator(CommandOperator):
         ti = context["ti"]
         ti.xcom_push(key="manifest_sha256", value=result.manifest_sha256)
         ti.xcom_push(key="chain_ended", value=bool(result.chain_end))  # the DAG then triggers a full backup
+        alert_files_problems(self.backup_id, result.files_problems, context)
         return result.as_dict()
 
 

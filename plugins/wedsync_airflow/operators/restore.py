@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from wedsync_backup.commands import restore as cmd
+from wedsync_backup.commands.files_restore import require_component
 from wedsync_backup.commands.restore import RESTORE_FATAL, RestoreRequest
 
 from wedsync_airflow.operators.command import CommandOperator
@@ -27,6 +28,7 @@ class _RestoreParams(CommandOperator):
         "data_types",
         "tables",
         "into_schema",
+        "components",
     )
 
     def __init__(
@@ -46,6 +48,7 @@ class _RestoreParams(CommandOperator):
         data_types: list[str] | str | None = None,
         tables: list[str] | str | None = None,
         into_schema: str | None = None,
+        components: list[str] | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -53,6 +56,7 @@ class _RestoreParams(CommandOperator):
         self.data_types = data_types
         self.tables = tables
         self.into_schema = into_schema
+        self.components = components
         self.target_time = target_time
         self.recovery_point = recovery_point
         self.mode = mode
@@ -88,6 +92,7 @@ class PlanRestoreOperator(_RestoreParams):
     """Validate every parameter and the backup, record the event, and report the plan. Touches nothing."""
 
     def execute(self, context: Any) -> dict[str, Any]:
+        self.call(lambda: require_component(self.components, "database"))  # files only: skipped
         planned = self.call(lambda: cmd.plan(self.build_resources(), self.request(), self.run_of(context)))
         context["ti"].xcom_push(key="event_id", value=planned.event_id)
         return planned.plan
@@ -104,6 +109,7 @@ class RestoreOperator(_RestoreParams):
         self.event_id = event_id
 
     def execute(self, context: Any) -> dict[str, Any]:
+        self.call(lambda: require_component(self.components, "database"))
         event_id = int(self.event_id) if self.event_id not in (None, "", "None") else None
         planned = self.plan if isinstance(self.plan, dict) else {}
         return self.call(

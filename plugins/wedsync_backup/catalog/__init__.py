@@ -14,6 +14,7 @@ from wedsync_backup.catalog.audit import AuditLog
 from wedsync_backup.catalog.backup_tests import TEST_TYPES, BackupTests
 from wedsync_backup.catalog.backups import REPLICA_KEYS, Backups
 from wedsync_backup.catalog.connection import CatalogBase
+from wedsync_backup.catalog.files import FileContents
 from wedsync_backup.catalog.migrations import MIGRATIONS_DIR, Migration, load_migrations, migrate
 from wedsync_backup.catalog.rebuild import Rebuild as _Rebuild
 from wedsync_backup.catalog.rebuild import RebuildResult
@@ -22,7 +23,17 @@ from wedsync_backup.catalog.wedding_backups import WeddingBackups
 from wedsync_backup.catalog.weddings import WeddingSettings
 
 
-class Catalog(_Rebuild, Backups, RecoveryEvents, BackupTests, WeddingSettings, WeddingBackups, AuditLog, CatalogBase):
+class Catalog(
+    _Rebuild,
+    Backups,
+    RecoveryEvents,
+    BackupTests,
+    WeddingSettings,
+    WeddingBackups,
+    AuditLog,
+    FileContents,
+    CatalogBase,
+):
     """Repository over the tracking tables; ``dsn`` is a libpq conninfo string or URL."""
 
 

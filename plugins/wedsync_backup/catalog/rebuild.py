@@ -10,6 +10,7 @@ from typing import Any
 from wedsync_backup.catalog.audit import write_audit
 from wedsync_backup.catalog.backups import DEFAULT_ROLES, Backups
 from wedsync_backup.catalog.connection import parse_time
+from wedsync_backup.catalog.files import FileContents
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.manifest import Manifest
 
@@ -22,7 +23,7 @@ class RebuildResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-class Rebuild(Backups):
+class Rebuild(Backups, FileContents):
     def rebuild_from_manifests(
         self,
         manifests: Iterable[tuple[Manifest, str, list[dict[str, Any]]]],
@@ -56,6 +57,8 @@ class Rebuild(Backups):
                 result.skipped[manifest.backup_id] = str(e)
                 continue
             result.rebuilt.append(manifest.backup_id)
+            if manifest.files is not None:  # the files component it captured (catalog/files.py)
+                self.record_files_capture(manifest.backup_id, manifest.files)
         with self.connect() as conn:
             write_audit(
                 conn,

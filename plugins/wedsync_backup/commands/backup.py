@@ -16,6 +16,7 @@ from typing import Any
 
 from wedsync_backup.backup_id import parse_backup_id
 from wedsync_backup.chain_source import prepare_chain_source
+from wedsync_backup.commands.files_backup import add_files
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef, retention_until
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.export import ExportOptions, run_export
@@ -159,6 +160,7 @@ class ExportResult:
     stored_bytes: int
     objects: int
     lsn: str | None
+    files_problems: list[str] = field(default_factory=list)  # missing/corrupt source files (kept as before)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,6 +220,7 @@ def export(
         chain=chain,
         provenance=provenance_of(res, backup_id, run, tier),
     )
+    manifest = add_files(res, manifest)  # the files component (photos, documents): commands/files_backup.py
     by_priority: dict[str, int] = {}
     for t in manifest.tables:
         by_priority[t.priority] = by_priority.get(t.priority, 0) + 1
@@ -231,6 +234,7 @@ def export(
         stored_bytes=manifest.stored_bytes,
         objects=len(manifest.objects()),
         lsn=manifest.point.lsn,
+        files_problems=list(manifest.files.problems) if manifest.files else [],
     )
 
 

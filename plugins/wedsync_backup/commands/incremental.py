@@ -13,6 +13,7 @@ from typing import Any
 
 from wedsync_backup.chain_source import large_object_warning
 from wedsync_backup.commands.backup import check_setup, check_targets, load_pending_manifest, provenance_of
+from wedsync_backup.commands.files_backup import add_files
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef, retention_until
 from wedsync_backup.errors import ConfigError, IntegrityError
 from wedsync_backup.incremental import capture_incremental
@@ -301,6 +302,7 @@ class CaptureResult:
     captures_deletes: bool
     schema_changes: int = 0  # captured schema changes, replayed in place by a point-in-time restore
     chain_end: dict[str, Any] | None = None  # set when the chain ended at a change that cannot be replayed
+    files_problems: list[str] = field(default_factory=list)  # missing/corrupt source files (kept as before)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -344,6 +346,7 @@ def capture(res: Resources, backup_id: str, plan: IncrementalPlan, run: RunRef) 
             end_fingerprint=plan.end_fingerprint,
         )
         record_outcome(res.catalog(), manifest, actor=run.actor)
+    manifest = add_files(res, manifest)  # files added or changed since the last capture (commands/files_backup.py)
     x, chain = manifest.extra, manifest.chain_info
     assert chain is not None
     return CaptureResult(
@@ -357,6 +360,7 @@ def capture(res: Resources, backup_id: str, plan: IncrementalPlan, run: RunRef) 
         captures_deletes=chain.captures_deletes,
         schema_changes=len(x.get("schema_changes") or []),
         chain_end=x.get("chain_end"),
+        files_problems=list(manifest.files.problems) if manifest.files else [],
     )
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from wedsync_backup.backup_id import backup_age_hours
+from wedsync_backup.commands.files_backup import prune_contents
 from wedsync_backup.commands.resources import Resources
 from wedsync_backup.errors import ConfigError
 from wedsync_backup.logical.slot import drop_slot, slot_name_for, wedsync_slots
@@ -48,6 +49,7 @@ def prune(
     now = now or datetime.now(UTC)
     running = {r["backup_id"] for r in cat.list_in_progress()}
     pruned: dict[str, list[str]] = {}
+    unreferenced: list[str] = []
     for storage in res.all_storages():
         manifests = committed_manifests(storage)
         ids = select_prunable(
@@ -60,6 +62,7 @@ def prune(
         for backup_id in ids:
             delete_backup(storage, backup_id)
         pruned[storage.name] = ids
+        unreferenced += prune_contents(res, storage, [m for m in manifests if m.backup_id not in ids], running)
         committed = {m.backup_id for m in manifests}
         for backup_id in incomplete_backup_ids(storage, committed, running):
             age = backup_age_hours(backup_id, now)
@@ -68,6 +71,7 @@ def prune(
                 log.info("Removed abandoned attempt %s from %s", backup_id, storage.name)
     for backup_id in sorted({i for ids in pruned.values() for i in ids}):
         cat.delete_backup_rows(backup_id)
+    cat.forget_contents(sorted(set(unreferenced)))
     if backup_type == "full":
         drop_stale_slots(res, running)
     log.info("Retention (%d days) pruned: %s", t.retention_days, pruned)

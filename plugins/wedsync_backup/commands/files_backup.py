@@ -1,0 +1,96 @@
+"""The files component of a backup: captured into the backup's pending manifest, before replicate/verify/commit.
+
+A full backup lists the whole file state; an incremental lists what changed since its parent's capture (the
+same chain retention keeps together). New content goes to every target and is verified there at once; the
+state object is part of the backup and goes through replicate/verify/commit like every other object.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from wedsync_backup.commands.resources import Resources
+from wedsync_backup.errors import ConfigError
+from wedsync_backup.files.capture import FilesWorld, capture_files
+from wedsync_backup.files.prune import remove_unreferenced
+from wedsync_backup.files.state import FileEntry, files_captures, state_at
+from wedsync_backup.manifest import Manifest
+from wedsync_backup.repository import committed_manifests, seal_pending
+from wedsync_backup.storage.base import Storage
+from wedsync_backup.storage.s3 import S3Storage
+
+log = logging.getLogger(__name__)
+OFF_WARNING = (
+    "The files component is off: the backup policy sets no files.bucket (nor WEDSYNC_FILES_BUCKET), so the "
+    "platform's photos and documents are NOT backed up"
+)
+
+
+def files_bucket(res: Resources) -> S3Storage:
+    """The platform's files bucket, through the policy's aws connection (``wedsync_files``)."""
+    files = res.policy.files
+    bucket = res.open_storage(files.source_target())
+    if not isinstance(bucket, S3Storage):
+        raise ConfigError(
+            f"The files bucket through connection {files.conn_id} is not an S3 bucket",
+            fix=f"make connection {files.conn_id} an aws connection (endpoint_url in its extra for S3-compatible)",
+        )
+    return bucket
+
+
+def files_world(res: Resources) -> FilesWorld:
+    cat = res.catalog()
+    return FilesWorld(
+        res.source(),
+        res.policy.files,
+        files_bucket(res),
+        res.all_storages(),
+        res.keyring(),
+        cat.stored_content,
+        workers=res.policy.files.workers,
+    )
+
+
+def _base_capture(manifest: Manifest, manifests: list[Manifest]) -> str | None:
+    """An incremental's delta base: the nearest ancestor in its chain that captured files."""
+    by_id = {m.backup_id: m for m in manifests}
+    at = manifest.parent_backup_id
+    while at is not None and at in by_id:
+        if by_id[at].files is not None:
+            return at
+        at = by_id[at].parent_backup_id
+    return None
+
+
+def add_files(res: Resources, manifest: Manifest) -> Manifest:
+    """Capture the files into ``manifest``'s backup and re-seal its pending manifest on the primary."""
+    if manifest.files is not None:  # already captured (a retried task found the backup done)
+        return manifest
+    if not res.policy.files.enabled:
+        log.warning("!!! %s", OFF_WARNING)
+        return manifest
+    world = files_world(res)
+    primary, ring = world.storages[0], world.keyring
+    manifests = committed_manifests(primary)
+    if manifest.backup_type == "incremental":
+        base = delta_of = _base_capture(manifest, manifests)
+    else:
+        captures = files_captures(manifests)
+        base, delta_of = (captures[-1].backup_id if captures else None), None
+    previous: dict[str, FileEntry] = state_at(primary, manifests, base, ring) if base else {}
+    data_key = ring.unwrap(manifest.encryption["wrapped_key"], manifest.backup_id)
+    section, uploaded = capture_files(world, manifest.backup_id, data_key, previous, delta_of)
+    manifest.files = section
+    seal_pending(primary, manifest, data_key)
+    cat = res.catalog()
+    cat.record_contents(uploaded, manifest.backup_id)
+    cat.record_files_capture(manifest.backup_id, section)
+    return manifest
+
+
+def prune_contents(res: Resources, storage: Storage, retained: list[Manifest], running: set[str]) -> list[str]:
+    """After retention removed backups from ``storage``: the content objects no retained backup lists."""
+    if running:
+        log.info("Content store of %s not pruned: backups are running (%s)", storage.name, ", ".join(sorted(running)))
+        return []
+    return remove_unreferenced(storage, retained, res.keyring())

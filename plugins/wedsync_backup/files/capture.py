@@ -1,0 +1,241 @@
+"""One backup's capture of the files: validate every row's object, store new content once, list the state.
+
+Each row of the files table names an object that must exist in the bucket with the recorded size and
+SHA-256. An object unchanged since the last capture (same checksum, same size and ETag in the bucket) is
+not read again; a new or changed one is read once, streamed, and checked while it is stored. A missing or
+corrupt source object is reported and the state keeps its last good version, so the corruption is never
+copied over the good content.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from wedsync_backup.crypto import DataKey, Keyring
+from wedsync_backup.errors import IntegrityError
+from wedsync_backup.files import content
+from wedsync_backup.files.source import FileRow, Listed, file_rows, joined, listing
+from wedsync_backup.files.state import STATUS_KEPT, STATUS_MISSING, STATUS_OK, FileEntry, write_state
+from wedsync_backup.manifest import FilesSection, StoredObject
+from wedsync_backup.pg import PgTarget
+from wedsync_backup.policy import FilesPolicy
+from wedsync_backup.storage.base import Storage
+from wedsync_backup.storage.s3 import S3Storage
+
+log = logging.getLogger(__name__)
+MAX_PROBLEMS_LISTED = 100
+
+
+@dataclass
+class FilesWorld:
+    """Where a capture reads from and writes to; ``storages``: every target, the primary first."""
+
+    source_db: PgTarget
+    files: FilesPolicy
+    bucket: S3Storage
+    storages: list[Storage]
+    keyring: Keyring
+    stored_content: Callable[[str], StoredObject | None] | None = None  # the catalog's record of a content
+    workers: int = 4  # objects read, stored and verified at once
+
+
+@dataclass
+class _Tally:
+    objects: int = 0
+    bytes: int = 0
+    changed: int = 0
+    uploaded: list[StoredObject] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+class Capture:
+    def __init__(self, world: FilesWorld, previous: dict[str, FileEntry]) -> None:
+        self.w = world
+        self.previous = previous
+        started = time.monotonic()
+        self.present = {s.name: content.present(s) for s in world.storages}
+        log.info(
+            "Content store: %s objects, listed in %.1f s",
+            ", ".join(f"{len(p)} on {name}" for name, p in self.present.items()),
+            time.monotonic() - started,
+        )
+        self.known: dict[str, StoredObject] = {}
+        self.keys: dict[str, str] = {}  # content hash -> its data key, as the states record it
+        for e in previous.values():
+            if e.restorable and e.stored_sha256:
+                self.known.setdefault(str(e.sha256), e.content())
+            if e.sha256 and e.data_key:
+                self.keys.setdefault(e.sha256, e.data_key)
+        self.tally = _Tally()
+        self._guard = threading.Lock()
+        self._content_locks: dict[str, threading.Lock] = {}
+
+    @property
+    def primary(self) -> Storage:
+        return self.w.storages[0]
+
+    # --- one row ---------------------------------------------------------------------------------
+    def entry_for(self, row: FileRow, listed: Listed | None) -> FileEntry:
+        prev = self.previous.get(row.path)
+        if listed is None:
+            return self._keep(row, prev, "missing from the files bucket")
+        if (
+            prev is not None
+            and prev.status == STATUS_OK
+            and prev.sha256 == row.sha256
+            and prev.etag == listed.etag
+            and prev.size == listed.size
+            and any(self.present[s.name].get(row.sha256) == prev.stored_bytes for s in self.w.storages)
+        ):
+            self._everywhere(prev.content())
+            return replace(prev, wedding_id=row.wedding_id)
+        try:
+            obj = self._store(row, listed)
+        except content.SourceMismatch as e:
+            return self._keep(row, prev, f"corrupt ({e})")
+        return FileEntry(
+            row.path,
+            row.sha256,
+            obj.plain_bytes,
+            row.wedding_id,
+            listed.etag,
+            obj.stored_bytes,
+            obj.stored_sha256,
+            data_key=self.keys.get(row.sha256),
+        )
+
+    def _keep(self, row: FileRow, prev: FileEntry | None, why: str) -> FileEntry:
+        if prev is not None and prev.restorable:
+            self.tally.problems.append(f"{row.path}: {why}; the last good version (sha256 {prev.sha256}) is kept")
+            self._everywhere(prev.content())
+            return replace(prev, status=STATUS_KEPT, wedding_id=row.wedding_id)
+        self.tally.problems.append(f"{row.path}: {why}; no good version was ever captured")
+        return FileEntry(row.path, None, None, row.wedding_id, status=STATUS_MISSING)
+
+    def _store(self, row: FileRow, listed: Listed) -> StoredObject:
+        if row.size is not None and listed.size != row.size:
+            raise content.SourceMismatch(f"the bucket holds {listed.size} bytes, the files table says {row.size}")
+        sha, w = row.sha256, self.w
+        if sha in self.present[self.primary.name]:
+            content.hash_source(w.bucket, row.path, sha, row.size)  # validated, but never uploaded again
+            obj = self._stored(sha, listed.size)
+        else:
+            obj, self.keys[sha] = content.upload(w.bucket, row.path, sha, row.size, self.primary, w.keyring)
+            content.verify_content(obj, self.primary, w.keyring)
+            self.present[self.primary.name][sha] = obj.stored_bytes
+            self.tally.uploaded.append(obj)
+            self.known[sha] = obj
+        self._everywhere(obj)
+        return obj
+
+    def _stored(self, sha: str, size: int) -> StoredObject:
+        if sha not in self.known:
+            lookup = self.w.stored_content
+            found = lookup(sha) if lookup is not None else None
+            self.known[sha] = found or content.stored_info(self.primary, sha, size, self.w.keyring)
+        return self.known[sha]
+
+    def _everywhere(self, obj: StoredObject) -> None:
+        """Every target holds the content object (a target that lost it gets a verified copy)."""
+        sha = obj.plain_sha256
+        missing = [s for s in self.w.storages if self.present[s.name].get(sha) != obj.stored_bytes]
+        if not missing:
+            return
+        have = next((s for s in self.w.storages if s not in missing), None)
+        if have is None:
+            raise IntegrityError(
+                f"Content object {content.content_key(sha)} is on no target any more",
+                "it was removed outside WedSync Backup",
+                "run a full backup: the object is stored again from the files bucket if it is still intact there",
+            )
+        content.replicate_content(obj, have, missing, self.w.keyring)
+        for s in missing:
+            self.present[s.name][sha] = obj.stored_bytes
+
+    def _entry_alone(self, row: FileRow, listed: Listed | None) -> FileEntry:
+        """entry_for, with no other worker on the same content at once (it is stored once, by one of them)."""
+        with self._guard:
+            lock = self._content_locks.setdefault(row.sha256, threading.Lock())
+        with lock:
+            return self.entry_for(row, listed)
+
+    def _in_order(self, pairs: Iterable[tuple[FileRow, Listed | None]]) -> Iterator[tuple[FileRow, FileEntry]]:
+        """Each row's entry, ``workers`` objects at a time, in row order (a bounded window: memory stays flat)."""
+        workers = max(1, self.w.workers)
+        with ThreadPoolExecutor(workers, thread_name_prefix="files") as pool:
+            window: deque[tuple[FileRow, Future[FileEntry]]] = deque()
+            for row, listed in pairs:
+                window.append((row, pool.submit(self._entry_alone, row, listed)))
+                if len(window) >= 4 * workers:
+                    r, f = window.popleft()
+                    yield r, f.result()
+            while window:
+                r, f = window.popleft()
+                yield r, f.result()
+
+    # --- the whole capture -------------------------------------------------------------------------
+    def entries(self, delta: bool) -> Iterator[FileEntry]:
+        """The state lines: every file (a full capture) or what changed since the previous one (a delta)."""
+        seen: set[str] = set()
+        rows = file_rows(self.w.source_db, self.w.files)
+        for row, entry in self._in_order(joined(rows, listing(self.w.bucket))):
+            seen.add(row.path)
+            if entry.restorable:
+                self.tally.objects += 1
+                self.tally.bytes += int(entry.size or 0)
+            prev = self.previous.get(row.path)
+            differs = prev is None or prev.line() != entry.line()
+            self.tally.changed += int(differs)
+            if differs or not delta:
+                yield entry
+        for path in sorted(set(self.previous) - seen):
+            self.tally.changed += 1
+            if delta:
+                yield FileEntry(path, None, None, deleted=True)
+
+
+def capture_files(
+    world: FilesWorld,
+    backup_id: str,
+    data_key: DataKey,
+    previous: dict[str, FileEntry],
+    delta_of: str | None,
+) -> tuple[FilesSection, list[StoredObject]]:
+    """Capture the files into ``backup_id`` (its state object on the primary); returns the manifest section."""
+    captured_at = datetime.now(UTC).isoformat()
+    cap = Capture(world, previous)
+    state = write_state(world.storages[0], backup_id, cap.entries(delta_of is not None), data_key)
+    t = cap.tally
+    problems = t.problems[:MAX_PROBLEMS_LISTED]
+    if len(t.problems) > MAX_PROBLEMS_LISTED:
+        problems.append(f"... and {len(t.problems) - MAX_PROBLEMS_LISTED} more")
+    for p in problems:
+        log.warning("!!! Files: %s", p)
+    log.info(
+        "Files of %s: %d objects (%d bytes), %d changed, %d new contents uploaded (%d bytes), %d problems",
+        backup_id,
+        t.objects,
+        t.bytes,
+        t.changed,
+        len(t.uploaded),
+        sum(o.plain_bytes for o in t.uploaded),
+        len(t.problems),
+    )
+    return FilesSection(
+        state=state,
+        captured_at=captured_at,
+        objects=t.objects,
+        bytes=t.bytes,
+        new_objects=len(t.uploaded),
+        new_bytes=sum(o.plain_bytes for o in t.uploaded),
+        delta_of=delta_of,
+        changed=t.changed,
+        problems=problems,
+    ), t.uploaded
