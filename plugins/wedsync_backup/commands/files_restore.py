@@ -144,6 +144,7 @@ def restore_files_for(
     req = with_named_point(req, lambda: res.catalog().dsn)  # a named recovery point stands for its moment
     req.validate(res.policy)
     until = req.until()
+    wedding_ids = files_in_scope(res, req)
     target = target_bucket(res, _set(target_files_conn_id), _set(target_files_bucket))
     return restore_files(
         res,
@@ -151,8 +152,36 @@ def restore_files_for(
         from_target=req.from_target,
         backup_id=req.backup_id if req.mode == "backup_id" else None,
         until=until,
+        wedding_ids=wedding_ids,
         dry_run=req.is_dry_run,
     )
+
+
+def files_in_scope(res: Resources, req: RestoreRequest) -> list[str] | None:
+    """Which files a restore's scope brings back: every file (complete), the weddings' own (wedding-only, when
+    its data types include the files table's: ``photos``), all of them when selective names the files table;
+    NothingToDo when the scope holds no files."""
+    from wedsync_backup.partial.request import as_names
+
+    table = res.policy.files.table
+    if req.scope == "wedding-only":
+        data_types = as_names(req.data_types)
+        holding = [
+            t
+            for t, tables in res.policy.weddings.data_types.items()
+            if _names_table([f"{schema}.{name}" if schema else name for schema, name in tables], table)
+        ]
+        if data_types and not set(data_types) & set(holding):
+            raise NothingToDo(f"data_types {data_types} hold no files ({table}): no files are restored")
+        return as_names(req.wedding_ids)
+    if req.scope == "selective" and not _names_table(as_names(req.tables), table):
+        raise NothingToDo(f"the tables restored do not include {table}: no files are restored")
+    return None
+
+
+def _names_table(names: list[str], table: str) -> bool:
+    bare = table.split(".")[-1]
+    return any(n in (table, bare) for n in names)
 
 
 def _set(value: str | None) -> str | None:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from wedsync_backup.commands import backup
+from wedsync_backup.commands.files_backup import add_files
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef
 from wedsync_backup.crypto import DataKey
 from wedsync_backup.errors import ConfigError, IntegrityError
@@ -257,7 +258,10 @@ def seal(res: Resources, backup_id: str, run: RunRef) -> SealResult:
         ),
         provenance=backup.provenance_of(res, backup_id, run, TIER),
     )
-    sha = seal_pending(primary, manifest, data_key)
+    seal_pending(primary, manifest, data_key)
+    # the weddings' photos and documents: the file state at this moment (new content uploaded once, verified)
+    manifest = add_files(res, manifest)
+    sha = manifest.sha256()
     primary.delete([plan_key(backup_id), *(batch_key(backup_id, n) for n in range(len(plan["batches"])))])
     return SealResult(backup_id, sha, len(entries), manifest.total_rows, manifest.stored_bytes)
 

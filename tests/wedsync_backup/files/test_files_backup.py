@@ -141,3 +141,12 @@ def test_point_in_time_brings_back_the_object_as_it_was(files_world: FilesWorld)
     fw.delete("weddings/3/photos/late.png")
     one = restore_wedding_files(fw.res, ["3"], target_bucket(fw.res, None, fw.bucket))
     assert one["written"] == 1 and fw.get(path) is None and fw.get("weddings/3/photos/late.png") is not None
+
+    # emergency_restore's files task follows the restore's scope: a wedding-only restore, that wedding's files
+    fw.delete("weddings/3/photos/late.png")
+    req = RestoreRequest(target_conn_id="t", reason="INC-12", scope="wedding-only", wedding_ids=["3"])
+    dry = restore_files_for(fw.res, req, ["files"], target_files_bucket=fw.bucket)
+    assert dry["to_write"] == 1  # wedding 3's missing photo, not wedding 1's missing contract
+    selective = RestoreRequest(target_conn_id="t", reason="INC-12", scope="selective", tables=["public.guests"])
+    with pytest.raises(NothingToDo, match="no files"):
+        restore_files_for(fw.res, selective, ["files"], target_files_bucket=fw.bucket)
