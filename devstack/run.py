@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import compileall
 import contextlib
 import json
 import os
@@ -139,6 +140,13 @@ def check_ports(ports: dict[str, int], wanted: list[str]) -> None:
                 f"To fix: stop that process, or give the stack another port once with "
                 f"'./scripts/run.sh {flag} N' (it is kept for the next runs)."
             )
+
+
+def compile_project() -> None:
+    """Bytecode for the DAGs and plugins, written now: every task process imports them, and with
+    PYTHONDONTWRITEBYTECODE set (or a read-only checkout) Python would compile them again in each one."""
+    for folder in ("dags", "plugins", "devstack"):
+        compileall.compile_dir(REPO / folder, quiet=1)
 
 
 def _master_key(state_dir: Path) -> str:
@@ -296,6 +304,7 @@ class Launcher:
             _say(f"seeding the demo wedding database (scale {args.scale}) ...")
             create_demo_schema(source_dsn)
             seed_demo(source_dsn, args.scale)
+        compile_project()
         url = f"http://127.0.0.1:{ports['api']}"
         env = config.env()
         env.update(sizing(parallelism=args.parallelism))
