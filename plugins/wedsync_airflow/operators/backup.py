@@ -48,15 +48,19 @@ class BackupPreflightOperator(CommandOperator):
 
 
 class ExportOperator(CommandOperator):
-    """Consistent, prioritized, parallel export streamed to the primary target. Pushes ``manifest_sha256``."""
+    """Consistent, prioritized, parallel export streamed to the primary target (with ``copies``, to every
+    target at once). Pushes ``manifest_sha256``."""
 
     template_fields = (*CommandOperator.template_fields, "backup_id")
 
-    def __init__(self, *, backup_id: str, backup_type: str = "full", tier: str = "full", **kwargs: Any) -> None:
+    def __init__(
+        self, *, backup_id: str, backup_type: str = "full", tier: str = "full", copies: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.backup_id = backup_id
         self.backup_type = backup_type
         self.tier = tier
+        self.copies = copies
 
     def execute(self, context: Any) -> dict[str, Any]:
         result = self.call(
@@ -66,6 +70,7 @@ class ExportOperator(CommandOperator):
                 self.run_of(context),
                 backup_type=self.backup_type,
                 tier=self.tier,
+                copies=self.copies,
             )
         )
         context["ti"].xcom_push(key="manifest_sha256", value=result.manifest_sha256)
