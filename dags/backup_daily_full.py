@@ -1,7 +1,9 @@
 """Daily full backup: one consistent snapshot of the whole platform database, three verified copies.
 
-preflight -> export (to the primary and, at the same time, to every replica) -> verify (every copy; mapped)
--> commit (manifest on every target, catalog row 'completed') -> prune (30-day retention).
+preflight -> backup: export (to the primary and, at the same time, to every replica), verify every copy,
+commit (manifest on every target, catalog row 'completed') -> prune (30-day retention).
+One task for the backup itself: each task boundary costs seconds of fixed work (issue 8, "Speed as the user
+gets it"); the phases and their rules are the same (wedsync_backup.commands.full_backup).
 Any failure marks the catalog row 'failed': a backup counts only when every copy is verified.
 """
 
@@ -11,15 +13,13 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, TriggerRule
 from wedsync_airflow.assets import FULL_BACKUP_VERIFIED
-from wedsync_airflow.dag_support import retry_delay, target_names
+from wedsync_airflow.dag_support import retry_delay
 from wedsync_airflow.notifiers import alert_on
 from wedsync_airflow.operators.backup import (
     BackupPreflightOperator,
-    CommitBackupOperator,
-    ExportOperator,
+    FullBackupOperator,
     MarkBackupFailedOperator,
     PruneOperator,
-    VerifyOperator,
 )
 
 with DAG(
@@ -42,21 +42,9 @@ with DAG(
 ) as dag:
     preflight = BackupPreflightOperator(task_id="preflight", backup_type="full", tier="full")
     backup_id = preflight.output["backup_id"]
-    # The copies are streamed to every replica during the export (no replicate pass after it): fewer task
-    # boundaries, and every byte read from the source once. Each copy still counts only once verified.
-    export = ExportOperator(task_id="export", backup_id=backup_id, backup_type="full", copies=True)
-    sha = export.output["manifest_sha256"]
-    verify = VerifyOperator.partial(task_id="verify", backup_id=backup_id, manifest_sha256=sha).expand(
-        target_name=target_names()
-    )
-    commit = CommitBackupOperator(
-        task_id="commit",
-        backup_id=backup_id,
-        manifest_sha256=sha,
-        verifications=verify.output,
-        tier="full",
-        outlets=[FULL_BACKUP_VERIFIED],
-    )
+    # The copies are streamed to every replica during the export (no replicate pass after it), then each is
+    # read back and verified; only then is the backup committed.
+    backup = FullBackupOperator(task_id="backup", backup_id=backup_id, tier="full", outlets=[FULL_BACKUP_VERIFIED])
     prune = PruneOperator(task_id="prune", backup_type="full", tier="full")
     # Pulled by template, not XComArg: when preflight fails there is no backup_id, and an XComArg would
     # fail this task too, burying the real error under an XComNotFound.
@@ -67,6 +55,5 @@ with DAG(
         retries=0,
     )
 
-    export >> verify
-    commit >> prune
-    [preflight, export, verify, commit] >> mark_failed
+    backup >> prune
+    [preflight, backup] >> mark_failed

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from wedsync_backup.commands import backup as cmd
+from wedsync_backup.commands.full_backup import export_verify_commit
 from wedsync_backup.commands.prune import prune
 
 from wedsync_airflow.operators.command import CommandOperator
@@ -48,19 +49,15 @@ class BackupPreflightOperator(CommandOperator):
 
 
 class ExportOperator(CommandOperator):
-    """Consistent, prioritized, parallel export streamed to the primary target (with ``copies``, to every
-    target at once). Pushes ``manifest_sha256``."""
+    """Consistent, prioritized, parallel export streamed to the primary target. Pushes ``manifest_sha256``."""
 
     template_fields = (*CommandOperator.template_fields, "backup_id")
 
-    def __init__(
-        self, *, backup_id: str, backup_type: str = "full", tier: str = "full", copies: bool = False, **kwargs: Any
-    ) -> None:
+    def __init__(self, *, backup_id: str, backup_type: str = "full", tier: str = "full", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.backup_id = backup_id
         self.backup_type = backup_type
         self.tier = tier
-        self.copies = copies
 
     def execute(self, context: Any) -> dict[str, Any]:
         result = self.call(
@@ -70,10 +67,28 @@ class ExportOperator(CommandOperator):
                 self.run_of(context),
                 backup_type=self.backup_type,
                 tier=self.tier,
-                copies=self.copies,
             )
         )
         context["ti"].xcom_push(key="manifest_sha256", value=result.manifest_sha256)
+        return result.as_dict()
+
+
+class FullBackupOperator(CommandOperator):
+    """The full backup after preflight in one task: export with every copy written at once, verify every
+    copy, commit (``commands.full_backup``). Pushes ``manifest_sha256``."""
+
+    template_fields = (*CommandOperator.template_fields, "backup_id")
+
+    def __init__(self, *, backup_id: str, tier: str = "full", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.backup_id = backup_id
+        self.tier = tier
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        result = self.call(
+            lambda: export_verify_commit(self.build_resources(), self.backup_id, self.run_of(context), tier=self.tier)
+        )
+        context["ti"].xcom_push(key="manifest_sha256", value=result.exported.manifest_sha256)
         return result.as_dict()
 
 

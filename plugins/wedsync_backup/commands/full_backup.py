@@ -1,0 +1,60 @@
+"""The full backup after its preflight, as one task: export (every copy written at once), verify every copy
+(side by side), commit. Made of the backup command's phases, in their order, with their rules.
+
+Why one task: each Airflow task costs a fixed few seconds (a process, Airflow's task start-up, building the
+storages and connections again), and a replicate pass re-reads and re-sends what the export just wrote.
+Here the copies are streamed during the export (``storage.tee``), each one is then read back and verified
+(size, sha256 and decryption of every object) on its own thread, and only when every copy verified is the
+manifest committed on every target and the catalog row completed, exactly as the separate phases do.
+
+A retry is idempotent: a backup already committed is found committed (the export returns its manifest, the
+verification reads the copies again, the commit rewrites the same marker and row); anything less is
+exported again from scratch on every target.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from wedsync_backup.commands import backup
+from wedsync_backup.commands.resources import Resources, RunRef
+from wedsync_backup.storage.base import Storage
+from wedsync_backup.verify import verify_copy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FullBackupResult:
+    exported: backup.ExportResult
+    verified: list[str]  # the targets whose copy was read back and verified
+    committed: backup.CommitResult
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.exported.as_dict(), "verified": self.verified, **self.committed.as_dict()}
+
+
+def verify_every_copy(res: Resources, backup_id: str, manifest_sha256: str) -> list[dict[str, Any]]:
+    """``verify_copy`` on every target at once (a thread each: the work is mostly reading and waiting on the
+    target); the first failure is raised, naming its target. Storages and keys are built here, in the
+    caller's thread, as connections are read there."""
+    manifest = backup.load_pending_manifest(res, backup_id, manifest_sha256)
+    keyring = res.keyring()
+    storages = res.all_storages()
+
+    def one(storage: Storage) -> dict[str, Any]:
+        return {**verify_copy(manifest, storage, keyring).as_dict(), "manifest_sha256": manifest_sha256}
+
+    with ThreadPoolExecutor(max_workers=len(storages), thread_name_prefix="verify") as pool:
+        return list(pool.map(one, storages))
+
+
+def export_verify_commit(res: Resources, backup_id: str, run: RunRef, *, tier: str = "full") -> FullBackupResult:
+    """Export with every copy written at once, verify every copy, then commit (begin has opened the row)."""
+    exported = backup.export(res, backup_id, run, backup_type="full", tier=tier, copies=True)
+    verifications = verify_every_copy(res, backup_id, exported.manifest_sha256)
+    committed = backup.commit(res, backup_id, exported.manifest_sha256, verifications, tier=tier)
+    return FullBackupResult(exported, [v["target_name"] for v in verifications], committed)
