@@ -1,9 +1,9 @@
 """Daily full backup: one consistent snapshot of the whole platform database, three verified copies.
 
 preflight -> backup: export (to the primary and, at the same time, to every replica), verify every copy,
-commit (manifest on every target, catalog row 'completed') -> prune (30-day retention).
+commit (manifest on every target, catalog row 'completed'), then prune (30-day retention).
 One task for the backup itself: each task boundary costs seconds of fixed work (issue 8, "Speed as the user
-gets it"); the phases and their rules are the same (wedsync_backup.commands.full_backup).
+gets it"); the phases, their order and their rules are the same (wedsync_backup.commands.full_backup).
 Any failure marks the catalog row 'failed': a backup counts only when every copy is verified.
 """
 
@@ -19,7 +19,6 @@ from wedsync_airflow.operators.backup import (
     BackupPreflightOperator,
     FullBackupOperator,
     MarkBackupFailedOperator,
-    PruneOperator,
 )
 
 with DAG(
@@ -43,9 +42,8 @@ with DAG(
     preflight = BackupPreflightOperator(task_id="preflight", backup_type="full", tier="full")
     backup_id = preflight.output["backup_id"]
     # The copies are streamed to every replica during the export (no replicate pass after it), then each is
-    # read back and verified; only then is the backup committed.
+    # read back and verified; only then is the backup committed, and only then is retention applied.
     backup = FullBackupOperator(task_id="backup", backup_id=backup_id, tier="full", outlets=[FULL_BACKUP_VERIFIED])
-    prune = PruneOperator(task_id="prune", backup_type="full", tier="full")
     # Pulled by template, not XComArg: when preflight fails there is no backup_id, and an XComArg would
     # fail this task too, burying the real error under an XComNotFound.
     mark_failed = MarkBackupFailedOperator(
@@ -55,5 +53,4 @@ with DAG(
         retries=0,
     )
 
-    backup >> prune
     [preflight, backup] >> mark_failed

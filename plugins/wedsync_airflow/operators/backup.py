@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from wedsync_backup.commands import backup as cmd
-from wedsync_backup.commands.full_backup import export_verify_commit
+from wedsync_backup.commands.full_backup import full_backup
 from wedsync_backup.commands.prune import prune
 
 from wedsync_airflow.operators.command import CommandOperator
@@ -75,7 +75,7 @@ class ExportOperator(CommandOperator):
 
 class FullBackupOperator(CommandOperator):
     """The full backup after preflight in one task: export with every copy written at once, verify every
-    copy, commit (``commands.full_backup``). Pushes ``manifest_sha256``."""
+    copy, commit, prune (``commands.full_backup``). Pushes ``manifest_sha256``."""
 
     template_fields = (*CommandOperator.template_fields, "backup_id")
 
@@ -86,7 +86,7 @@ class FullBackupOperator(CommandOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         result = self.call(
-            lambda: export_verify_commit(self.build_resources(), self.backup_id, self.run_of(context), tier=self.tier)
+            lambda: full_backup(self.build_resources(), self.backup_id, self.run_of(context), tier=self.tier)
         )
         context["ti"].xcom_push(key="manifest_sha256", value=result.exported.manifest_sha256)
         return result.as_dict()

@@ -1,5 +1,6 @@
 """The full backup after its preflight, as one task: export (every copy written at once), verify every copy
-(side by side), commit. Made of the backup command's phases, in their order, with their rules.
+(side by side), commit, prune. Made of the backup and prune commands' phases, in their order, with their
+rules: retention is applied only once the new backup is committed.
 
 Why one task: each Airflow task costs a fixed few seconds (a process, Airflow's task start-up, building the
 storages and connections again), and a replicate pass re-reads and re-sends what the export just wrote.
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from wedsync_backup.commands import backup
+from wedsync_backup.commands.prune import prune
 from wedsync_backup.commands.resources import Resources, RunRef
 from wedsync_backup.storage.base import Storage
 from wedsync_backup.verify import verify_copy
@@ -32,9 +34,15 @@ class FullBackupResult:
     exported: backup.ExportResult
     verified: list[str]  # the targets whose copy was read back and verified
     committed: backup.CommitResult
+    pruned: dict[str, list[str]] = field(default_factory=dict)  # target -> backup ids retention removed
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.exported.as_dict(), "verified": self.verified, **self.committed.as_dict()}
+        return {
+            **self.exported.as_dict(),
+            "verified": self.verified,
+            **self.committed.as_dict(),
+            "pruned": self.pruned,
+        }
 
 
 def verify_every_copy(res: Resources, backup_id: str, manifest_sha256: str) -> list[dict[str, Any]]:
@@ -58,3 +66,10 @@ def export_verify_commit(res: Resources, backup_id: str, run: RunRef, *, tier: s
     verifications = verify_every_copy(res, backup_id, exported.manifest_sha256)
     committed = backup.commit(res, backup_id, exported.manifest_sha256, verifications, tier=tier)
     return FullBackupResult(exported, [v["target_name"] for v in verifications], committed)
+
+
+def full_backup(res: Resources, backup_id: str, run: RunRef, *, tier: str = "full") -> FullBackupResult:
+    """``export_verify_commit``, then retention (``commands.prune``): the backup_daily_full task after preflight."""
+    result = export_verify_commit(res, backup_id, run, tier=tier)
+    result.pruned = prune(res, backup_type="full", tier=tier).pruned
+    return result
