@@ -265,6 +265,9 @@ def render(args: argparse.Namespace, info: dict[str, Any], r: dict[str, Any]) ->
     crit = rto.get("critical")
     restore_s = med.detail.get("restore_seconds") or med.seconds
     share = crit / restore_s if crit is not None and restore_s else None
+    # as the user sees it: from the run's first task start (the restore ends with its task, so its start is
+    # about the run's end minus its own seconds)
+    crit_run = med.seconds - restore_s + crit if crit is not None else None
     out += [
         "",
         f"Median run: the RTO per priority group (seconds from the restore's start until the group's tables "
@@ -286,6 +289,10 @@ def render(args: argparse.Namespace, info: dict[str, Any], r: dict[str, Any]) ->
         out.append(
             f"| critical group usable within 25% of the restore | {share:.0%} ({crit} s of {restore_s} s) | "
             f"{_yes(share <= 0.25)} |"
+        )
+        out.append(
+            f"| the same, counted from the run's first task start | {crit_run / med.seconds:.0%} "
+            f"({crit_run:.1f} s of {med.seconds:.1f} s) | {_yes(crit_run <= 0.25 * med.seconds)} |"
         )
     out.append(END)
     return "\n".join(out) + "\n"
