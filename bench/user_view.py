@@ -170,14 +170,13 @@ class UserBench:
         run_id, times, ld = self.dag_run(FULL)
         with psycopg.connect(self.dsn("backup_catalog"), autocommit=True) as conn:
             row = conn.execute(
-                "SELECT backup_id, extract(epoch FROM completed_at - started_at), stored_bytes "
+                "SELECT backup_id, extract(epoch FROM completed_at - started_at) "
                 "FROM backup_operations WHERE run_id = %s AND status = 'completed'",
                 (run_id,),
             ).fetchone()
         if row is None:
             raise RuntimeError(f"{FULL} run {run_id} left no completed backup row")
         detail = {"run_id": run_id, "tasks": times.tasks, "backup_id": row[0], "catalog_window": float(row[1])}
-        detail["stored_bytes"] = row[2]
         return Timed(times.seconds, ld, detail)
 
     def emergency_restore(self) -> Timed:
