@@ -132,7 +132,7 @@ class UserBench:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]  # type: ignore[index]
             tables = conn.execute(
-                "SELECT count(*), sum(n_live_tup) FROM pg_stat_user_tables WHERE schemaname <> 'wedsync_capture'"
+                "SELECT count(*), sum(n_live_tup) FROM pg_stat_user_tables WHERE schemaname <> '_wedsync_backup'"
             ).fetchone()
             version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         return {"bytes": size, "tables": tables[0], "rows": int(tables[1] or 0), "version": version}  # type: ignore[index]
@@ -275,7 +275,8 @@ def render(args: argparse.Namespace, info: dict[str, Any], r: dict[str, Any]) ->
             f"{crit if crit is not None else '-'} |"
         )
     med = median_of(ours)
-    rto = med.detail["rto_per_group"]
+    recorded = med.detail["rto_per_group"]  # jsonb keeps its own key order: show them in priority order
+    rto = {g: recorded[g] for g in ("critical", "high", "standard") if g in recorded}
     crit = rto.get("critical")
     restore_s = med.detail.get("restore_seconds") or med.seconds
     share = crit / restore_s if crit is not None and restore_s else None
