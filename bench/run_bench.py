@@ -38,6 +38,7 @@ from wedsync_backup.pg import PgTarget, find_tool  # noqa: E402
 from bench.incremental import PgBackRest, PgBackRestUnavailable, apply_workload, content_digest  # noqa: E402
 from bench.report import Report, render  # noqa: E402
 from bench.report_incremental import IncrementalRun  # noqa: E402
+from bench.user_view import user_view_section  # noqa: E402
 from devstack.demo import create_demo_schema, scale_for_megabytes, seed_demo  # noqa: E402
 from devstack.postgres import Cluster  # noqa: E402
 from devstack.services import GcsEmulator, MotoServer  # noqa: E402
@@ -419,8 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.stop()
     text = render(report)
     print(text)
-    if args.results:
-        Path(args.results).write_text(text)
+    if args.results:  # the section bench.user_view wrote (the DAG runs under the scheduler) is kept
+        path = Path(args.results)
+        kept = user_view_section(path.read_text()) if path.exists() else ""
+        path.write_text(text + (f"\n{kept}" if kept else ""))
     return 0 if report.fidelity_ok and (report.incremental is None or report.incremental.fidelity_ok) else 1
 
 

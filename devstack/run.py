@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import compileall
 import contextlib
 import json
 import os
@@ -141,6 +142,13 @@ def check_ports(ports: dict[str, int], wanted: list[str]) -> None:
                 f"To fix: stop that process, or give the stack another port once with "
                 f"'./scripts/run.sh {flag} N' (it is kept for the next runs)."
             )
+
+
+def compile_project() -> None:
+    """Bytecode for the DAGs and plugins, written now: every task process imports them, and with
+    PYTHONDONTWRITEBYTECODE set (or a read-only checkout) Python would compile them again in each one."""
+    for folder in ("dags", "plugins", "devstack"):
+        compileall.compile_dir(REPO / folder, quiet=1)
 
 
 def _master_key(state_dir: Path) -> str:
@@ -302,6 +310,7 @@ class Launcher:
         if not config.s3.client().list_objects_v2(Bucket=FILES_BUCKET, MaxKeys=1).get("Contents"):
             _say(f"seeding the files bucket {FILES_BUCKET} (a small JPEG, PNG or PDF per files row) ...")
             _say(f"  {seed_files(source_dsn, config.s3.client(), FILES_BUCKET)} objects")
+        compile_project()
         url = f"http://127.0.0.1:{ports['api']}"
         env = config.env()
         env.update(sizing(parallelism=args.parallelism))

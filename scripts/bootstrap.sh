@@ -70,4 +70,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.8"
   .venv/bin/uv pip sync -q --python .venv/bin/python requirements.lock
   echo "$want" > "$stamp"
+  rm -f .venv/.wedsync-bytecode
+fi
+# Bytecode for every installed module, written once here: uv installs none, and with PYTHONDONTWRITEBYTECODE
+# set nothing writes it later, so every Airflow task process would compile Airflow, boto3 and the Google
+# client from source again (seconds per task; issue 8, "Speed as the user gets it").
+if [ ! -f .venv/.wedsync-bytecode ]; then
+  say "compiling the installed modules to bytecode (once) ..."
+  .venv/bin/python -m compileall -q -j 0 .venv/lib >/dev/null || true
+  touch .venv/.wedsync-bytecode
 fi

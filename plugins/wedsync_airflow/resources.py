@@ -6,17 +6,28 @@ from datetime import UTC, datetime
 from typing import Any
 
 from wedsync_backup.commands.resources import Resources, RunRef
-from wedsync_backup.policy import Policy
+from wedsync_backup.policy import Policy, TargetPolicy
+from wedsync_backup.storage.base import Storage
 
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.targets import build_storage
 
 
 def airflow_resources(policy: Policy) -> Resources:
-    """Storages through the provider hooks, databases and keys from connections; each built when needed."""
+    """Storages through the provider hooks, databases and keys from connections; each built when needed.
+
+    A storage is built once per task (its connection read, its client made) and reused by every phase the
+    task runs: building one costs up to a second on a busy machine."""
+    storages: dict[str, Storage] = {}
+
+    def open_storage(target: TargetPolicy) -> Storage:
+        if target.name not in storages:
+            storages[target.name] = build_storage(target)
+        return storages[target.name]
+
     return Resources(
         policy=policy,
-        open_storage=build_storage,
+        open_storage=open_storage,
         open_catalog=lambda: catalog(policy),
         open_database=pg_target,
         open_keyring=keyring,

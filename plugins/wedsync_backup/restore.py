@@ -9,6 +9,7 @@ afterwards the target is put back as it was: empty.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -39,6 +40,7 @@ from wedsync_backup.pg import (
     spawn_tool,
 )
 from wedsync_backup.pipeline import decode_from_storage
+from wedsync_backup.restore_groups import GroupClock
 from wedsync_backup.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,9 @@ class RestoreResult:
     rows: int
     seconds: float
     verified_tables: int
+    # seconds from the restore's start until each priority group was loaded and indexed (usable), and when
+    rto_per_group: dict[str, float] = field(default_factory=dict)
+    group_usable_at: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -196,7 +201,19 @@ def _unmark_restore(target: PgTarget) -> None:
         conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(RESTORE_MARK)}")
 
 
-EARLY_INDEX_MIN_BYTES = 8 << 20  # smaller tables: their indexes are cheap, leave them to the final pass
+# The sessions that build indexes and constraints: index sorts in memory instead of spilling to disk (as the
+# PostgreSQL manual's "Populating a Database" advises for a restore), and no wait for each commit's flush.
+INDEX_BUILD_OPTIONS = "-c maintenance_work_mem=256MB -c synchronous_commit=off"
+
+
+def _index_builder(target: PgTarget) -> PgTarget:
+    """``target`` with :data:`INDEX_BUILD_OPTIONS` added to its sessions' options (kept: the connection's own)."""
+    options = dict(target.options)
+    options["options"] = f"{options.get('options', '')} {INDEX_BUILD_OPTIONS}".strip()
+    return dataclasses.replace(target, options=options)
+
+
+EARLY_INDEX_MIN_BYTES = 8 << 20  # smaller tables: their indexes are built with their group's (restore_groups)
 
 
 def _schema_archive(manifest: Manifest, storage: Storage, keyring: Keyring) -> bytes:
@@ -257,19 +274,6 @@ def _post_data_entries(manifest: Manifest, archive: bytes, target: PgTarget) -> 
 def _ours(line: str) -> bool:
     """Our DDL capture's event triggers (pg_dump cannot leave them out): never restored as user schema."""
     return any(f" EVENT TRIGGER - {name} " in line for name in DDL_TRIGGERS)
-
-
-def _entry_key(line: str) -> str:
-    """'3407; 1259 16567 INDEX pagila idx_x postgres' -> 'INDEX pagila idx_x postgres'."""
-    return line.split(" ", 3)[3] if line.count(" ") >= 3 else line
-
-
-def _early_entries(table: TableEntry, entries: list[str]) -> list[str]:
-    wanted = []
-    for e in table.index_entries:
-        kind, tag = e.split(" ", 1)
-        wanted.append(f"{kind} {table.schema} {tag} ")
-    return [line for line in entries if any(_entry_key(line).startswith(w) for w in wanted)]
 
 
 def _load_part(
@@ -433,26 +437,25 @@ def restore_backup(
             ["--section=pre-data", "--exit-on-error", "--single-transaction"],
         )
         post_data = _post_data_entries(manifest, archive, target)
-        done: set[str] = set()
-        done_lock = threading.Lock()
+        clock = GroupClock(manifest.tables, post_data, lambda t: t.plain_bytes >= EARLY_INDEX_MIN_BYTES, started)
 
-        def build_indexes(table: TableEntry) -> None:
+        builder = _index_builder(target)
+
+        def build(entries: list[str]) -> None:
+            _run_pg_restore(manifest, archive, builder, [], toc_list="\n".join(entries) + "\n")
+
+        def table_loaded(table: TableEntry) -> None:
             if on_table_loaded is not None:
                 on_table_loaded(table)
-            if table.plain_bytes < EARLY_INDEX_MIN_BYTES:
-                return
-            entries = _early_entries(table, post_data)
-            if entries:
-                _run_pg_restore(manifest, archive, target, [], toc_list="\n".join(entries) + "\n")
-                with done_lock:
-                    done.update(entries)
+            clock.table_loaded(table, build)
 
-        loaded = _load_data(manifest, storage, keyring, target, workers, on_table_loaded=build_indexes)
+        loaded = _load_data(manifest, storage, keyring, target, workers, on_table_loaded=table_loaded)
         with target.connect(autocommit=True) as conn:
             restore_large_objects(manifest, storage, keyring, conn)
-        rest = [line for line in post_data if line not in done]
+        rest = [line for line in post_data if line not in clock.built]
         if rest:
-            _run_pg_restore(manifest, archive, target, ["--single-transaction"], toc_list="\n".join(rest) + "\n")
+            _run_pg_restore(manifest, archive, builder, ["--single-transaction"], toc_list="\n".join(rest) + "\n")
+        clock.finish()  # a group none of whose tables had rows to load is usable now
         _set_sequences(manifest, target)
         _unmark_restore(target)
     except BaseException as e:
@@ -483,6 +486,8 @@ def restore_backup(
         rows=sum(loaded.values()),
         seconds=round(time.monotonic() - started, 3),
         verified_tables=len(manifest.tables),
+        rto_per_group=clock.rto_per_group(),
+        group_usable_at=dict(clock.usable_at),
     )
 
 

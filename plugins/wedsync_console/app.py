@@ -161,7 +161,7 @@ def start_backup(req: dict[str, Any], user: str) -> dict[str, Any]:
         "run_id": run["run_id"],
         "state": run["state"],
         "estimated_duration_seconds": estimate_seconds(dag_id, backup_type),
-        "scheduled_components": validation.components_of(kind),
+        "scheduled_components": validation.components_of(kind, files_enabled=load_policy().files.enabled),
         "priority_level": req["priorityLevel"],
         "recovery_points": points,
         "warning": f"{dag_id} is paused: the run waits until it is unpaused" if run["dag_paused"] else None,

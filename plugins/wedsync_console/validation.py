@@ -38,9 +38,16 @@ KNOWN_COMPONENTS = ("database", "files", "configurations")
 FULL_ONLY = ("configurations",)  # stored by every full (and manual) backup, never by the other types
 
 
-def components_of(kind: str) -> list[str]:
-    """What a backup of type ``kind`` stores: every component (whether or not it was asked for)."""
-    return [c for c in COMPONENTS if kind in ("full", "manual") or c not in FULL_ONLY]
+def components_of(kind: str, *, files_enabled: bool = True) -> list[str]:
+    """What a backup of type ``kind`` stores: every component (whether or not it was asked for); files only
+    when the policy names a files bucket."""
+    return [
+        c
+        for c in COMPONENTS
+        if (kind in ("full", "manual") or c not in FULL_ONLY) and (files_enabled or c != "files")
+    ]
+
+
 BACKUP_TYPES = ("full", "incremental", "manual", "wedding")
 PRIORITIES = ("normal", "high")
 WEDDING_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")

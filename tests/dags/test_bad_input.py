@@ -205,7 +205,7 @@ def test_backup_failing_after_export_is_recorded_failed_never_completed(stack: S
     new = {k: v for k, v in backup_rows(stack).items() if k not in rows}
     assert len(new) == 1 and set(new.values()) == {"failed"}, new
     states = task_states(stack, "backup_daily_full")
-    assert states["export"][0] == "failed" and states["mark_failed"][0] == "success", states
+    assert states["backup"][0] == "failed" and states["mark_failed"][0] == "success", states
     (backup_id,) = new
     with _applied(stack.env()):
         from wedsync_airflow.targets import build_targets

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from wedsync_backup.commands import backup as cmd
+from wedsync_backup.commands.full_backup import full_backup
 from wedsync_backup.commands.prune import prune
 
 from wedsync_airflow.operators.command import CommandOperator
-from wedsync_airflow.operators.files import alert_files_problems
 
 
 class BackupPreflightOperator(CommandOperator):
@@ -48,8 +48,10 @@ class BackupPreflightOperator(CommandOperator):
         return begun.summary()
 
 
-class ExportOperator(CommandOperator):
-    """Consistent, prioritized, parallel export streamed to the primary target. Pushes ``manifest_sha256``."""
+class FullBackupOperator(CommandOperator):
+    """The full backup after preflight in one task: export with every copy written at once, the configurations
+    component (connections and variables read here, through Airflow), verify every copy, commit, prune
+    (``commands.full_backup``). Pushes ``manifest_sha256``."""
 
     template_fields = (*CommandOperator.template_fields, "backup_id", "backup_type")
 
@@ -60,17 +62,19 @@ class ExportOperator(CommandOperator):
         self.tier = tier
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from wedsync_airflow.configurations import gather_bundle
+
         result = self.call(
-            lambda: cmd.export(
+            lambda: full_backup(
                 self.build_resources(),
                 self.backup_id,
                 self.run_of(context),
-                backup_type=self.backup_type,
+                backup_type=self.backup_type or "full",
                 tier=self.tier,
+                configurations=gather_bundle(self.policy_path),
             )
         )
-        context["ti"].xcom_push(key="manifest_sha256", value=result.manifest_sha256)
-        alert_files_problems(self.backup_id, result.files_problems, context)
+        context["ti"].xcom_push(key="manifest_sha256", value=result.exported.manifest_sha256)
         return result.as_dict()
 
 

@@ -1,4 +1,4 @@
-"""Adapters for the configurations component: store it in a full backup, and restore_configuration.
+"""Adapters for restore_configuration (a full backup stores the component: operators/backup.py FullBackupOperator).
 
 The connections and variables are read (and written back) through Airflow here; the core commands in
 ``wedsync_backup.configurations`` get them as plain data and never see Airflow.
@@ -19,32 +19,10 @@ from typing import Any
 from airflow.sdk import Variable
 from airflow.sdk.exceptions import AirflowSkipException
 from wedsync_backup.configurations import restore as cmd
-from wedsync_backup.configurations.store import store_configurations
 from wedsync_backup.errors import ConfigError
 
-from wedsync_airflow.configurations import gather_bundle, is_defined
+from wedsync_airflow.configurations import is_defined
 from wedsync_airflow.operators.command import CommandOperator
-
-
-class StoreConfigurationsOperator(CommandOperator):
-    """After the export: the policy, connections, variables and configuration tables into the backup.
-    Pushes the new ``manifest_sha256`` the later phases check against."""
-
-    template_fields = (*CommandOperator.template_fields, "backup_id", "manifest_sha256")
-
-    def __init__(self, *, backup_id: str, manifest_sha256: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.backup_id = backup_id
-        self.manifest_sha256 = manifest_sha256
-
-    def execute(self, context: Any) -> dict[str, Any]:
-        result = self.call(
-            lambda: store_configurations(
-                self.build_resources(), self.backup_id, self.manifest_sha256, gather_bundle(self.policy_path)
-            )
-        )
-        context["ti"].xcom_push(key="manifest_sha256", value=result.manifest_sha256)
-        return result.as_dict()
 
 
 def airflow_cli() -> str:

@@ -22,11 +22,13 @@ from wedsync_backup.errors import IntegrityError
 from wedsync_backup.export import ExportOptions, run_export
 from wedsync_backup.logical.ddl import capture_state
 from wedsync_backup.logical.slot import check_logical_decoding, drop_slot, ensure_replica_identity, slot_name_for
-from wedsync_backup.manifest import FULL_TYPES, ChainSection, Manifest, Provenance
+from wedsync_backup.manifest import FULL_TYPES, ChainSection, Manifest, Provenance, manifest_key
 from wedsync_backup.policy import Policy
 from wedsync_backup.replicate import replicate as copy_backup
-from wedsync_backup.repository import pending_manifest_bytes, write_commit_marker
+from wedsync_backup.repository import begin_attempt, pending_manifest_bytes, write_commit_marker
 from wedsync_backup.rule321 import Rule321Verdict, check_321, enforce_321
+from wedsync_backup.storage.base import Storage
+from wedsync_backup.storage.tee import TeeStorage
 from wedsync_backup.verify import verify_copy
 from wedsync_backup.watermark import WARNING as WATERMARK_WARNING
 
@@ -204,15 +206,36 @@ def export_options(policy: Policy, slot: str | None = None) -> ExportOptions:
     )
 
 
+def export_storage(res: Resources, backup_id: str, copies: bool) -> Storage:
+    """Where the export writes: the primary, and with ``copies`` every replica at the same time (each
+    cleared first of what an interrupted attempt left, unless the backup is already committed)."""
+    primary = res.primary()
+    if not copies:
+        return primary
+    replicas = [res.storage(t.name) for t in res.policy.replicas]
+    if not primary.exists(manifest_key(backup_id)):
+        for replica in replicas:
+            begin_attempt(replica, backup_id)
+    return TeeStorage(primary, replicas)
+
+
 def export(
-    res: Resources, backup_id: str, run: RunRef, *, backup_type: str = "full", tier: str = "full"
+    res: Resources,
+    backup_id: str,
+    run: RunRef,
+    *,
+    backup_type: str = "full",
+    tier: str = "full",
+    copies: bool = False,
 ) -> ExportResult:
-    """Export one consistent snapshot to the primary; the manifest stays pending until commit."""
+    """Export one consistent snapshot to the primary; the manifest stays pending until commit.
+
+    ``copies``: write every replica's copy during the export too (no replicate phase needed after it)."""
     policy = res.policy
     chain, slot = chain_start(res, backup_id, run) if backup_type in FULL_TYPES else (None, None)
     manifest = run_export(
         res.source(),
-        res.primary(),
+        export_storage(res, backup_id, copies),
         res.keyring(),
         backup_id=backup_id,
         backup_type=backup_type,

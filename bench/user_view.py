@@ -1,0 +1,370 @@
+"""Speed as the user gets it: the DAG runs under the real scheduler, side by side with pg_dump / pg_restore.
+
+    .venv/bin/python -m bench.user_view --scale 60            # ~600 MB demo database, ~10 min on 2 CPUs
+
+Starts the local stack (``./scripts/run.sh`` on free ports in a throwaway state directory, LocalExecutor,
+``--no-backup``) with the demo database seeded at ``--scale``, pauses every DAG but the two it times, then in
+one run: ``pg_dump -Fc`` of the source and a ``backup_daily_full`` run; then ``--restores`` times each of
+``pg_restore -j2`` (from that ``-Fc`` file) and an ``emergency_restore`` run (mode latest, from the primary),
+interleaved, each into a new empty database. A DAG run's time is its first task's start to its last task's
+end (the task instances' own times, as the UI shows them); the catalog window is the backup row's
+``started_at`` to ``completed_at``. Each figure is written with the 1-minute load average at its end.
+The section "As the user gets it" of ``--results`` (bench/RESULTS.md) is replaced; the stack is stopped
+and its state directory removed at the end unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT / "plugins") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "plugins"))
+
+import psycopg  # noqa: E402
+from wedsync_backup.pg import find_tool  # noqa: E402
+
+from devstack.airflow_env import RESTORE_TARGET  # noqa: E402
+from devstack.postgres import Cluster  # noqa: E402
+from devstack.testing import StackProcess, new_state_dir  # noqa: E402
+
+FULL, RESTORE = "backup_daily_full", "emergency_restore"
+SOURCE_DB = "wedsync"
+START, END = "<!-- user-view:start -->", "<!-- user-view:end -->"
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def _ts(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
+@dataclass
+class Timed:
+    """One contender's run: wall seconds and the 1-minute load average when it ended."""
+
+    seconds: float
+    load: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DagRunTimes:
+    """A DAG run as the user gets it: first task start to last task end, and each task's own duration."""
+
+    seconds: float
+    tasks: list[tuple[str, float, float]]  # (task, start offset, duration), in start order
+
+
+def run_times(tis: list[dict[str, Any]]) -> DagRunTimes:
+    ran = [t for t in tis if t.get("start_date") and t.get("end_date") and t.get("state") != "skipped"]
+    first = min(_ts(t["start_date"]) for t in ran)  # type: ignore[type-var]
+    last = max(_ts(t["end_date"]) for t in ran)  # type: ignore[type-var]
+    tasks = []
+    for t in sorted(ran, key=lambda t: t["start_date"]):
+        name = t["task_id"] + (f"[{t['map_index']}]" if t.get("map_index", -1) >= 0 else "")
+        start, end = _ts(t["start_date"]), _ts(t["end_date"])
+        tasks.append((name, (start - first).total_seconds(), (end - start).total_seconds()))  # type: ignore[operator]
+    return DagRunTimes((last - first).total_seconds(), tasks)
+
+
+class UserBench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stack = StackProcess(new_state_dir("wedsync-bench-"), scale=args.scale, extra_args=("--no-backup",))
+        self.work = Path(tempfile.mkdtemp(prefix="wedsync-bench-dumps-"))
+        self.cluster: Cluster | None = None
+
+    # --- set-up --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        print(f"starting the stack at scale {self.args.scale} in {self.stack.state_dir} ...", flush=True)
+        self.stack.start(timeout=1800)
+        self.cluster = Cluster(self.stack.state_dir / "pg", port=self.stack.ports["postgres"])
+        for dag in self.stack.api.get("/api/v2/dags?limit=1000")["dags"]:  # nothing else competes for the CPUs
+            paused = dag["dag_id"] not in (FULL, RESTORE)
+            if dag["is_paused"] != paused:
+                self.stack.api.patch(f"/api/v2/dags/{dag['dag_id']}", {"is_paused": paused})
+        self._quiet()
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+
+    def _quiet(self, timeout: float = 900) -> None:
+        """End the runs the scheduler made before the pause (a paused DAG's run never finishes), then wait
+        until no run of the two timed DAGs is queued or running."""
+        api = self.stack.api
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = api.get("/api/v2/dags/~/dagRuns?limit=100&state=running&state=queued")["dag_runs"]
+            for run in runs:
+                if run["dag_id"] not in (FULL, RESTORE):
+                    api.patch(f"/api/v2/dags/{run['dag_id']}/dagRuns/{run['dag_run_id']}", {"state": "failed"})
+            if not [r for r in runs if r["dag_id"] in (FULL, RESTORE)]:
+                return
+            time.sleep(2)
+
+    def dsn(self, db: str = SOURCE_DB) -> str:
+        assert self.cluster is not None
+        return self.cluster.dsn(db)
+
+    def tool(self, name: str) -> str:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            major = conn.info.server_version // 10000
+        return str(find_tool(name, major))
+
+    def checkpoint(self) -> None:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+
+    def source_info(self) -> dict[str, Any]:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]  # type: ignore[index]
+            tables = conn.execute(
+                "SELECT count(*), sum(n_live_tup) FROM pg_stat_user_tables WHERE schemaname <> '_wedsync_backup'"
+            ).fetchone()
+            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        return {"bytes": size, "tables": tables[0], "rows": int(tables[1] or 0), "version": version}  # type: ignore[index]
+
+    # --- contenders ----------------------------------------------------------------------------------------
+    def timed(self, cmd: list[str]) -> Timed:
+        self.checkpoint()
+        started = time.monotonic()
+        subprocess.run(cmd, check=True, capture_output=True)
+        return Timed(time.monotonic() - started, load())
+
+    def pg_dump(self) -> Timed:
+        out = self.work / "wedsync.dump"
+        t = self.timed([self.tool("pg_dump"), "-Fc", "-f", str(out), f"--dbname={self.dsn()}"])
+        t.detail["bytes"] = out.stat().st_size
+        return t
+
+    def pg_restore(self, n: int) -> Timed:
+        db = f"bench_pg_restore_{n}"
+        assert self.cluster is not None
+        self.cluster.create_database(db, drop=True)
+        t = self.timed([self.tool("pg_restore"), "-j2", f"--dbname={self.dsn(db)}", str(self.work / "wedsync.dump")])
+        self.cluster.psql("-c", f'DROP DATABASE "{db}"')  # its autovacuum must not slow the next contender
+        return t
+
+    def dag_run(self, dag_id: str, conf: dict[str, Any] | None = None) -> tuple[str, DagRunTimes, float]:
+        self.checkpoint()
+        run_id = self.stack.api.trigger(dag_id, conf)["dag_run_id"]
+        run = self.stack.api.wait_for_run(dag_id, run_id, timeout=3600)
+        if run["state"] != "success":
+            raise RuntimeError(f"{dag_id} run {run_id} ended {run['state']}: see {self.stack.state_dir}/logs")
+        return run_id, run_times(self.stack.api.task_instances(dag_id, run_id)), load()
+
+    def full_backup(self) -> Timed:
+        run_id, times, ld = self.dag_run(FULL)
+        with psycopg.connect(self.dsn("backup_catalog"), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT backup_id, extract(epoch FROM completed_at - started_at) "
+                "FROM backup_operations WHERE run_id = %s AND status = 'completed'",
+                (run_id,),
+            ).fetchone()
+        if row is None:
+            raise RuntimeError(f"{FULL} run {run_id} left no completed backup row")
+        detail = {"run_id": run_id, "tasks": times.tasks, "backup_id": row[0], "catalog_window": float(row[1])}
+        return Timed(times.seconds, ld, detail)
+
+    def emergency_restore(self) -> Timed:
+        assert self.cluster is not None
+        self.cluster.create_database(RESTORE_TARGET, drop=True)
+        conf = {
+            "mode": "latest",
+            "target_conn_id": RESTORE_TARGET,
+            "dry_run": False,
+            "confirm": f"RESTORE {RESTORE_TARGET}",
+            "reason": "bench: speed as the user gets it",
+        }
+        run_id, times, ld = self.dag_run(RESTORE, conf)
+        with psycopg.connect(self.dsn("backup_catalog"), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT result FROM disaster_recovery_events WHERE dag_id = %s AND run_id = %s", (RESTORE, run_id)
+            ).fetchone()
+        result = (row[0] if row else None) or {}
+        restore_task = next((d for name, _, d in times.tasks if name == "restore"), times.seconds)
+        detail = {"run_id": run_id, "tasks": times.tasks, "rto_per_group": result.get("rto_per_group") or {}}
+        detail["restore_seconds"] = result.get("seconds")
+        detail["restore_task"] = restore_task
+        self.cluster.psql("-c", f'DROP DATABASE "{RESTORE_TARGET}" WITH (FORCE)')
+        self.cluster.create_database(RESTORE_TARGET)
+        return Timed(times.seconds, ld, detail)
+
+    def stop(self) -> None:
+        self.stack.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
+        if not self.args.keep:
+            subprocess.run(["rm", "-rf", str(self.stack.state_dir)], check=False)
+
+
+# --- the report ------------------------------------------------------------------------------------------------
+def _yes(ok: bool) -> str:
+    return "**yes**" if ok else "**NO**"
+
+
+def median_of(runs: list[Timed]) -> Timed:
+    """The run whose time is the median (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda t: t.seconds)[(len(runs) - 1) // 2]
+
+
+def render(args: argparse.Namespace, info: dict[str, Any], r: dict[str, Any]) -> str:
+    dump, full = median_of(r["pg_dumps"]), median_of(r["fulls"])
+    pgr, ours = r["pg_restore"], r["restores"]
+    pgr_med = statistics.median(t.seconds for t in pgr)
+    our_med = statistics.median(t.seconds for t in ours)
+    window = full.detail["catalog_window"]
+    cmd = (
+        f".venv/bin/python -m bench.user_view --scale {args.scale:g} --backups {args.backups} "
+        f"--restores {args.restores}"
+    )
+    out = [
+        START,
+        "## As the user gets it: the DAG runs under the real scheduler",
+        "",
+        f"Generated by `{cmd}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC ({r['minutes']:.1f} min). The local stack",
+        "(`./scripts/run.sh` on free ports, LocalExecutor, every other DAG paused), demo database at scale",
+        f"{args.scale:g}: {info['tables']} tables, {info['rows']:,} rows, pg_database_size "
+        f"**{info['bytes'] / 1e6:,.1f} MB**, PostgreSQL {info['version']}. A DAG run is timed from its first task's",
+        "start to its last task's end (the task instances' own times); the catalog window is the backup row's",
+        "`started_at` to `completed_at`. Load is the 1-minute load average (2 CPUs, shared by other users) at",
+        "the end of each figure. The stage view (each stage its own process, no Airflow) is the report above,",
+        "from its own run (`bench.run_bench`, see its header): compare the ratios, not the seconds.",
+        "",
+        "| Backup | Run | Wall time (s) | load | catalog window (s) |",
+        "|---|---:|---:|---:|---:|",
+        *[
+            row
+            for i, (d, f) in enumerate(zip(r["pg_dumps"], r["fulls"], strict=True), 1)
+            for row in (
+                f"| `pg_dump -Fc` ({d.detail['bytes'] / 1e6:,.1f} MB) | {i} | {d.seconds:.1f} | {d.load:.2f} | |",
+                f"| **`backup_daily_full` run** (3 copies, all verified, committed, pruned) | {i} | {f.seconds:.1f} "
+                f"| {f.load:.2f} | {f.detail['catalog_window']:.1f} |",
+            )
+        ],
+        "",
+        f"Medians: `pg_dump -Fc` {dump.seconds:.1f} s; `backup_daily_full` {full.seconds:.1f} s "
+        f"({full.seconds / dump.seconds:.2f}x), its catalog window {window:.1f} s ({window / dump.seconds:.2f}x).",
+        "The median `backup_daily_full` run, task by task (start offset from the first task, duration):",
+        "",
+        "| Task | Starts at (s) | Duration (s) |",
+        "|---|---:|---:|",
+        *[f"| {name} | {start:.1f} | {d:.1f} |" for name, start, d in full.detail["tasks"]],
+        "",
+        "| Restore, into an empty database | Run | Wall time (s) | load | critical usable at (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for i, (p, o) in enumerate(zip(pgr, ours, strict=True), 1):
+        rto = o.detail["rto_per_group"]
+        crit = rto.get("critical")
+        out.append(f"| `pg_restore -j2` (from the `-Fc` file) | {i} | {p.seconds:.1f} | {p.load:.2f} | |")
+        out.append(
+            f"| **`emergency_restore` run** (plan + restore) | {i} | {o.seconds:.1f} | {o.load:.2f} | "
+            f"{crit if crit is not None else '-'} |"
+        )
+    med = median_of(ours)
+    recorded = med.detail["rto_per_group"]  # jsonb keeps its own key order: show them in priority order
+    rto = {g: recorded[g] for g in ("critical", "high", "standard") if g in recorded}
+    crit = rto.get("critical")
+    restore_s = med.detail.get("restore_seconds") or med.seconds
+    share = crit / restore_s if crit is not None and restore_s else None
+    # as the user sees it: from the run's first task start (the restore ends with its task, so its start is
+    # about the run's end minus its own seconds)
+    crit_run = med.seconds - restore_s + crit if crit is not None else None
+    out += [
+        "",
+        f"Median run: the RTO per priority group (seconds from the restore's start until the group's tables "
+        f"were loaded and indexed), as recorded in `disaster_recovery_events.result->'rto_per_group'`: "
+        f"{', '.join(f'{g} {s}' for g, s in rto.items()) or 'not recorded'}; whole restore {restore_s} s. Its tasks: "
+        + ", ".join(f"{n} {d:.1f} s" for n, _, d in med.detail["tasks"])
+        + ".",
+        "",
+        "| Target | Measured | Met |",
+        "|---|---|---|",
+        f"| full backup run, median of {len(r['fulls'])} <= 0.7x `pg_dump -Fc` (median) | "
+        f"{full.seconds / dump.seconds:.2f}x ({full.seconds:.1f} s vs {dump.seconds:.1f} s) | "
+        f"{_yes(full.seconds <= 0.7 * dump.seconds)} |",
+        f"| its catalog window <= 0.7x `pg_dump -Fc` | {window / dump.seconds:.2f}x "
+        f"| {_yes(window <= 0.7 * dump.seconds)} |",
+        f"| restore run, median of {len(ours)} <= 0.8x `pg_restore -j2` (median) | {our_med / pgr_med:.2f}x "
+        f"({our_med:.1f} s vs {pgr_med:.1f} s) | {_yes(our_med <= 0.8 * pgr_med)} |",
+    ]
+    if share is not None:
+        out.append(
+            f"| critical group usable within 25% of the restore | {share:.0%} ({crit} s of {restore_s} s) | "
+            f"{_yes(share <= 0.25)} |"
+        )
+        out.append(
+            f"| the same, counted from the run's first task start | {crit_run / med.seconds:.0%} "
+            f"({crit_run:.1f} s of {med.seconds:.1f} s) | {_yes(crit_run <= 0.25 * med.seconds)} |"
+        )
+    out.append(END)
+    return "\n".join(out) + "\n"
+
+
+def user_view_section(text: str) -> str:
+    """The section this bench wrote into a results file, markers included ('' when there is none)."""
+    if START not in text or END not in text:
+        return ""
+    return START + text.split(START, 1)[1].split(END, 1)[0] + END + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else ""
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", type=float, default=60, help="demo scale (1 = about 10 MB; 60 = about 600 MB)")
+    p.add_argument("--backups", type=int, default=3, help="backups of each kind (the median counts)")
+    p.add_argument("--restores", type=int, default=3, help="restores of each kind (the median counts)")
+    p.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "RESULTS.md")
+    p.add_argument("--keep", action="store_true", help="keep the stack's state directory")
+    args = p.parse_args(argv)
+    began = time.monotonic()
+    bench = UserBench(args)
+    try:
+        bench.start()
+        info = bench.source_info()
+        print(f"source: {info['bytes'] / 1e6:,.1f} MB, {info['rows']:,} rows; load {load():.2f}", flush=True)
+        r: dict[str, Any] = {"pg_dumps": [], "fulls": []}
+        for _ in range(args.backups):
+            r["pg_dumps"].append(bench.pg_dump())
+            print(f"pg_dump -Fc: {r['pg_dumps'][-1].seconds:.1f} s (load {load():.2f})", flush=True)
+            r["fulls"].append(bench.full_backup())
+            print(f"backup_daily_full: {r['fulls'][-1].seconds:.1f} s {r['fulls'][-1].detail}", flush=True)
+        r["pg_restore"], r["restores"] = [], []
+        for i in range(args.restores):
+            r["pg_restore"].append(bench.pg_restore(i))
+            print(f"pg_restore -j2: {r['pg_restore'][-1].seconds:.1f} s (load {load():.2f})", flush=True)
+            r["restores"].append(bench.emergency_restore())
+            print(f"emergency_restore: {r['restores'][-1].seconds:.1f} s {r['restores'][-1].detail}", flush=True)
+        r["minutes"] = (time.monotonic() - began) / 60
+        section = render(args, info, r)
+        write_section(args.results, section)
+        print(section)
+    finally:
+        bench.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The full backup after its preflight, as one task: export (every copy written at once), verify every copy
+(side by side), commit, prune. Made of the backup and prune commands' phases, in their order, with their
+rules: retention is applied only once the new backup is committed.
+
+Why one task: each Airflow task costs a fixed few seconds (a process, Airflow's task start-up, building the
+storages and connections again), and a replicate pass re-reads and re-sends what the export just wrote.
+Here the copies are streamed during the export (``storage.tee``), each one is then read back and verified
+(size, sha256 and decryption of every object) on its own thread, and only when every copy verified is the
+manifest committed on every target and the catalog row completed, exactly as the separate phases do.
+
+A retry is idempotent: a backup already committed is found committed (the export returns its manifest, the
+verification reads the copies again, the commit rewrites the same marker and row); anything less is
+exported again from scratch on every target.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from wedsync_backup.commands import backup
+from wedsync_backup.commands.prune import prune
+from wedsync_backup.commands.resources import Resources, RunRef
+from wedsync_backup.configurations.bundle import ConfigurationBundle
+from wedsync_backup.configurations.store import store_configurations
+from wedsync_backup.manifest import backup_prefix
+from wedsync_backup.replicate import copy_object
+from wedsync_backup.storage.base import Storage
+from wedsync_backup.verify import verify_copy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FullBackupResult:
+    exported: backup.ExportResult
+    verified: list[str]  # the targets whose copy was read back and verified
+    committed: backup.CommitResult
+    pruned: dict[str, list[str]] = field(default_factory=dict)  # target -> backup ids retention removed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.exported.as_dict(),
+            "verified": self.verified,
+            **self.committed.as_dict(),
+            "pruned": self.pruned,
+        }
+
+
+def verify_every_copy(res: Resources, backup_id: str, manifest_sha256: str) -> list[dict[str, Any]]:
+    """``verify_copy`` on every target at once (a thread each: the work is mostly reading and waiting on the
+    target); the first failure is raised, naming its target. Storages and keys are built here, in the
+    caller's thread, as connections are read there."""
+    manifest = backup.load_pending_manifest(res, backup_id, manifest_sha256)
+    keyring = res.keyring()
+    storages = res.all_storages()
+
+    def one(storage: Storage) -> dict[str, Any]:
+        return {**verify_copy(manifest, storage, keyring).as_dict(), "manifest_sha256": manifest_sha256}
+
+    with ThreadPoolExecutor(max_workers=len(storages), thread_name_prefix="verify") as pool:
+        return list(pool.map(one, storages))
+
+
+def copy_what_the_export_did_not(res: Resources, backup_id: str, manifest_sha256: str) -> dict[str, int]:
+    """Objects added to the backup after the export (the files state, the configurations component) are on
+    the primary only: copy to each replica the objects it lacks. Every copy is read back and verified next."""
+    manifest = backup.load_pending_manifest(res, backup_id, manifest_sha256)
+    primary = res.primary()
+    copied: dict[str, int] = {}
+    for t in res.policy.replicas:
+        replica = res.storage(t.name)
+        present = {o.key: o.size for o in replica.list(backup_prefix(backup_id))}
+        missing = [o for o in manifest.objects() if present.get(o.key) != o.stored_bytes]
+        for obj in missing:
+            copy_object(primary, replica, obj)
+        copied[replica.name] = len(missing)
+    return copied
+
+
+def export_verify_commit(
+    res: Resources,
+    backup_id: str,
+    run: RunRef,
+    *,
+    backup_type: str = "full",
+    tier: str = "full",
+    configurations: ConfigurationBundle | None = None,
+) -> FullBackupResult:
+    """Export with every copy written at once, add the configurations component, verify every copy, then
+    commit (begin has opened the row)."""
+    exported = backup.export(res, backup_id, run, backup_type=backup_type, tier=tier, copies=True)
+    sha = exported.manifest_sha256
+    if configurations is not None:
+        sha = store_configurations(res, backup_id, sha, configurations).manifest_sha256
+        exported.manifest_sha256 = sha
+    copy_what_the_export_did_not(res, backup_id, sha)
+    verifications = verify_every_copy(res, backup_id, sha)
+    committed = backup.commit(res, backup_id, sha, verifications, tier=tier)
+    return FullBackupResult(exported, [v["target_name"] for v in verifications], committed)
+
+
+def full_backup(
+    res: Resources,
+    backup_id: str,
+    run: RunRef,
+    *,
+    backup_type: str = "full",
+    tier: str = "full",
+    configurations: ConfigurationBundle | None = None,
+) -> FullBackupResult:
+    """``export_verify_commit``, then retention (``commands.prune``): the backup_daily_full task after preflight."""
+    result = export_verify_commit(
+        res, backup_id, run, backup_type=backup_type, tier=tier, configurations=configurations
+    )
+    result.pruned = prune(res, backup_type="full", tier=tier).pruned
+    return result

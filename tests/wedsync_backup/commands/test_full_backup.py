@@ -1,0 +1,67 @@
+"""The full backup's one task after preflight (commands.full_backup): copies written during the export, every
+copy verified, then the commit; a failing replica leaves no counted copy anywhere; a retry starts clean."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from wedsync_backup.commands import backup
+from wedsync_backup.commands.full_backup import export_verify_commit
+from wedsync_backup.commands.resources import Resources
+from wedsync_backup.errors import StorageError
+from wedsync_backup.manifest import backup_prefix, manifest_key
+from wedsync_backup.policy import TargetPolicy
+from wedsync_backup.repository import read_manifest
+from wedsync_backup.storage.local import LocalStorage
+
+from tests.wedsync_backup.commands.conftest import World
+
+
+def keys(world: World, backup_id: str) -> dict[str, set[str]]:
+    return {n: {o.key for o in s.list(backup_prefix(backup_id))} for n, s in world.storages.items()}
+
+
+def test_copies_are_written_during_the_export_verified_and_committed(world: World) -> None:
+    res, run = world.resources(), world.run()
+    backup_id = backup.begin(res, run).backup_id
+    stray = f"{backup_prefix(backup_id)}left-by-an-interrupted-attempt.wsb"
+    for name in ("secondary", "offsite"):  # an earlier attempt died after writing part of a copy
+        world.storages[name].put_bytes(stray, b"partial")
+
+    done = export_verify_commit(res, backup_id, run)
+    assert done.verified == ["primary", "secondary", "offsite"] and done.committed.status == "completed"
+    row = world.catalog.get_backup(backup_id)
+    assert row is not None and row["status"] == "completed" and row["integrity_verified"]
+    assert sorted(r["target_name"] for r in row["replicas"]) == ["offsite", "primary", "secondary"]
+    copies = keys(world, backup_id)
+    assert copies["primary"] == copies["secondary"] == copies["offsite"]  # the same objects, no stray one
+    assert stray not in copies["secondary"] and manifest_key(backup_id) in copies["offsite"]
+    manifest = read_manifest(world.storages["offsite"], backup_id)
+    for obj in manifest.objects():  # byte for byte the primary's
+        assert world.storages["offsite"].get_bytes(obj.key) == world.storages["primary"].get_bytes(obj.key)
+
+    again = export_verify_commit(res, backup_id, run)  # a retry after the commit changes nothing
+    assert again.exported.manifest_sha256 == done.exported.manifest_sha256
+    assert keys(world, backup_id) == copies
+
+
+def test_a_replica_failing_mid_export_leaves_no_copy_counted(world: World, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the offsite copy's directory should be")
+    broken = LocalStorage(blocker / "backups", name="offsite", medium="object-storage", site="elsewhere")
+
+    def open_storage(target: TargetPolicy) -> LocalStorage:
+        return broken if target.name == "offsite" else world.storages[target.name]  # type: ignore[return-value]
+
+    res = Resources(world.policy, open_storage, lambda: world.catalog, world.open_database, lambda _: world.ring)
+    run = world.run()
+    backup_id = backup.begin(world.resources(), run).backup_id  # preflight passed; the target breaks after it
+    with pytest.raises(StorageError, match="offsite"):
+        export_verify_commit(res, backup_id, run)
+    assert world.catalog.get_backup(backup_id)["status"] == "in_progress"  # type: ignore[index]
+    assert not any(s.exists(manifest_key(backup_id)) for s in world.storages.values())
+    assert keys(world, backup_id)["primary"] == set()  # the primary's object was aborted with the replica's
+
+    done = export_verify_commit(world.resources(), backup_id, run)  # the retry, the target repaired
+    assert done.committed.status == "completed" and done.verified == ["primary", "secondary", "offsite"]
