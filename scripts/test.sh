@@ -9,5 +9,5 @@ cd "$REPO"
 workers="${WEDSYNC_TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}"
 [ "$workers" -gt 4 ] && workers=4
 parallel=()
-[ "$workers" -gt 1 ] && parallel=(-n "$workers" --dist loadgroup)
+[ "$workers" -gt 1 ] && parallel=(-n "$workers")  # one file (the console: its directory) per worker at a time: tests/conftest.py
 exec .venv/bin/python -m pytest -p no:cacheprovider "${parallel[@]}" "$@"

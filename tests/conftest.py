@@ -7,17 +7,19 @@ from tests.fixtures.postgres import empty_db, pg_cluster  # noqa: F401
 from tests.fixtures.stack import local_stack  # noqa: F401
 from tests.fixtures.storage import gcs_server, s3_server, storage_policy, storage_targets  # noqa: F401
 
-# Parallel runs (pytest-xdist, `--dist loadgroup`): each test file stays on one worker, so its module
-# fixtures (a seeded source, a backup) are built once. A directory whose session fixture is expensive
-# (the console's stack with a real backup) stays together on one worker too.
+# Parallel runs (pytest-xdist, ./scripts/test.sh): each test file stays on one worker, so its module fixtures (a
+# seeded source, a backup) are built once; a directory whose session fixture is expensive (the console's stack
+# with a real backup) stays together on one worker too. (A scheduler of our own: xdist's loadgroup marks do
+# not reach its scheduler under pytest 9.)
 _ONE_WORKER_DIRS = ("tests/wedsync_console/",)
 
 
-def pytest_collection_modifyitems(config, items) -> None:  # type: ignore[no-untyped-def]
-    import pytest
+def pytest_xdist_make_scheduler(config, log):  # type: ignore[no-untyped-def]
+    from xdist.scheduler import LoadScopeScheduling
 
-    root = str(config.rootpath) + "/"
-    for item in items:
-        path = str(item.path).removeprefix(root)
-        group = next((d for d in _ONE_WORKER_DIRS if path.startswith(d)), path)
-        item.add_marker(pytest.mark.xdist_group(group))
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return next((d for d in _ONE_WORKER_DIRS if path.startswith(d)), path)
+
+    return FileScheduling(config, log)
