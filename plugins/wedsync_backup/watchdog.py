@@ -32,6 +32,7 @@ TIER_DAGS = {
     "full": "backup_daily_full",
     "archive": "backup_weekly_archive",
     "wedding_day": "backup_wedding_proximity",  # tiers wedding_day:<wedding id> (weddings/watch.py)
+    "wedding": "backup_wedding_proximity",  # tiers wedding:<wedding id>, due before their day
 }
 
 

@@ -165,16 +165,21 @@ def _operations(w: World) -> int:
 
 
 def test_watchdog_checks_the_wedding_day_rpo(wworld: World) -> None:
-    """Wedding 1 is on its day: its newest wedding backup must be younger than 5 minutes."""
+    """Wedding 1 is on its day: its newest wedding backup must be younger than 5 minutes; weddings 2 and 4
+    are due days away: younger than 15 minutes (the proximity tier's pace). A breach alerts once each."""
     w = wworld
     alerts: list = []
     policy = w.policy.weddings
     late = run_watchdog(w.catalog, {}, NOW + timedelta(minutes=30), notify=alerts.append, weddings=policy)
-    states = {s.tier: s for s in late.states}
-    assert "wedding_day:1" in late.opened and "wedding_day:2" not in states  # 2 is days away
-    assert len(alerts) == 1 and "backup_wedding_proximity" in str(alerts[0])
+    objectives = {s.tier: s.objective.total_seconds() for s in late.states}
+    assert objectives == {"wedding_day:1": 300, "wedding:2": 900, "wedding:4": 900}
+    assert sorted(late.opened) == ["wedding:2", "wedding:4", "wedding_day:1"]
+    assert len(alerts) == 3 and all("backup_wedding_proximity" in str(a) for a in alerts)
+    again = run_watchdog(w.catalog, {}, NOW + timedelta(minutes=35), notify=alerts.append, weddings=policy)
+    assert again.opened == [] and len(alerts) == 3  # once, not every 5 minutes
     fine = run_watchdog(w.catalog, {}, NOW, notify=alerts.append, weddings=policy)
-    assert fine.closed == ["wedding_day:1"] and not any(s.breached for s in fine.states)
+    assert sorted(fine.closed) == ["wedding:2", "wedding:4", "wedding_day:1"]
+    assert not any(s.breached for s in fine.states)
 
 
 def test_wedding_backups_are_pruned_by_their_recorded_retention(wworld: World) -> None:
