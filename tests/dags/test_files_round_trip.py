@@ -54,5 +54,7 @@ def test_files_back_up_and_restore_through_the_dags(stack: Stack) -> None:
     }
     restore = stack.run_dag("emergency_restore", conf, env=env)
     assert restore.state == "success", restore.output[-6000:]
+    listed = {o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])}
+    assert listed == set(objects), restore.output[-6000:]
     got = {p: s3.client().get_object(Bucket=bucket, Key=p)["Body"].read() for p in objects}
     assert got == objects

@@ -68,7 +68,9 @@ def test_no_secret_in_logs_xcom_catalog_or_audit_log(stack: Stack, world: FaultW
     catalog = _table_dump(stack.cluster.dsn(stack.config.catalog_db))
     with stack.catalog() as cat:
         audit = "\n".join(r[0] for r in cat.execute("SELECT a::text FROM audit_log a").fetchall())
-    assert "Exported" in task_logs and "Verified" in task_logs  # the tasks' own logs were read
+    # the tasks' own logs were read
+    seen = (sorted(logs_dir.rglob("*"))[-20:], result.output[-4000:])
+    assert "Exported" in task_logs and "Verified" in task_logs, seen
     assert "backup_id" in xcom and "manifest_sha256" in xcom  # what XCom should carry is there
     assert "completed" in catalog
 

@@ -26,13 +26,16 @@ from tests.fixtures.backups import corrupt
 from tests.fixtures.storage import StorageTargets
 from tests.wedsync_backup.commands.conftest import World
 
-NOW = datetime.now(UTC)  # wedding backups record the source's real snapshot time
+NOW = datetime.now(UTC)  # wedding backups record the source's real snapshot time: set again by wworld, as a
+# parallel run may collect this module minutes before it runs it
 
 
 @pytest.fixture(scope="module")
 def wworld(pg_cluster: Cluster, demo_source: str, module_catalog: Catalog, module_targets: StorageTargets) -> World:
     """Demo weddings 1 (today: execution), 2 (in 3 days), 3 (in 20 days: not due), 4 (in 20 days, with a
     settings row widening its window to 30 days); every other wedding is years away."""
+    global NOW
+    NOW = datetime.now(UTC)
     policy = load_policy(env={})
     w = World(
         pg_cluster,
@@ -51,8 +54,8 @@ def wworld(pg_cluster: Cluster, demo_source: str, module_catalog: Catalog, modul
     return w
 
 
-def run(dag_id: str = "backup_wedding_proximity", at: datetime = NOW) -> RunRef:
-    return RunRef(dag_id, f"manual__{uuid.uuid4().hex[:8]}", at, triggered_by="tester")
+def run(dag_id: str = "backup_wedding_proximity", at: datetime | None = None) -> RunRef:
+    return RunRef(dag_id, f"manual__{uuid.uuid4().hex[:8]}", at or NOW, triggered_by="tester")
 
 
 def source_count(w: World, sql: str, wid: str) -> int:
