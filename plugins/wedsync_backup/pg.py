@@ -245,6 +245,9 @@ _prctl = None
 if sys.platform.startswith("linux"):
     with contextlib.suppress(OSError, AttributeError):
         _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+# util-linux's setpriv sets the parent-death signal and execs the tool: no Python code runs between fork and
+# exec, so no lock another thread holds at fork time (logging's, the import lock) can hang the child
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -258,6 +261,8 @@ def spawn_tool(cmd: list[str], target: PgTarget, **popen: Any) -> subprocess.Pop
 
     PR_SET_PDEATHSIG fires when the starting *thread* ends; callers run a tool to its end in one thread.
     """
+    if _SETPRIV is not None and "preexec_fn" not in popen:
+        return subprocess.Popen([_SETPRIV, "--pdeathsig", "KILL", "--", *cmd], env=target.env(), **popen)
     if _prctl is not None:
         popen.setdefault("preexec_fn", _die_with_parent)
     return subprocess.Popen(cmd, env=target.env(), **popen)

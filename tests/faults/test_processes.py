@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -261,7 +262,7 @@ def test_two_writers(world: FaultWorld) -> None:
 
 
 def test_task_timeout_mid_restore_propagates_after_the_clean_up(
-    world: FaultWorld, caplog: pytest.LogCaptureFixture
+    world: FaultWorld, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Airflow's execution_timeout (SIGALRM raising AirflowTaskTimeout, a BaseException) in the middle of a
     restore: the workers and pg_restore are stopped, the target is put back, and the timeout itself comes out,
@@ -275,9 +276,23 @@ def test_task_timeout_mid_restore_propagates_after_the_clean_up(
     def timeout(signum: int, frame: object) -> None:
         raise AirflowTaskTimeout("Timeout, PID: test")
 
+    import wedsync_backup.restore as restore_module
+
+    real_spawn = restore_module.spawn_tool
+    armed: list[bool] = []
+
+    def spawn_then_time_out(*args: Any, **kwargs: Any) -> Any:
+        """The alarm is set once, when the restore's first pg_restore runs: it strikes mid-restore however
+        fast the machine is."""
+        proc = real_spawn(*args, **kwargs)
+        if not armed:
+            armed.append(True)
+            signal.setitimer(signal.ITIMER_REAL, 0.15)
+        return proc
+
+    monkeypatch.setattr(restore_module, "spawn_tool", spawn_then_time_out)
     previous = signal.signal(signal.SIGALRM, timeout)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.6)
         with pytest.raises(AirflowTaskTimeout) as raised:
             restore_backup(world.backup, world.targets[0], world.ring, target)
     finally:
