@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from wedsync_backup.commands import restore as cmd
-from wedsync_backup.commands.files_restore import require_component
+from wedsync_backup.commands.files_restore import parse_components
 from wedsync_backup.commands.restore import RESTORE_FATAL, RestoreRequest
 
 from wedsync_airflow.operators.command import CommandOperator
@@ -68,6 +68,10 @@ class _RestoreParams(CommandOperator):
         self.confirm = confirm
         self.reason = reason
 
+    def database_left_out(self) -> str | None:
+        """Why this run does not restore the database (components without it), or None."""
+        return self.call(lambda: _database_left_out(self.components))
+
     def request(self) -> RestoreRequest:
         """The params as rendered for this run."""
         return RestoreRequest(
@@ -88,11 +92,20 @@ class _RestoreParams(CommandOperator):
         )
 
 
+def _database_left_out(components: object) -> str | None:
+    chosen = parse_components(components)
+    return None if "database" in chosen else f"components is {list(chosen)}: the database is not restored in this run"
+
+
 class PlanRestoreOperator(_RestoreParams):
     """Validate every parameter and the backup, record the event, and report the plan. Touches nothing."""
 
     def execute(self, context: Any) -> dict[str, Any]:
-        self.call(lambda: require_component(self.components, "database"))  # files only: skipped
+        left_out = self.database_left_out()
+        if left_out:  # files only: succeed with nothing planned, so restore_files follows (no skip chain)
+            self.log.info(left_out)
+            context["ti"].xcom_push(key="event_id", value="")  # (an XCom of None reads as missing)
+            return {"database": left_out, "event_id": ""}
         planned = self.call(lambda: cmd.plan(self.build_resources(), self.request(), self.run_of(context)))
         context["ti"].xcom_push(key="event_id", value=planned.event_id)
         return planned.plan
@@ -109,7 +122,10 @@ class RestoreOperator(_RestoreParams):
         self.event_id = event_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        self.call(lambda: require_component(self.components, "database"))
+        left_out = self.database_left_out()
+        if left_out:
+            self.log.info(left_out)
+            return {"database": left_out}
         event_id = int(self.event_id) if self.event_id not in (None, "", "None") else None
         planned = self.plan if isinstance(self.plan, dict) else {}
         return self.call(
