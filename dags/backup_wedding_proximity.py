@@ -13,14 +13,13 @@ verified.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import DAG
 from wedsync_airflow.assets import WEDDING_BACKUP_VERIFIED
-from wedsync_airflow.dag_support import retry_delay, wedding_tick_minutes
-from wedsync_airflow.notifiers import alert_on
+from wedsync_airflow.dag_support import wedding_tick_minutes
 from wedsync_airflow.operators.wedding import WeddingBeginOperator
-from wedsync_airflow.wedding_tasks import wedding_backup_chain
+from wedsync_airflow.wedding_tasks import wedding_backup_chain, wedding_default_args
 
 with DAG(
     dag_id="backup_wedding_proximity",
@@ -29,14 +28,7 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "retries": 2,
-        "retry_delay": retry_delay(30),
-        "retry_exponential_backoff": True,
-        "on_failure_callback": alert_on("backup_failed"),
-        "max_retry_delay": timedelta(minutes=5),
-        "execution_timeout": timedelta(minutes=30),
-    },
+    default_args=wedding_default_args(),
     tags=["wedsync", "backup", "tier:wedding"],
     doc_md=__doc__,
 ) as dag:

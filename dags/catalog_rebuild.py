@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import DAG, Param
-from wedsync_airflow.dag_support import describe_targets, primary_target_name, retry_delay, target_names
+from airflow.sdk import DAG
+from wedsync_airflow.dag_support import retry_delay
 from wedsync_airflow.operators.rebuild import RebuildCatalogOperator
+from wedsync_airflow.params import from_target_param
 
 with DAG(
     dag_id="catalog_rebuild",
@@ -24,12 +25,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     params={
-        "from_target": Param(
-            primary_target_name(),
-            enum=target_names(),
-            title="Read the manifests from",
-            description=f"Any one target of the backup policy: {describe_targets()}",
-        ),
+        "from_target": from_target_param("Read the manifests from", "Any one target"),
     },
     default_args={"retries": 1, "retry_delay": retry_delay()},
     tags=["wedsync", "catalog", "disaster-recovery"],

@@ -17,10 +17,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import DAG, Param, TriggerRule
-from wedsync_airflow.dag_support import describe_targets, primary_target_name, retry_delay, target_names
+from wedsync_airflow.dag_support import retry_delay
 from wedsync_airflow.notifiers import alert_on
 from wedsync_airflow.operators.files import RestoreFilesOperator
 from wedsync_airflow.operators.restore import PlanRestoreOperator, RestoreOperator
+from wedsync_airflow.params import from_target_param
 
 PARAMS = {
     "mode": Param(
@@ -88,12 +89,7 @@ PARAMS = {
         title="Into a new schema (selective)",
         description="Load the tables into this NEW schema for inspection; the live tables stay untouched",
     ),
-    "from_target": Param(
-        primary_target_name(),
-        enum=target_names(),
-        title="Restore from",
-        description=f"Which copy to read (the backup policy's targets): {describe_targets()}",
-    ),
+    "from_target": from_target_param(),
     "target_conn_id": Param(
         type="string",
         minLength=1,

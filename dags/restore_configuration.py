@@ -14,8 +14,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from airflow.sdk import DAG, Param
-from wedsync_airflow.dag_support import describe_targets, primary_target_name, target_names
 from wedsync_airflow.operators.configurations import PlanConfigurationRestoreOperator, RestoreConfigurationOperator
+from wedsync_airflow.params import from_target_param
 
 PARAMS = {
     "backup_id": Param(
@@ -25,12 +25,7 @@ PARAMS = {
         title="Backup id",
         description="latest: the newest full backup that has the configurations component; else a backup id",
     ),
-    "from_target": Param(
-        primary_target_name(),
-        enum=target_names(),
-        title="Restore from",
-        description=f"Which copy to read (the backup policy's targets): {describe_targets()}",
-    ),
+    "from_target": from_target_param(),
     "target_conn_id": Param(
         None,
         type=["null", "string"],

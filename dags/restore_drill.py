@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 from airflow.timetables.trigger import CronTriggerTimetable
 from wedsync_airflow.assets import FULL_BACKUP_VERIFIED
+from wedsync_airflow.dag_support import target_names
 from wedsync_airflow.operators.drill import RestoreDrillOperator
 from wedsync_airflow.params import backup_id_param
 
@@ -44,7 +45,7 @@ with DAG(
         "from_target": Param(
             None,
             type=["null", "string"],
-            enum=[None, "primary", "secondary", "offsite"],
+            enum=[None, *target_names()],
             title="Copy to restore from",
             description="empty: the first healthy copy (damaged copies are skipped, and the drill says so)",
         ),

@@ -6,9 +6,13 @@ replica) -> verify (mapped per target) -> commit -> prune; mark_failed when anyt
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 from airflow.sdk import TriggerRule
 
-from wedsync_airflow.dag_support import target_names
+from wedsync_airflow.dag_support import retry_delay, target_names
+from wedsync_airflow.notifiers import alert_on
 from wedsync_airflow.operators.backup import CommitBackupOperator, PruneOperator, ReplicateOperator, VerifyOperator
 from wedsync_airflow.operators.wedding import (
     MarkWeddingBackupFailedOperator,
@@ -16,6 +20,18 @@ from wedsync_airflow.operators.wedding import (
     WeddingBeginOperator,
     WeddingSealOperator,
 )
+
+
+def wedding_default_args() -> dict[str, Any]:
+    """Both wedding DAGs: retried quickly (a wedding's pace is minutes), alerted, bounded."""
+    return {
+        "retries": 2,
+        "retry_delay": retry_delay(30),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": alert_on("backup_failed"),
+        "max_retry_delay": timedelta(minutes=5),
+        "execution_timeout": timedelta(minutes=30),
+    }
 
 
 def wedding_backup_chain(begin: WeddingBeginOperator, *, outlets: list | None = None) -> None:

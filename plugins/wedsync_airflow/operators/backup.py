@@ -150,13 +150,14 @@ class MarkBackupFailedOperator(CommandOperator):
     """Runs when any step failed: the catalog row says failed (never completed), with the failed tasks."""
 
     template_fields = (*CommandOperator.template_fields, "backup_id")
+    mark_failed = staticmethod(cmd.mark_failed)  # the tier's mark_failed command
 
     def __init__(self, *, backup_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.backup_id = backup_id
 
     def execute(self, context: Any) -> None:
-        self.call(lambda: cmd.mark_failed(self.build_resources(), self.backup_id))
+        self.call(lambda: self.mark_failed(self.build_resources(), self.backup_id))
 
 
 class PruneOperator(CommandOperator):

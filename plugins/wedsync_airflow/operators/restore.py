@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from wedsync_backup.commands import restore as cmd
-from wedsync_backup.commands.files_restore import parse_components
+from wedsync_backup.commands.files_restore import left_out
 from wedsync_backup.commands.restore import RESTORE_FATAL, RestoreRequest
 
 from wedsync_airflow.operators.command import CommandOperator
@@ -70,7 +70,7 @@ class _RestoreParams(CommandOperator):
 
     def database_left_out(self) -> str | None:
         """Why this run does not restore the database (components without it), or None."""
-        return self.call(lambda: _database_left_out(self.components))
+        return self.call(lambda: left_out(self.components, "database"))
 
     def request(self) -> RestoreRequest:
         """The params as rendered for this run."""
@@ -90,11 +90,6 @@ class _RestoreParams(CommandOperator):
             tables=self.tables,
             into_schema=self.into_schema,
         )
-
-
-def _database_left_out(components: object) -> str | None:
-    chosen = parse_components(components)
-    return None if "database" in chosen else f"components is {list(chosen)}: the database is not restored in this run"
 
 
 class PlanRestoreOperator(_RestoreParams):

@@ -11,6 +11,7 @@ from typing import Any
 from wedsync_backup.commands import wedding_backup as cmd
 from wedsync_backup.errors import ConfigError
 
+from wedsync_airflow.operators.backup import MarkBackupFailedOperator
 from wedsync_airflow.operators.command import CommandOperator
 
 
@@ -83,14 +84,7 @@ class WeddingSealOperator(CommandOperator):
         return sealed.as_dict()
 
 
-class MarkWeddingBackupFailedOperator(CommandOperator):
+class MarkWeddingBackupFailedOperator(MarkBackupFailedOperator):
     """Runs when any step failed: the snapshot is released, the catalog row says failed."""
 
-    template_fields = (*CommandOperator.template_fields, "backup_id")
-
-    def __init__(self, *, backup_id: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.backup_id = backup_id
-
-    def execute(self, context: Any) -> None:
-        self.call(lambda: cmd.mark_failed(self.build_resources(), self.backup_id))
+    mark_failed = staticmethod(cmd.mark_failed)

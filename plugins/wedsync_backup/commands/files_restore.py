@@ -120,12 +120,17 @@ def restore_wedding_files(
     )
 
 
-def require_component(components: object, component: str) -> tuple[str, ...]:
-    """The restore's components; NothingToDo (the task skips) when ``component`` is not among them."""
+def left_out(components: object, component: str) -> str | None:
+    """Why this restore does not bring ``component`` back (components without it), or None."""
     chosen = parse_components(components)
-    if component not in chosen:
-        raise NothingToDo(f"components is {list(chosen)}: the {component} is not restored in this run")
-    return chosen
+    return None if component in chosen else f"components is {list(chosen)}: the {component} is not restored in this run"
+
+
+def require_component(components: object, component: str) -> None:
+    """NothingToDo (the task skips) when the restore's components leave ``component`` out."""
+    why = left_out(components, component)
+    if why:
+        raise NothingToDo(why)
 
 
 def restore_files_for(

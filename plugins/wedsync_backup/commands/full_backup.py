@@ -25,8 +25,7 @@ from wedsync_backup.commands.prune import prune
 from wedsync_backup.commands.resources import Resources, RunRef
 from wedsync_backup.configurations.bundle import ConfigurationBundle
 from wedsync_backup.configurations.store import store_configurations
-from wedsync_backup.manifest import backup_prefix
-from wedsync_backup.replicate import copy_object
+from wedsync_backup.replicate import replicate
 from wedsync_backup.storage.base import Storage
 from wedsync_backup.verify import verify_copy
 
@@ -72,11 +71,7 @@ def copy_what_the_export_did_not(res: Resources, backup_id: str, manifest_sha256
     copied: dict[str, int] = {}
     for t in res.policy.replicas:
         replica = res.storage(t.name)
-        present = {o.key: o.size for o in replica.list(backup_prefix(backup_id))}
-        missing = [o for o in manifest.objects() if present.get(o.key) != o.stored_bytes]
-        for obj in missing:
-            copy_object(primary, replica, obj)
-        copied[replica.name] = len(missing)
+        copied[replica.name] = replicate(manifest, primary, replica, trust_sizes=True).copied
     return copied
 
 
