@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,6 +29,10 @@ class WedSyncOperator(BaseOperator):
     def policy(self) -> Policy:
         return load_policy(self.policy_path or None)
 
+    def post_execute(self, context: Any, result: Any = None) -> None:
+        """Say what the task cost in memory: the tiers promise a bounded peak, and this line proves it."""
+        self.log.info("Peak memory: %s", peak_memory())
+
     def guarded(self, fn: Callable[[], T], fatal: tuple[type[Exception], ...] = ()) -> T:
         """Run ``fn``, and let the error's cause decide: a transient fault (a restart, a dropped connection, a
         5xx, a timeout) is raised for Airflow to retry with backoff; a permanent one (a missing connection,
@@ -52,3 +57,10 @@ class WedSyncOperator(BaseOperator):
 
 def run_id_of(context: Any) -> str:
     return str(context["dag_run"].run_id)
+
+
+def peak_memory() -> str:
+    """This process's peak resident set, and the largest of the child processes it waited for (pg_dump, ...)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+    return f"{own} MB (task process), {child} MB (largest child process)"
