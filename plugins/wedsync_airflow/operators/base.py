@@ -60,7 +60,6 @@ def run_id_of(context: Any) -> str:
 
 
 def peak_memory() -> str:
-    """This process's peak resident set, and the largest of the child processes it waited for (pg_dump, ...)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
-    return f"{own} MB (task process), {child} MB (largest child process)"
+    """This task process's peak resident set. (Child processes are left out: a child's own peak counts the
+    parent's pages it was forked with, so it would say more about this process than about pg_dump.)"""
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB (task process)"  # KiB on Linux
