@@ -30,7 +30,10 @@ the incremental:
     its old shape before that transaction, unless a rewritten column's full type (with the modifier rows do
     not show) differs from the one recorded at the verified point, or the column count was not recorded:
     then back to the verified point. Any other object (an index, a view, a constraint, a function...): back
-    to the verified point, as for a DROP.
+    to the verified point, as for a DROP. One added column, the table's pg_class row otherwise unchanged and
+    rewritten by that transaction alone, hides nothing (``_added_column``). Such a rewrite also ends a chain
+    whose fingerprint came out equal (a change undone by a later one), but for an index's or a sequence's
+    own pg_class row, which TRUNCATE and REINDEX rewrite.
   Where the objects at the verified point are not known (a chain started before they were recorded, a point
   after a replayed change, a chain being closed), the cut goes back to the verified point. The cut is never
   later than the change itself, so every moment kept is exact; it may be earlier (the gap is reported).
@@ -199,10 +202,15 @@ class ChangeGuard:
         gone = self._objects.dropped(live_objects) if self._objects and live_objects else ([], [])
         if self.cut is None and (gone[0] or gone[1]):
             self._end_at_suspect(f"{len(gone[0]) + len(gone[1])} objects were dropped and the drop was not captured")
+        rewritten = self._rewritten(live_objects) if self._objects is not None and live_objects is not None else []
+        telling = [key for key, parts, _ in rewritten if not key.startswith("relation:") or parts != {"row"}]
+        if self.cut is None and telling:
+            # the schema looks unchanged, yet rows were rewritten: a change undone by a later one looks the same
+            # (an index's or a sequence's pg_class row alone does not tell: TRUNCATE and REINDEX rewrite it)
+            self._end_at_suspect(f"catalog rows of {telling[0]} were rewritten and nothing captured the change")
         if self._uncaptured:
             self._before_drops(*gone, known=self._objects is not None and live_objects is not None)
-            if self._objects is not None and live_objects is not None:
-                self._before_rewrites(live_objects)
+            self._before_rewrites(rewritten, live_objects)
         self.done = True
 
     @property
@@ -356,18 +364,28 @@ class ChangeGuard:
             if self._objects is not None and key in self._objects.keys:
                 self._rewrites.append((key, parts, self._shaped.get(key, self._verified)))
 
-    def _before_rewrites(self, live: SchemaObjects) -> None:
-        """Move an uncaptured change's cut before every earlier change a rewrite may have erased (see above)."""
-        assert self.cut is not None and self._objects is not None
+    def _rewritten(self, live: SchemaObjects) -> list[tuple[str, set[str], _Point]]:
+        """The rewrites that may hide an earlier change: (object, the rows that may, the table's last old-shape
+        row before the rewrite). A table's pg_class row, and the row of the one column added by the only
+        transaction that rewrote it, hide nothing (see ``_added_column``)."""
         added = {key: self._added_column(key, live) for key, _, _ in self._rewrites}
+        out = []
         for key, parts, shaped in self._rewrites:
             ambiguous = parts - {"class", f"col:{added[key]}"}
-            if not ambiguous:
-                continue
+            if ambiguous:
+                out.append((key, ambiguous, shaped))
+        return out
+
+    def _before_rewrites(self, rewritten: list[tuple[str, set[str], _Point]], live: SchemaObjects | None) -> None:
+        """Move an uncaptured change's cut before every earlier change a rewrite may have erased (see above)."""
+        assert self.cut is not None
+        if self._objects is None or live is None:
+            return  # the cut is at the verified point already (_before_drops)
+        for key, parts, shaped in rewritten:
             if key not in self._objects.tables:
                 self._move_cut(self._verified, f"catalog rows of {key} were rewritten, which may hide a change")
                 continue
-            point = shaped if self._columns_kept(key, ambiguous, live) else self._verified
+            point = shaped if self._columns_kept(key, parts, live) else self._verified
             name = ".".join(self._objects.tables[key])
             self._move_cut(point, f"catalog rows of table {name} were rewritten, which may hide a change")
 

@@ -354,6 +354,33 @@ def test_without_the_capture_a_change_a_later_change_rewrote_with_no_row_in_betw
         c.close()
 
 
+def test_without_the_capture_a_change_undone_by_a_later_one_still_ends_the_chain(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """A column renamed and renamed back: the fingerprint comes out equal, no object was dropped, yet moments
+    between the two had another schema. The rewritten row ends the chain before the table's last old row."""
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        assert remove_ddl_capture(c.source)
+        fingerprint = schema_fingerprint(c.source)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
+        before, clone_before = mark(c)
+        write(c.cluster, c.db, "INSERT INTO notes VALUES ('old shape', 1)")
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN body TO text; INSERT INTO guests (name) VALUES ('b1')")
+        renamed = datetime.now(UTC)
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN text TO body")
+        assert schema_fingerprint(c.source) == fingerprint
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "were rewritten and nothing captured the change" in end["reason"], end
+        assert end["replay_transactions"] == 1
+        assert_restores_as(c, clone_before, before, None)
+        with pytest.raises(IntegrityError, match="No backup covers"):
+            plan_chain(committed_manifests(c.store), renamed)
+    finally:
+        c.close()
+
+
 def test_without_the_capture_a_rewritten_column_type_modifier_cuts_at_the_verified_point(
     pg_cluster: Cluster, source: str, tmp_path: Path
 ) -> None:
