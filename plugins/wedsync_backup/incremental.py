@@ -24,7 +24,7 @@ from wedsync_backup.errors import IntegrityError
 from wedsync_backup.logical.ddl import CAPTURE_SCHEMA, Ddl, emit_marker, fingerprint_query
 from wedsync_backup.logical.decoding import Begin, Change, Commit, Message, parse_line
 from wedsync_backup.logical.guard import CaptureStats, ChangeGuard
-from wedsync_backup.logical.objects import SchemaObjects, read_schema_objects, table_xids
+from wedsync_backup.logical.objects import SchemaObjects, object_xids, read_schema_objects
 from wedsync_backup.logical.slot import STABLE_OUTPUT, slot_info
 from wedsync_backup.manifest import Manifest, Provenance, StoredObject, backup_prefix
 from wedsync_backup.pg import PgTarget
@@ -204,14 +204,14 @@ def capture_incremental(
     data_key = keyring.new_data_key(backup_id)
     ddl_xids, analyze_xids = catalog_xids(source, exclude_schemas)
     with source.connect(autocommit=True) as conn:
-        by_table = table_xids(conn)
+        rewrites = object_xids(conn, exclude_schemas)
     guard = ChangeGuard(
         schema_at_end(parent),
         ddl_xids,
         {*exclude_schemas, CAPTURE_SCHEMA},
         analyze_xids,
         objects_at_end(parent),
-        by_table,
+        rewrites,
     )
     sequences = read_sequence_values(source)
     key = f"{backup_prefix(backup_id)}changes.wsb"

@@ -20,13 +20,23 @@ the incremental:
     row of it (a dropped table), or back to the verified point (any other object: nothing places it);
   - a change whose catalog rows a later change rewrote (a column renamed twice): a row decoded with columns
     other than its table's at the verified point ends the chain. When no transaction since the table's last
-    row of the old shape left catalog rows of that table (``objects.table_xids``), the change left none: the
+    row of the old shape left catalog rows of that table (``objects.object_xids``), the change left none: the
     cut goes before that last transaction (it may itself have changed the table after writing the row).
+  - a change whose catalog rows a later transaction rewrote, with no row of the table written in between to
+    show it: nothing of it is left. So every transaction that rewrote a catalog row of an object that existed
+    at the verified point (``objects.object_xids``; read on past the cut to find the later ones) bounds where
+    such an earlier change can be. A table's pg_class row alone hides nothing the fingerprint covers (a
+    rename also writes the row type). Its columns and row type: the cut goes before the table's last row of
+    its old shape before that transaction, unless a rewritten column's full type (with the modifier rows do
+    not show) differs from the one recorded at the verified point, or the column count was not recorded:
+    then back to the verified point. Any other object (an index, a view, a constraint, a function...): back
+    to the verified point, as for a DROP. One added column, the table's pg_class row otherwise unchanged and
+    rewritten by that transaction alone, hides nothing (``_added_column``). Such a rewrite also ends a chain
+    whose fingerprint came out equal (a change undone by a later one), but for an index's or a sequence's
+    own pg_class row, which TRUNCATE and REINDEX rewrite.
   Where the objects at the verified point are not known (a chain started before they were recorded, a point
   after a replayed change, a chain being closed), the cut goes back to the verified point. The cut is never
-  later than the change itself, so every moment kept is exact; it may be earlier (the gap is reported). What
-  is left: a change whose catalog rows a later uncaptured change rewrote, with no row of that table written
-  in between to show it, is placed by the later change (too late).
+  later than the change itself, so every moment kept is exact; it may be earlier (the gap is reported).
 
 When the chain ends, the incremental records how many of its transactions to replay and the moment from which
 it no longer knows the database exactly (``covered_until``); everything up to there stays restorable.
@@ -115,7 +125,7 @@ class ChangeGuard:
         skip_schemas: set[str],
         analyze_xids: set[str] | None = None,
         objects: SchemaObjects | None = None,
-        table_xids: dict[str, set[str]] | None = None,
+        object_xids: dict[str, dict[str, set[str]]] | None = None,
     ) -> None:
         self.expected = expected_fingerprint  # the schema as the stream so far accounts for it
         self.ddl_xids = ddl_xids
@@ -144,11 +154,10 @@ class ChangeGuard:
         self._reshaped: list[tuple[str, str]] = []  # tables decoded with another shape: changed, uncaptured
         self._first_commit_since_write: str | None = None
         self._uncaptured = False  # the cut is for a change nothing captured
-        self._xid_tables: dict[str, list[str]] = {}  # xid -> tables whose catalog rows it wrote (objects.table_xids)
-        for key, xids in (table_xids or {}).items():
-            for x in xids:
-                self._xid_tables.setdefault(x, []).append(key)
+        self._xid_rows = object_xids or {}  # xid -> object -> which of its catalog rows it wrote (objects.py)
         self._touched: dict[str, int] = {}  # per table: where the last transaction that left its catalog rows began
+        # (object, the rows rewritten, where the table last had a row of its old shape before the rewrite)
+        self._rewrites: list[tuple[str, set[str], _Point]] = []
 
     # --- reading ---------------------------------------------------------------------------------------
     def feed(self, lsn: str, xid: str, data: str) -> list[tuple[str, str, str | dict[str, Any]]]:
@@ -160,8 +169,7 @@ class ChangeGuard:
             self._tx_has_content = self._tx_explained = False
             self._tx_suspect = xid in self.ddl_xids
             self._tx_tables, self._tx_shaped, self._tx_checked = set(), set(), set()
-            for key in self._xid_tables.get(xid, ()):
-                self._touched[key] = self._written
+            self._rewritten_by(xid)
             if self._tx_suspect:
                 self._suspect_here(f"transaction {xid} changed the catalog rows of user objects")
             return []
@@ -194,8 +202,15 @@ class ChangeGuard:
         gone = self._objects.dropped(live_objects) if self._objects and live_objects else ([], [])
         if self.cut is None and (gone[0] or gone[1]):
             self._end_at_suspect(f"{len(gone[0]) + len(gone[1])} objects were dropped and the drop was not captured")
+        rewritten = self._rewritten(live_objects) if self._objects is not None and live_objects is not None else []
+        telling = [key for key, parts, _ in rewritten if not key.startswith("relation:") or parts != {"row"}]
+        if self.cut is None and telling:
+            # the schema looks unchanged, yet rows were rewritten: a change undone by a later one looks the same
+            # (an index's or a sequence's pg_class row alone does not tell: TRUNCATE and REINDEX rewrite it)
+            self._end_at_suspect(f"catalog rows of {telling[0]} were rewritten and nothing captured the change")
         if self._uncaptured:
             self._before_drops(*gone, known=self._objects is not None and live_objects is not None)
+            self._before_rewrites(rewritten, live_objects)
         self.done = True
 
     @property
@@ -245,8 +260,7 @@ class ChangeGuard:
         for p in (self.cut, self._suspect, self._verified):
             if p is not None and p.next_commit is None and p.transactions == self._written:
                 p.next_commit = when
-        if self.cut is not None:
-            self.done = True
+        if self.cut is not None:  # read on to the end: a later transaction may have rewritten earlier changes
             return []
         if self._first_commit_since_write is None:
             self._first_commit_since_write = when  # the next commit after the last written transaction
@@ -341,6 +355,65 @@ class ChangeGuard:
             if self._touched.get(key, -1) >= point.transactions:
                 continue  # a transaction since then left catalog rows of the table: it places the change (a suspect)
             self._move_cut(point, f"table {schema}.{table} changed after it last had a row of its old shape written")
+
+    def _rewritten_by(self, xid: str) -> None:
+        """Remember the catalog rows of objects at the verified point that the transaction starting now wrote."""
+        for key, parts in self._xid_rows.get(xid, {}).items():
+            if self.cut is None:
+                self._touched[key] = self._written
+            if self._objects is not None and key in self._objects.keys:
+                self._rewrites.append((key, parts, self._shaped.get(key, self._verified)))
+
+    def _rewritten(self, live: SchemaObjects) -> list[tuple[str, set[str], _Point]]:
+        """The rewrites that may hide an earlier change: (object, the rows that may, the table's last old-shape
+        row before the rewrite). A table's pg_class row, and the row of the one column added by the only
+        transaction that rewrote it, hide nothing (see ``_added_column``)."""
+        added = {key: self._added_column(key, live) for key, _, _ in self._rewrites}
+        out = []
+        for key, parts, shaped in self._rewrites:
+            ambiguous = parts - {"class", f"col:{added[key]}"}
+            if ambiguous:
+                out.append((key, ambiguous, shaped))
+        return out
+
+    def _before_rewrites(self, rewritten: list[tuple[str, set[str], _Point]], live: SchemaObjects | None) -> None:
+        """Move an uncaptured change's cut before every earlier change a rewrite may have erased (see above)."""
+        assert self.cut is not None
+        if self._objects is None or live is None:
+            return  # the cut is at the verified point already (_before_drops)
+        for key, parts, shaped in rewritten:
+            if key not in self._objects.tables:
+                self._move_cut(self._verified, f"catalog rows of {key} were rewritten, which may hide a change")
+                continue
+            point = shaped if self._columns_kept(key, parts, live) else self._verified
+            name = ".".join(self._objects.tables[key])
+            self._move_cut(point, f"catalog rows of table {name} were rewritten, which may hide a change")
+
+    def _added_column(self, key: str, live: SchemaObjects) -> int | None:
+        """The attnum of a column the only transaction that rewrote the table's pg_class row added, when that row
+        changed in nothing but the column count: no earlier change can hide behind that column's row."""
+        assert self._objects is not None
+        if key not in self._objects.columns or key not in live.columns:
+            return None
+        natts, _, row = self._objects.columns[key]
+        now, _, now_row = live.columns[key]
+        classes = [parts for k, parts, _ in self._rewrites if k == key and "class" in parts]
+        if now != natts + 1 or now_row != row or len(classes) != 1 or f"col:{now}" not in classes[0]:
+            return None
+        return now
+
+    def _columns_kept(self, key: str, parts: set[str], live: SchemaObjects) -> bool:
+        """Whether every rewritten column the table had at the verified point still has the full type recorded
+        there (a change of the modifier alone shows in no decoded row); False when that was not recorded."""
+        assert self._objects is not None
+        if key not in self._objects.columns:
+            return False
+        natts, types, _ = self._objects.columns[key]
+        now = live.columns.get(key, (0, {}, ""))[1]
+        for n in (int(p[4:]) for p in parts if p.startswith("col:")):
+            if n <= natts and (n not in types or now.get(n) != types[n]):
+                return False
+        return True
 
     def _move_cut(self, point: _Point, why: str) -> None:
         assert self.cut is not None

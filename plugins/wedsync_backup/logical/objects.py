@@ -18,12 +18,17 @@ out equal (a table dropped and re-created the same, its rows gone without a deco
 
 Each table's columns are recorded as test_decoding prints them (``name[type]``, the type without modifiers):
 a row decoded with other columns shows a change nothing captured, even one whose catalog rows a later change
-rewrote (see the guard).
+rewrote (see the guard). So are its column count (``relnatts``, dropped columns included) and each column's
+full type (with its modifier, which rows do not show), by attnum: when a later transaction rewrote a column's
+catalog row, an earlier change to that row is gone without a trace, and these bound what it can have been.
+
+``object_xids`` tells, per object, which transactions wrote which of its catalog rows that are still there
+(the guard's evidence that a transaction *rewrote* a row an earlier, uncaptured change may have written).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -36,20 +41,33 @@ _USER_NAMESPACE = """
      AND nspname NOT LIKE 'pg\\_%' AND nspname <> ALL({excluded}::text[]))
 """
 
+# A table's pg_class row but for its column count, its toast table and what VACUUM and ANALYZE update in place:
+# equal at two points, a transaction that rewrote the row between them only counted a column it added.
+_CLASS_FIELDS = (
+    "c.relname, c.relnamespace, c.reltype, c.relowner, c.relam, c.relfilenode, c.reltablespace, c.relpersistence, "
+    "c.relkind, c.relchecks, c.relhasrules, c.relhastriggers, c.relhassubclass, c.relrowsecurity, "
+    "c.relforcerowsecurity, c.relispopulated, c.relreplident, c.relispartition, c.relacl, c.reloptions, "
+    "c.relpartbound::text"
+)
+
 # The objects fingerprint_query hashes, by OID (tables with their names, to match decoded rows).
 _OBJECTS = """
 SELECT 'relation', c.oid::text, n.nspname, c.relname, c.relkind::text,
        (SELECT array_agg(a.attname || '[' || pg_catalog.format_type(a.atttypid, NULL) || ']' ORDER BY a.attnum)
-          FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
+          FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+       c.relnatts::int,
+       (SELECT json_object_agg(a.attnum, pg_catalog.format_type(a.atttypid, a.atttypmod))
+          FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+       md5(row({_CLASS_FIELDS})::text)
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'i', 'S', 'f') AND c.relnamespace IN {ns}
-UNION ALL SELECT 'constraint', oid::text, NULL, conname, contype::text, NULL FROM pg_catalog.pg_constraint
- WHERE connamespace IN {ns}
-UNION ALL SELECT 'function', oid::text, NULL, proname, prokind::text, NULL FROM pg_catalog.pg_proc
+UNION ALL SELECT 'constraint', oid::text, NULL, conname, contype::text, NULL, NULL, NULL, NULL
+  FROM pg_catalog.pg_constraint WHERE connamespace IN {ns}
+UNION ALL SELECT 'function', oid::text, NULL, proname, prokind::text, NULL, NULL, NULL, NULL FROM pg_catalog.pg_proc
  WHERE pronamespace IN {ns}
-UNION ALL SELECT 'trigger', t.oid::text, NULL, t.tgname, NULL, NULL FROM pg_catalog.pg_trigger t
+UNION ALL SELECT 'trigger', t.oid::text, NULL, t.tgname, NULL, NULL, NULL, NULL, NULL FROM pg_catalog.pg_trigger t
   JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal AND c.relnamespace IN {ns}
-UNION ALL SELECT 'policy', p.oid::text, NULL, p.polname, NULL, NULL FROM pg_catalog.pg_policy p
+UNION ALL SELECT 'policy', p.oid::text, NULL, p.polname, NULL, NULL, NULL, NULL, NULL FROM pg_catalog.pg_policy p
   JOIN pg_catalog.pg_class c ON c.oid = p.polrelid WHERE c.relnamespace IN {ns}
 """
 
@@ -62,25 +80,41 @@ class SchemaObjects:
     keys: frozenset[str]
     tables: dict[str, tuple[str, str]]
     shapes: dict[str, tuple[str, ...]]
+    # per table: (relnatts, {attnum: full type}, a hash of its pg_class row as _CLASS_FIELDS reads it);
+    # missing where not recorded (an earlier version's manifest)
+    columns: dict[str, tuple[int, dict[int, str], str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": 1,
             "keys": sorted(self.keys),
-            "tables": {k: [*v, list(self.shapes[k])] for k, v in sorted(self.tables.items())},
+            "tables": {k: [*v, list(self.shapes[k]), *self._columns_json(k)] for k, v in sorted(self.tables.items())},
         }
+
+    def _columns_json(self, key: str) -> list[dict[str, Any]]:
+        if key not in self.columns:
+            return []
+        natts, types, row = self.columns[key]
+        return [{"natts": natts, "types": {str(n): t for n, t in sorted(types.items())}, "class": row}]
 
     @classmethod
     def from_json(cls, d: dict[str, Any] | None) -> SchemaObjects | None:
         if not d or d.get("version") != 1:
             return None
         tables = d["tables"].items()
-        return cls(frozenset(d["keys"]), {k: (v[0], v[1]) for k, v in tables}, {k: tuple(v[2]) for k, v in tables})
+        columns = {k: _columns(v[3]) for k, v in tables if len(v) > 3}
+        return cls(
+            frozenset(d["keys"]), {k: (v[0], v[1]) for k, v in tables}, {k: tuple(v[2]) for k, v in tables}, columns
+        )
 
     def dropped(self, now: SchemaObjects) -> tuple[list[tuple[str, str]], list[str]]:
         """(tables, other objects) present here and gone from ``now``."""
         gone = sorted(self.keys - now.keys)
         return [self.tables[k] for k in gone if k in self.tables], [k for k in gone if k not in self.tables]
+
+
+def _columns(d: dict[str, Any]) -> tuple[int, dict[int, str], str]:
+    return d["natts"], {int(n): t for n, t in d["types"].items()}, d["class"]
 
 
 def read_schema_objects(conn: psycopg.Connection[Any], exclude_schemas: tuple[str, ...] = ()) -> SchemaObjects:
@@ -90,32 +124,49 @@ def read_schema_objects(conn: psycopg.Connection[Any], exclude_schemas: tuple[st
     the search_path prints schema-qualified, in both.
     """
     excluded = sql.Literal([*exclude_schemas, CAPTURE_SCHEMA]).as_string(None)
-    query = _OBJECTS.format(ns=_USER_NAMESPACE.format(excluded=excluded))
-    keys, tables, shapes = set(), {}, {}
-    for kind, oid, schema, name, relkind, columns in conn.execute(query.encode()).fetchall():
+    query = _OBJECTS.format(ns=_USER_NAMESPACE.format(excluded=excluded), _CLASS_FIELDS=_CLASS_FIELDS)
+    keys, tables, shapes, columns = set(), {}, {}, {}
+    for kind, oid, schema, name, relkind, shape, natts, types, row in conn.execute(query.encode()).fetchall():
         key = f"{kind}:{oid}"
         keys.add(key)
         if kind == "relation" and relkind in ("r", "p"):
-            tables[key], shapes[key] = (schema, name), tuple(columns or ())
-    return SchemaObjects(frozenset(keys), tables, shapes)
+            tables[key], shapes[key] = (schema, name), tuple(shape or ())
+            columns[key] = (natts, {int(n): t for n, t in (types or {}).items()}, row)
+    return SchemaObjects(frozenset(keys), tables, shapes, columns)
 
 
-# Per table, the transactions whose catalog rows of it (its pg_class row, its columns) are still there.
-_TABLE_XIDS = """
-SELECT 'relation:' || c.oid::text, c.xmin::text FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p')
-UNION SELECT 'relation:' || a.attrelid::text, a.xmin::text
+# Per object, the transactions whose catalog rows of it are still there, and which rows: a relation's pg_class
+# row ('class'; 'row' for an index or a sequence, which have no row type to carry their name), its columns
+# ('col:<attnum>'), its row type ('type'), its pg_index row, and the rows of constraints, functions, triggers
+# and policies ('row').
+_OBJECT_XIDS = """
+SELECT 'relation:' || c.oid::text, c.xmin::text, CASE WHEN c.relkind IN ('i', 'S') THEN 'row' ELSE 'class' END
+  FROM pg_catalog.pg_class c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'i', 'S', 'f') AND c.relnamespace IN {ns}
+UNION SELECT 'relation:' || a.attrelid::text, a.xmin::text, 'col:' || a.attnum::text
   FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
- WHERE c.relkind IN ('r', 'p') AND a.attnum > 0
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'i', 'S', 'f') AND a.attnum > 0 AND c.relnamespace IN {ns}
+UNION SELECT 'relation:' || t.typrelid::text, t.xmin::text, 'type' FROM pg_catalog.pg_type t
+ WHERE t.typrelid <> 0 AND t.typnamespace IN {ns}
+UNION SELECT 'relation:' || i.indexrelid::text, i.xmin::text, 'row' FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid WHERE c.relnamespace IN {ns}
+UNION SELECT 'constraint:' || oid::text, xmin::text, 'row' FROM pg_catalog.pg_constraint WHERE connamespace IN {ns}
+UNION SELECT 'function:' || oid::text, xmin::text, 'row' FROM pg_catalog.pg_proc WHERE pronamespace IN {ns}
+UNION SELECT 'trigger:' || t.oid::text, t.xmin::text, 'row' FROM pg_catalog.pg_trigger t
+  JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal AND c.relnamespace IN {ns}
+UNION SELECT 'policy:' || p.oid::text, p.xmin::text, 'row' FROM pg_catalog.pg_policy p
+  JOIN pg_catalog.pg_class c ON c.oid = p.polrelid WHERE c.relnamespace IN {ns}
 """
 
 
-def table_xids(conn: psycopg.Connection[Any]) -> dict[str, set[str]]:
-    """``relation:oid`` -> the xids of its pg_class and pg_attribute rows: which transactions changed it last.
+def object_xids(conn: psycopg.Connection[Any], exclude_schemas: tuple[str, ...] = ()) -> dict[str, dict[str, set[str]]]:
+    """xid -> {object key (as in ``SchemaObjects.keys``) -> which of its catalog rows that transaction wrote}.
 
-    The guard trusts such a transaction to place a change its rows show, unless rows decoded in between say
-    the table changed earlier (see guard.py).
+    A transaction that wrote a row of an object that existed at the verified point rewrote it: an earlier
+    change to the same row, by a transaction that left no other row, is gone without a trace (see guard.py).
     """
-    out: dict[str, set[str]] = {}
-    for key, xid in conn.execute(_TABLE_XIDS).fetchall():
-        out.setdefault(key, set()).add(xid)
+    excluded = sql.Literal([*exclude_schemas, CAPTURE_SCHEMA]).as_string(None)
+    query = _OBJECT_XIDS.format(ns=_USER_NAMESPACE.format(excluded=excluded))
+    out: dict[str, dict[str, set[str]]] = {}
+    for key, xid, part in conn.execute(query.encode()).fetchall():
+        out.setdefault(xid, {}).setdefault(key, set()).add(part)
     return out

@@ -322,6 +322,143 @@ def test_without_the_capture_rows_of_another_shape_end_the_chain_even_when_the_c
         c.close()
 
 
+def test_without_the_capture_a_change_a_later_change_rewrote_with_no_row_in_between_cuts_before_it(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """A rename whose catalog row a second rename rewrote, and no row of that table written in between: nothing
+    is left of the first one, so the second (the first suspect) must not place the cut. The rewrite bounds it:
+    the cut goes before the table's last row of its old shape."""
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        assert remove_ddl_capture(c.source)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
+        before, clone_before = mark(c)
+        write(c.cluster, c.db, "INSERT INTO notes VALUES ('old shape', 1)")
+        # the first change writes rows (of another table): it looks like any other transaction
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN body TO text; INSERT INTO guests (name) VALUES ('b1')")
+        renamed = datetime.now(UTC)
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN text TO body2")  # rewrites the same catalog row
+        after = datetime.now(UTC)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('b2')")
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "catalog rows of table public.notes were rewritten" in end["reason"], end
+        assert end["replay_transactions"] == 1 and m.extra["transactions"] == 1
+        assert before < datetime.fromisoformat(end["covered_until"]) < renamed
+        assert_restores_as(c, clone_before, before, None)
+        for moment in (renamed, after):
+            with pytest.raises(IntegrityError, match="No backup covers") as e:
+                plan_chain(committed_manifests(c.store), moment)
+            assert f"to {datetime.fromisoformat(end['covered_until']).isoformat()}" in str(e.value)
+    finally:
+        c.close()
+
+
+def test_without_the_capture_a_change_undone_by_a_later_one_still_ends_the_chain(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """A column renamed and renamed back: the fingerprint comes out equal, no object was dropped, yet moments
+    between the two had another schema. The rewritten row ends the chain before the table's last old row."""
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        assert remove_ddl_capture(c.source)
+        fingerprint = schema_fingerprint(c.source)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
+        before, clone_before = mark(c)
+        write(c.cluster, c.db, "INSERT INTO notes VALUES ('old shape', 1)")
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN body TO text; INSERT INTO guests (name) VALUES ('b1')")
+        renamed = datetime.now(UTC)
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN text TO body")
+        assert schema_fingerprint(c.source) == fingerprint
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "were rewritten and nothing captured the change" in end["reason"], end
+        assert end["replay_transactions"] == 1
+        assert_restores_as(c, clone_before, before, None)
+        with pytest.raises(IntegrityError, match="No backup covers"):
+            plan_chain(committed_manifests(c.store), renamed)
+    finally:
+        c.close()
+
+
+def test_without_the_capture_a_rewritten_column_type_modifier_cuts_at_the_verified_point(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """A type modifier shows in no decoded row: when the rewritten column's full type changed, rows of the old
+    shape prove nothing, and the cut goes back to the last verified point."""
+    write(pg_cluster, source, "ALTER TABLE notes ADD COLUMN code varchar(5)")
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        assert remove_ddl_capture(c.source)
+        _, clone_start = mark(c)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
+        write(
+            c.cluster,
+            c.db,
+            "ALTER TABLE notes ALTER COLUMN code TYPE varchar(9); INSERT INTO guests (name) VALUES ('b1')",
+        )
+        write(c.cluster, c.db, "INSERT INTO notes VALUES ('same printed shape', 1, 'abcdefgh')")
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN code TO code2")  # rewrites the column's row
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "catalog rows of table public.notes were rewritten" in end["reason"], end
+        assert end["replay_transactions"] == 0 and m.extra["transactions"] == 0
+        assert_restores_as(c, clone_start, None)
+    finally:
+        c.close()
+
+
+def test_without_the_capture_a_column_added_then_rewritten_cuts_before_the_table_was_last_written(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """A column added, then renamed by a change that also added another one (which rewrote the table's pg_class
+    row): no row of the first change is left. Only one added column, the table's pg_class row otherwise the
+    same, would have placed it (see ``ChangeGuard._added_column``); two leave the cut before the table's last
+    row of its old shape."""
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        assert remove_ddl_capture(c.source)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
+        before, clone_before = mark(c)
+        write(c.cluster, c.db, "INSERT INTO notes VALUES ('old shape', 1)")
+        write(c.cluster, c.db, "ALTER TABLE notes ADD COLUMN d0 int; INSERT INTO guests (name) VALUES ('b1')")
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN d0 TO d; ALTER TABLE notes ADD COLUMN e int")
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "catalog rows of table public.notes were rewritten" in end["reason"], end
+        assert end["replay_transactions"] == 1
+        assert_restores_as(c, clone_before, before, None)
+    finally:
+        c.close()
+
+
+def test_without_the_capture_a_function_replaced_twice_cuts_at_the_verified_point(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """CREATE OR REPLACE FUNCTION rewrites the function's row and its dependency rows: a first replacement that
+    a second one rewrote leaves nothing, and nothing in the stream places a function."""
+    write(pg_cluster, source, "CREATE FUNCTION seat_of(int) RETURNS int LANGUAGE sql AS 'SELECT $1'")
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        assert remove_ddl_capture(c.source)
+        _, clone_start = mark(c)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
+        write(
+            c.cluster,
+            c.db,
+            "CREATE OR REPLACE FUNCTION seat_of(int) RETURNS int LANGUAGE sql AS 'SELECT $1 + 1';"
+            " INSERT INTO guests (name) VALUES ('b1')",
+        )
+        write(c.cluster, c.db, "CREATE OR REPLACE FUNCTION seat_of(int) RETURNS int LANGUAGE sql AS 'SELECT $1 + 2'")
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "were rewritten, which may hide a change" in end["reason"], end
+        assert end["replay_transactions"] == 0 and m.extra["transactions"] == 0
+        assert_restores_as(c, clone_start, None)
+    finally:
+        c.close()
+
+
 def test_install_status_and_remove(pg_cluster: Cluster, source: str) -> None:
     target = pg_target(pg_cluster, source)
     state = install_ddl_capture(target, ("scratch",))
