@@ -178,7 +178,7 @@ class WeddingUserBench(UserBench):
         self.stack.api.wait_for_run(dag_id, run_id, timeout=3600)
         return self.measured(dag_id, run_id, label)
 
-    def scheduled(self, dag_id: str, label: str, timeout: float = 60) -> dict[str, Any]:
+    def scheduled(self, dag_id: str, label: str, timeout: float = 180) -> dict[str, Any]:
         """Unpause ``dag_id`` alone and time the run the scheduler makes for it (catchup off: the latest slot);
         when it makes none within ``timeout``, trigger one."""
         self.checkpoint()
