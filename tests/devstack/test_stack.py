@@ -105,6 +105,7 @@ def test_invalid_restore_is_refused_before_a_run_exists(stack: StackProcess) -> 
     assert len(stack.api.dag_runs("emergency_restore")) == before
 
 
+@pytest.mark.restarts_stack  # last: tests/faults/test_stack_task_kill.py shares the stack on LocalExecutor
 def test_restart_after_kill9_same_ports_same_data_then_celery(stack: StackProcess) -> None:
     state_before = json.loads((stack.state_dir / "state.json").read_text())["ports"]
     source_before = fingerprint(_cluster(stack).dsn(SOURCE))

@@ -13,13 +13,21 @@ pg_dump/pg_restore, and it is the pid Airflow records on the task instance. The 
 heartbeats and the final state to the api-server; killing it would be the loss of a worker, another fault. So the
 runner is killed, and the supervisor, seeing it die, reports the attempt failed and Airflow retries it.
 
-A lock the test holds on one table keeps the export (and the restore) waiting there, in the middle, for as long
-as the test needs: the demo database is exported in about a second.
+The demo database is exported, and restored, in about a second, so the test holds each in the middle for as
+long as it needs. The export: once its snapshot is taken (its replication slot created), the stack's S3 server is
+stopped (SIGSTOP): the S3 writer waits for an answer and the export with it, pg_dump still running, its output
+unread. The restore: once it has created the tables, the test locks one that nobody holds (NOWAIT): the COPY into
+it, or the indexes built on it, wait there. The kill then strikes work that is certainly under way.
+
+A killed restore cannot clean up: what it committed stays in the target, under its mark (a schema that says which
+backup it was loading), and nothing moves any more. The retry knows the target was empty when the run's plan
+checked it, puts it back to empty first, then restores it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -153,6 +161,16 @@ def _kill(runner: psutil.Process) -> None:
     runner.wait(10)
 
 
+def _tries(stack: StackProcess, dag_id: str, run_id: str, task_id: str) -> list[tuple[int, str, int]]:
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries"
+    return [(t["try_number"], t["state"], t["pid"]) for t in stack.api.get(path)["task_instances"]]
+
+
+def _wait_up_for_retry(stack: StackProcess, dag_id: str, run_id: str, task_id: str) -> None:
+    """The killed attempt is over: Airflow has the task waiting for its retry (the stack's retry delay is 30 s)."""
+    wait_for(lambda: _task(stack, dag_id, run_id, task_id)["state"] == "up_for_retry", 20, f"{task_id} up for retry")
+
+
 def _finished(stack: StackProcess, dag_id: str, run_id: str) -> dict[str, Any]:
     return stack.api.wait_for_run(dag_id, run_id, timeout=150)
 
@@ -184,10 +202,17 @@ def test_task_process_killed_mid_export(stack: StackProcess) -> None:
         _kill(runner)
         wait_for(lambda: not _tools(stack), 10, "pg_dump to die with its task process")
         wait_for(lambda: not attempt & {s[0] for s in _sessions(stack, SOURCE)}, 15, "the killed attempt's sessions")
+    _wait_up_for_retry(stack, "backup_daily_full", run_id, "backup")
+    with psycopg.connect(_cluster(stack).dsn(SOURCE)) as conn:  # the slot outlives its session, idle, for the retry
+        assert conn.execute(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot_name_for(backup_id),)
+        ).fetchall() == [(False,)]
+    assert not _sessions(stack, SOURCE), _sessions(stack, SOURCE)
 
     assert _finished(stack, "backup_daily_full", run_id)["state"] == "success", stack.log_tail()
-    ti = _task(stack, "backup_daily_full", run_id, "backup")
-    assert ti["state"] == "success" and ti["try_number"] == 2, ti  # retried by Airflow, not by the test
+    # the killed attempt failed and Airflow retried it (the DAG's retries; the stack's retry delay is 30 s)
+    ((_, first, pid), (_, second, _)) = _tries(stack, "backup_daily_full", run_id, "backup")
+    assert (first, pid, second) == ("failed", runner.pid, "success")
     with psycopg.connect(catalog) as conn:
         rows = conn.execute(
             "SELECT backup_id, status, integrity_verified FROM backup_operations WHERE run_id = %s", (run_id,)
@@ -229,11 +254,15 @@ def _restore_held(stack: StackProcess) -> Iterator[str]:
             yield wait_for(lambda: _lock_one(conn, tables), 10, "a table of the restore to lock")
 
 
-def _tables(stack: StackProcess) -> dict[str, int]:
-    """Each user table of the restore target with its row count."""
-    with psycopg.connect(_cluster(stack).dsn(RESTORE_TARGET), autocommit=True) as conn:
-        names = sorted(r[0] for r in conn.execute(TABLES))
+def _tables(stack: StackProcess, dbname: str = RESTORE_TARGET, names: list[str] | None = None) -> dict[str, int]:
+    """Each user table of ``dbname`` (or those named) with its row count."""
+    with psycopg.connect(_cluster(stack).dsn(dbname), autocommit=True) as conn:
+        names = sorted(r[0] for r in conn.execute(TABLES)) if names is None else names
         return {n: conn.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in names}
+
+
+def _source_rows(stack: StackProcess, tables: dict[str, int]) -> dict[str, int]:
+    return _tables(stack, SOURCE, list(tables))
 
 
 def test_task_process_killed_mid_restore(stack: StackProcess) -> None:
@@ -258,20 +287,24 @@ def test_task_process_killed_mid_restore(stack: StackProcess) -> None:
     wait_for(lambda: not _sessions(stack, RESTORE_TARGET), 15, "the killed attempt's sessions")
 
     # Killed outright, the attempt could not clean up: what it committed is there, under its mark, and nothing
-    # moves any more. The retry (Airflow's, after the DAG's retry delay) clears it first.
-    assert _task(stack, "emergency_restore", run_id, "restore")["try_number"] == 1
+    # moves any more while the task waits for its retry (Airflow's, after the DAG's retry delay).
+    _wait_up_for_retry(stack, "emergency_restore", run_id, "restore")
     with psycopg.connect(_cluster(stack).dsn(RESTORE_TARGET), autocommit=True) as conn:
-        mark = conn.execute("SELECT obj_description(to_regnamespace(%s), 'pg_namespace')", (RESTORE_MARK,)).fetchone()[
-            0
-        ]
-    assert mark is not None, "the restore was not interrupted in the middle"
+        mark = conn.execute("SELECT obj_description(to_regnamespace(%s), 'pg_namespace')", (RESTORE_MARK,))
+        mark = json.loads(mark.fetchone()[0] or "null")
+    with psycopg.connect(_cluster(stack).dsn("backup_catalog")) as conn:
+        (planned,) = conn.execute(
+            "SELECT backup_used FROM disaster_recovery_events WHERE run_id = %s AND NOT dry_run", (run_id,)
+        ).fetchone()
+    assert mark is not None and mark["backup_id"] == planned, mark  # interrupted in the middle, and marked so
     left = _tables(stack)
+    assert 0 < sum(left.values()) < sum(_source_rows(stack, left).values()), left  # half-way
     time.sleep(1)
     assert _tables(stack) == left
 
     assert _finished(stack, "emergency_restore", run_id)["state"] == "success", stack.log_tail()
-    ti = _task(stack, "emergency_restore", run_id, "restore")
-    assert ti["state"] == "success" and ti["try_number"] == 2, ti
+    ((_, first, pid), (_, second, _)) = _tries(stack, "emergency_restore", run_id, "restore")
+    assert (first, pid, second) == ("failed", runner.pid, "success")
     assert "removing the interrupted attempt of this run" in _attempt_log(
         stack, "emergency_restore", run_id, "restore", 2
     )
