@@ -8,6 +8,8 @@ One stack (the session's ``local_stack``, on free ports in its own state directo
    same data; it runs on Celery (Redis + two workers with their own working directories, sharing only the
    primary target): its full backup and a restore both spread over the two workers, and the restore equals
    the source.
+tests/faults/test_stack_task_kill.py (fault matrix row 6) shares the stack: it runs before step 4, which is
+marked ``restarts_stack`` and so runs after every other test (tests/conftest.py).
 """
 
 from __future__ import annotations
