@@ -68,13 +68,14 @@ def _cluster(stack: StackProcess) -> Cluster:
 
 def _idle(stack: StackProcess, timeout: float = 300) -> None:
     """Wait until no DAG run is queued or running (the stack's first runs): a lock must block only ours."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    started = time.monotonic()
+    while time.monotonic() < started + timeout:
         with contextlib.suppress(OSError):
             if not [r for r in stack.api.dag_runs() if r["state"] in ("queued", "running")]:
+                print(f"waited {time.monotonic() - started:.0f}s for the stack's runs to end")
                 return
         time.sleep(2)
-    raise TimeoutError(f"runs still active: {stack.api.dag_runs()}")
+    raise TimeoutError(f"runs still active after {timeout:.0f}s: {stack.api.dag_runs()}")
 
 
 def _task(stack: StackProcess, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
