@@ -67,7 +67,7 @@ def _cluster(stack: StackProcess) -> Cluster:
 
 
 def _idle(stack: StackProcess, timeout: float = 300) -> None:
-    """Wait until no DAG run is queued or running (the stack's first runs): a lock must block only ours."""
+    """Wait until no DAG run is queued or running (the stack's first runs): S3 is stopped for ours alone."""
     started = time.monotonic()
     while time.monotonic() < started + timeout:
         with contextlib.suppress(OSError):
