@@ -8,10 +8,14 @@ from tests.fixtures.stack import local_stack  # noqa: F401
 from tests.fixtures.storage import gcs_server, s3_server, storage_policy, storage_targets  # noqa: F401
 
 # Parallel runs (pytest-xdist, ./scripts/test.sh): each test file stays on one worker, so its module fixtures (a
-# seeded source, a backup) are built once; a directory whose session fixture is expensive (the console's stack
-# with a real backup) stays together on one worker too. (A scheduler of our own: xdist's loadgroup marks do
-# not reach its scheduler under pytest 9.)
-_ONE_WORKER_DIRS = ("tests/wedsync_console/",)
+# seeded source, a backup) are built once; a group of files whose session fixture is expensive stays together on
+# one worker too: the console's stack with a real backup, and the session's local stack (tests/fixtures/stack.py,
+# a minute or two to start). (A scheduler of our own: xdist's loadgroup marks do not reach its scheduler under
+# pytest 9.)
+_ONE_WORKER_GROUPS = (
+    ("tests/wedsync_console/",),
+    ("tests/devstack/test_stack.py", "tests/faults/test_stack_task_kill.py"),
+)
 
 
 def pytest_xdist_make_scheduler(config, log):  # type: ignore[no-untyped-def]
@@ -20,6 +24,14 @@ def pytest_xdist_make_scheduler(config, log):  # type: ignore[no-untyped-def]
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return next((d for d in _ONE_WORKER_DIRS if path.startswith(d)), path)
+            return next((group[0] for group in _ONE_WORKER_GROUPS for p in group if path.startswith(p)), path)
 
     return FileScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items):  # type: ignore[no-untyped-def]
+    """Tests marked ``restarts_stack`` (the shared local stack restarted onto Celery) run after every other test:
+    the others sharing the stack need it as it started (LocalExecutor)."""
+    last = [i for i in items if i.get_closest_marker("restarts_stack")]
+    if last:
+        items[:] = [i for i in items if not i.get_closest_marker("restarts_stack")] + last

@@ -8,6 +8,8 @@ One stack (the session's ``local_stack``, on free ports in its own state directo
    same data; it runs on Celery (Redis + two workers with their own working directories, sharing only the
    primary target): its full backup and a restore both spread over the two workers, and the restore equals
    the source.
+tests/faults/test_stack_task_kill.py (fault matrix row 6) shares the stack: it runs before step 4, which is
+marked ``restarts_stack`` and so runs after every other test (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def test_invalid_restore_is_refused_before_a_run_exists(stack: StackProcess) -> 
     assert len(stack.api.dag_runs("emergency_restore")) == before
 
 
+@pytest.mark.restarts_stack  # last: tests/faults/test_stack_task_kill.py shares the stack on LocalExecutor
 def test_restart_after_kill9_same_ports_same_data_then_celery(stack: StackProcess) -> None:
     state_before = json.loads((stack.state_dir / "state.json").read_text())["ports"]
     source_before = fingerprint(_cluster(stack).dsn(SOURCE))

@@ -1,8 +1,9 @@
 """Fault matrix rows 5, 6 and 10, and one meaning for a Postgres connection (TLS only, verify-full).
 
 Row 5 restarts a real (TLS-only) source server while pg_dump works; row 6 SIGKILLs a real task process in
-the middle of an export and of a restore; row 10 runs writers side by side. Each ends with a correct
-retry or one clear error, and leaves no session or client tool behind.
+the middle of an export and of a restore (a process of our own running one core command; the Airflow task
+process under the real scheduler is killed in test_stack_task_kill.py); row 10 runs writers side by side.
+Each ends with a correct retry or one clear error, and leaves no session or client tool behind.
 """
 
 from __future__ import annotations
