@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +19,7 @@ from wedsync_backup.errors import StorageError
 from wedsync_backup.storage.base import READ_CHUNK, ObjectInfo, ObjectWriter, Storage
 
 PARTIAL_MARK = ".partial-"
+STALE_PARTIAL_SECONDS = 3600  # no writer of ours keeps one file open for an hour without writing
 PROBE_PREFIX = ".wedsync-check-"
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _SETUP = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
@@ -241,13 +243,25 @@ class LocalStorage(Storage):
             self._prune_empty_dirs(path.parent)
 
     def _prune_empty_dirs(self, d: Path) -> None:
-        """Remove directories emptied by delete() so old backups leave no skeleton behind."""
+        """Remove directories emptied by delete() so old backups leave no skeleton behind, with the stale
+        partial files a killed writer left in them (older than STALE_PARTIAL_SECONDS: not a live writer's)."""
         while d != self.root and self.root in d.parents:
+            self._drop_stale_partials(d)
             try:
                 d.rmdir()
             except OSError:
                 return
             d = d.parent
+
+    @staticmethod
+    def _drop_stale_partials(d: Path) -> None:
+        cutoff = time.time() - STALE_PARTIAL_SECONDS
+        try:
+            stale = [e for e in os.scandir(d) if PARTIAL_MARK in e.name and e.is_file() and e.stat().st_mtime < cutoff]
+        except OSError:
+            return
+        for entry in stale:
+            Path(entry.path).unlink(missing_ok=True)
 
     # --- describing ------------------------------------------------------------------------------
     def url(self, key: str = "") -> str:

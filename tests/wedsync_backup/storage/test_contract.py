@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from wedsync_backup.errors import StorageError
 from wedsync_backup.policy import Policy
 from wedsync_backup.storage import GCSStorage, LocalStorage, S3Storage
 from wedsync_backup.storage.base import Storage
+from wedsync_backup.storage.local import STALE_PARTIAL_SECONDS
 
 from tests.fixtures.storage import StorageTargets
 
@@ -209,6 +212,22 @@ def test_local_temp_files_are_hidden_and_cleaned(storage_targets: StorageTargets
     assert any(p.name.startswith(".obj.partial-") for p in (s.root / "t").iterdir())
     w.abort()
     assert list((s.root / "t").iterdir()) == []
+
+
+def test_local_delete_removes_a_killed_writers_stale_partial(storage_targets: StorageTargets) -> None:
+    """A SIGKILLed task leaves a partial file beside its objects; pruning the backup must not leave its folder."""
+    s = storage_targets.primary
+    assert isinstance(s, LocalStorage)
+    s.put_bytes("b1/obj", b"x")
+    stale, fresh = s.root / "b1" / ".schema.partial-aaaa", s.root / "b2" / ".schema.partial-bbbb"
+    fresh.parent.mkdir()
+    for f in (stale, fresh):
+        f.write_bytes(b"half")
+    os.utime(stale, (time.time() - 2 * STALE_PARTIAL_SECONDS,) * 2)
+    s.put_bytes("b2/obj", b"y")
+    s.delete(["b1/obj", "b2/obj"])
+    assert not (s.root / "b1").exists()  # the stale partial went with the folder
+    assert fresh.exists()  # a recent one may belong to a live writer: kept
 
 
 def test_s3_abort_leaves_no_multipart_upload(storage_targets: StorageTargets) -> None:
