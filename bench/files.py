@@ -21,6 +21,7 @@ import argparse
 import base64
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -46,12 +47,21 @@ FILES_SQL = (
 )
 
 
+class DiskMotoServer(MotoServer):
+    """moto with every object's bytes in a temporary file (its spooled buffer rolls over at once), not in RAM:
+    the issue's 10,000 objects are more than this machine's memory holds twice."""
+
+    def _proc_env(self) -> dict[str, str]:
+        return {**super()._proc_env(), "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": "1"}
+
+
 # --- the child process: one full backup ------------------------------------------------------------------
 def backup_stage(cfg: dict[str, Any], label: str) -> None:
     """One full backup through the core commands, as the DAG runs them; prints its files section."""
     from wedsync_airflow.targets import build_storage
     from wedsync_backup.catalog import Catalog
     from wedsync_backup.commands import backup
+    from wedsync_backup.commands.full_backup import full_backup
     from wedsync_backup.commands.resources import Resources, RunRef
     from wedsync_backup.crypto import Keyring
     from wedsync_backup.pg import PgTarget
@@ -70,23 +80,18 @@ def backup_stage(cfg: dict[str, Any], label: str) -> None:
     )
     run = RunRef("backup_daily_full", f"bench__{label}", datetime.now(UTC))
     t0 = time.monotonic()
-    begun = backup.begin(res, run)
+    begun = backup.begin(res, run)  # the DAG's preflight task
     t1 = time.monotonic()
-    exported = backup.export(res, begun.backup_id, run)
+    full_backup(res, begun.backup_id, run)  # its backup task: export with every copy, verify all, commit, prune
     t2 = time.monotonic()
-    for name in res.policy.target_names[1:]:
-        backup.replicate(res, begun.backup_id, exported.manifest_sha256, name)
-    checks = [backup.verify(res, begun.backup_id, exported.manifest_sha256, n) for n in res.policy.target_names]
-    backup.commit(res, begun.backup_id, exported.manifest_sha256, checks)
-    t3 = time.monotonic()
     m = read_manifest(res.primary(), begun.backup_id)
     assert m.files is not None
     print(
         json.dumps(
             {
                 "backup_id": m.backup_id,
-                "backup_s": round(t3 - t0, 1),
-                "export_with_files_s": round(t2 - t1, 1),
+                "backup_s": round(t2 - t0, 1),
+                "backup_task_s": round(t2 - t1, 1),
                 **{k: getattr(m.files, k) for k in ("objects", "bytes", "new_objects", "new_bytes")},
                 "problems": len(m.files.problems),
             }
@@ -118,7 +123,11 @@ def add_objects(s3: MotoServer, dsn: str, start: int, count: int, args: argparse
     import psycopg
 
     rng = random.Random(start)
-    sizes = [rng.randint(args.min_kb * 1024, args.max_kb * 1024) for _ in range(count)]
+    lo, hi = args.min_kb * 1024, args.max_kb * 1024
+    if args.sizes == "log-uniform":  # as many objects between 100 KB and 1 MB as between 1 MB and 10 MB
+        sizes = [int(math.exp(rng.uniform(math.log(lo), math.log(hi)))) for _ in range(count)]
+    else:
+        sizes = [rng.randint(lo, hi) for _ in range(count)]
     client = s3.client()
 
     def put(i: int) -> tuple[int, str, int, bytes]:
@@ -145,10 +154,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     (work / "logs").mkdir(parents=True)
     cluster = Cluster(work / "pg" / "data", settings={"fsync": "off"}).start()
-    s3, gcs = MotoServer().start(), GcsEmulator(data_dir=work / "gcs").start()
+    # two S3 servers (the files bucket, the backup target), each keeping objects in temporary files on disk:
+    # one open file per object, and the machine allows 20,000 per process
+    files_s3, s3 = DiskMotoServer().start(), DiskMotoServer().start()
+    gcs = GcsEmulator(data_dir=work / "gcs").start()
     try:
-        for b in (FILES_BUCKET, S3_BUCKET):
-            s3.create_bucket(b)
+        files_s3.create_bucket(FILES_BUCKET)
+        s3.create_bucket(S3_BUCKET)
         gcs.create_bucket(GCS_BUCKET)
         for db in ("source", "catalog"):
             cluster.create_database(db)
@@ -158,7 +170,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "user": cluster.user,
             "source_db": "source",
             "work": str(work),
-            "s3_endpoint": s3.endpoint,
+            "s3_endpoint": files_s3.endpoint,
             "master_key": base64.b64encode(os.urandom(32)).decode(),
         }
         (work / "cfg.json").write_text(json.dumps(cfg))
@@ -168,7 +180,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "AIRFLOW_CONN_BACKUP_PRIMARY": json.dumps({"conn_type": "fs", "extra": {"path": str(work / "primary")}}),
             "AIRFLOW_CONN_BACKUP_SECONDARY_S3": s3.airflow_conn_json(),
             "AIRFLOW_CONN_BACKUP_OFFSITE_GCS": gcs.airflow_conn_json(),
-            "AIRFLOW_CONN_WEDSYNC_FILES": s3.airflow_conn_json(),
+            "AIRFLOW_CONN_WEDSYNC_FILES": files_s3.airflow_conn_json(),
             "WEDSYNC_BACKUP_S3_BUCKET": S3_BUCKET,
             "WEDSYNC_BACKUP_GCS_BUCKET": GCS_BUCKET,
             "WEDSYNC_FILES_BUCKET": FILES_BUCKET,
@@ -176,14 +188,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         }
         dsn = cluster.dsn("source")
         t = time.monotonic()
-        total = add_objects(s3, dsn, 0, args.objects, args)
+        total = add_objects(files_s3, dsn, 0, args.objects, args)
         seeded = time.monotonic() - t
         me = [sys.executable, "-m", "bench.files", "--stage"]
         runs: dict[str, Any] = {}
         for name, stage in (("boto3 copy to disk", "copy"), ("first full backup", "first")):
             runs[name] = _run(name, [*me, stage, "--work", str(work)], env, work)
         new = max(1, args.objects // 100)
-        new_bytes = add_objects(s3, dsn, args.objects, new, args)
+        new_bytes = add_objects(files_s3, dsn, args.objects, new, args)
         runs["second full backup (+1% objects)"] = _run("second", [*me, "second", "--work", str(work)], env, work)
         return {
             "objects": args.objects,
@@ -193,9 +205,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "new_bytes": new_bytes,
             "runs": runs,
             "min_kb": args.min_kb,
+            "sizes": args.sizes,
             "max_kb": args.max_kb,
         }
     finally:
+        files_s3.stop()
         s3.stop()
         gcs.stop()
         cluster.stop()
@@ -226,7 +240,8 @@ def render(r: dict[str, Any], command: str) -> str:
         "## Files component (issue 12)",
         "",
         f"`{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs (shared). "
-        f"{r['objects']} objects of {r['min_kb']} KB-{r['max_kb'] // 1024} MB (random bytes, like photos), "
+        f"{r['objects']} objects of {r['min_kb']} KB-{r['max_kb'] // 1024} MB ({r.get('sizes', 'uniform')} "
+        "sizes; random bytes, like photos), "
         f"{mb:.0f} MB in all; then {r['new']} new objects ({r['new_bytes'] / 1e6:.1f} MB).",
         "",
         "| Run | Wall time (s) | MB/s | Peak RSS (MB) | Load (1 min) before/after | Result |",
@@ -262,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objects", type=int, default=500)
     p.add_argument("--min-kb", type=int, default=100)
     p.add_argument("--max-kb", type=int, default=5120)
+    p.add_argument("--sizes", choices=["uniform", "log-uniform"], default="uniform", help="object size distribution")
     p.add_argument("--work", default=str(REPO_ROOT / "bench" / "work" / "files"))
     p.add_argument("--results", default=None, help="append the report to this file")
     p.add_argument("--keep", action="store_true")
