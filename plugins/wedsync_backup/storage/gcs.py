@@ -1,7 +1,8 @@
 """A Google Cloud Storage bucket as a backup target.
 
-Writes use a resumable upload session sent in fixed-size chunks (memory stays bounded by one chunk); the
-object only appears when the session is finalised on commit, and abort cancels the session. Reads are
+An object of at most 8 MiB is written in one request at commit; a larger one uses a resumable upload
+session sent in fixed-size chunks. Memory stays bounded by one chunk; the object only appears on commit
+(the session finalised), and abort sends nothing or cancels the session. Reads are
 ranged requests of one chunk each. Both work the same against real GCS and gcp-storage-emulator.
 """
 
@@ -22,6 +23,7 @@ from wedsync_backup.errors import MissingTargetError, StorageError
 from wedsync_backup.storage.base import READ_CHUNK, BucketStorage, ObjectInfo, ObjectWriter, unreachable_at_check
 
 CHUNK_SIZE = 16 << 20  # must be a multiple of 256 KiB
+SINGLE_REQUEST_MAX = 8 << 20  # an object up to this size is sent in one request, not a resumable session
 READ_AHEAD = 8 << 20  # one ranged request fetches this much; read() hands it out in chunk_size pieces
 DELETE_BATCH = 100  # the GCS batch API takes at most 100 calls per request
 BUCKET_ENV = "WEDSYNC_BACKUP_GCS_BUCKET"
@@ -39,20 +41,33 @@ _ERRORS = (
 
 
 class GCSWriter(ObjectWriter):
+    """Bytes are held up to ``single_request_max``: an object no larger (a wedding's object, a photo) is sent
+    in ONE request at commit; a larger one opens a resumable session and streams chunk by chunk. Memory stays
+    bounded by about one chunk either way, and nothing is published before commit."""
+
     def __init__(self, storage: GCSStorage, key: str) -> None:
         self._s = storage
         self._full = storage._full(key)
-        blob = storage._bucket.blob(self._full, chunk_size=storage.chunk_size)
+        self._blob = storage._bucket.blob(self._full, chunk_size=storage.chunk_size)
         if storage.storage_class:  # e.g. ARCHIVE for the weekly archive: set at upload, no rewrite later
-            blob.storage_class = storage.storage_class
-        # Retrying resumable chunks is safe: the session knows how many bytes it has.
-        self._w: Any = blob.open("wb", ignore_flush=True, retry=DEFAULT_RETRY)
+            self._blob.storage_class = storage.storage_class
+        self._buf = bytearray()
+        self._w: Any = None  # the resumable session's writer, once the bytes outgrow one chunk
         self._done = False
 
     def write(self, data: bytes) -> None:
         if self._done:
             raise StorageError(f"Writer for gs://{self._s.bucket}/{self._full} is already closed", fix="open a new one")
         try:
+            if self._w is None and len(self._buf) + len(data) <= self._s.single_request_max:
+                self._buf += data
+                return
+            if self._w is None:
+                # Retrying resumable chunks is safe: the session knows how many bytes it has.
+                self._w = self._blob.open("wb", ignore_flush=True, retry=DEFAULT_RETRY)
+                held, self._buf = self._buf, bytearray()
+                self._w.write(memoryview(held))
+                del held
             self._w.write(data)
         except BaseException as e:
             self.abort()
@@ -64,18 +79,25 @@ class GCSWriter(ObjectWriter):
         if self._done:
             return
         try:
-            self._w.close()  # uploads the last chunk and finalises the session
+            if self._w is None:  # one request; retrying it re-sends the same whole object
+                self._blob.upload_from_string(bytes(self._buf), retry=DEFAULT_RETRY)
+            else:
+                self._w.close()  # uploads the last chunk and finalises the session
         except BaseException as e:
             self.abort()
             if isinstance(e, _ERRORS):
                 raise self._s._error("finish uploading", self._full, e) from e
             raise
         self._done = True
+        self._buf = bytearray()
 
     def abort(self) -> None:
         if self._done:
             return
         self._done = True
+        self._buf = bytearray()
+        if self._w is None:
+            return  # nothing was sent
         try:
             # Cancels the resumable session (a DELETE on its URL) and closes the buffer, so neither
             # this call nor garbage collection can ever finalise a partial object.
@@ -120,6 +142,7 @@ class GCSStorage(BucketStorage):
         self.prefix = prefix.strip("/")
         self.conn_id = conn_id
         self.chunk_size = chunk_size
+        self.single_request_max = min(chunk_size, SINGLE_REQUEST_MAX)
         self._bucket = client.bucket(bucket)
 
     @property
