@@ -109,6 +109,8 @@ class ExportOptions:
     zstd_level: int = 3
     split_pages: int = 32768  # 256 MiB of 8 kB pages per part
     slot: str | None = None  # start an incremental chain: create this logical slot, export in its snapshot
+    # called with the snapshot's name while it is held (another reader imports it: the files capture)
+    on_snapshot: Callable[[str], None] | None = None
     exclude_schemas: tuple[str, ...] = ()
     priority_of: Callable[[str, str], str] = field(default=lambda schema, table: "standard")
 
@@ -364,6 +366,8 @@ def _export(
 
     data_key = keyring.new_data_key(backup_id)
     with exported_snapshot(source, options.slot) as (holder, point):
+        if options.on_snapshot is not None:
+            options.on_snapshot(point.snapshot)
         major = server_major(holder)
         tables = discover_tables(holder, options)
         sequences = read_sequences(holder, options)

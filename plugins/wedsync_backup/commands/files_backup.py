@@ -13,6 +13,7 @@ from wedsync_backup.commands.resources import Resources
 from wedsync_backup.errors import ConfigError
 from wedsync_backup.files.capture import FilesWorld, capture_files
 from wedsync_backup.files.prune import remove_unreferenced
+from wedsync_backup.files.source import ExportSnapshot
 from wedsync_backup.files.state import FileEntry, files_captures, state_at
 from wedsync_backup.manifest import Manifest
 from wedsync_backup.repository import committed_manifests, seal_pending
@@ -38,7 +39,7 @@ def files_bucket(res: Resources) -> S3Storage:
     return bucket
 
 
-def files_world(res: Resources) -> FilesWorld:
+def files_world(res: Resources, snapshot: ExportSnapshot | None = None) -> FilesWorld:
     cat = res.catalog()
     return FilesWorld(
         res.source(),
@@ -48,6 +49,7 @@ def files_world(res: Resources) -> FilesWorld:
         res.keyring(),
         cat.stored_content,
         workers=res.policy.files.workers,
+        snapshot=snapshot,
     )
 
 
@@ -62,14 +64,22 @@ def _base_capture(manifest: Manifest, manifests: list[Manifest]) -> str | None:
     return None
 
 
-def add_files(res: Resources, manifest: Manifest) -> Manifest:
-    """Capture the files into ``manifest``'s backup and re-seal its pending manifest on the primary."""
+def export_snapshot(res: Resources) -> ExportSnapshot | None:
+    """What the export attaches its snapshot to (None: the files component is off)."""
+    return ExportSnapshot(res.source()) if res.policy.files.enabled else None
+
+
+def add_files(res: Resources, manifest: Manifest, snapshot: ExportSnapshot | None = None) -> Manifest:
+    """Capture the files into ``manifest``'s backup and re-seal its pending manifest on the primary.
+
+    ``snapshot``: the export's, attached while it held it; the files table is then read in the very snapshot
+    the backup's tables come from (without it, in a transaction of its own, as an incremental does)."""
     if manifest.files is not None:  # already captured (a retried task found the backup done)
         return manifest
     if not res.policy.files.enabled:
         log.warning("!!! %s", OFF_WARNING)
         return manifest
-    world = files_world(res)
+    world = files_world(res, snapshot)
     primary, ring = world.storages[0], world.keyring
     manifests = committed_manifests(primary)
     if manifest.backup_type == "incremental":

@@ -21,8 +21,9 @@ from datetime import UTC, datetime
 from wedsync_backup.crypto import DataKey, Keyring
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.files import content
-from wedsync_backup.files.source import FileRow, Listed, file_rows, joined, listing
+from wedsync_backup.files.source import ExportSnapshot, FileRow, Listed, file_rows, joined, listing
 from wedsync_backup.files.state import STATUS_KEPT, STATUS_MISSING, STATUS_OK, FileEntry, write_state
+from wedsync_backup.heap import bound_heap
 from wedsync_backup.manifest import FilesSection, StoredObject
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.policy import FilesPolicy
@@ -44,6 +45,7 @@ class FilesWorld:
     keyring: Keyring
     stored_content: Callable[[str], StoredObject | None] | None = None  # the catalog's record of a content
     workers: int = 4  # objects read, stored and verified at once
+    snapshot: ExportSnapshot | None = None  # the database export's snapshot: the files table is read in it
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Capture:
     def __init__(self, world: FilesWorld, previous: dict[str, FileEntry]) -> None:
         self.w = world
         self.previous = previous
+        bound_heap()  # thousands of multi-MB buffers over several threads: keep the resident set flat
         started = time.monotonic()
         self.present = {s.name: content.present(s) for s in world.storages}
         log.info(
@@ -184,7 +187,7 @@ class Capture:
     def entries(self, delta: bool) -> Iterator[FileEntry]:
         """The state lines: every file (a full capture) or what changed since the previous one (a delta)."""
         seen: set[str] = set()
-        rows = file_rows(self.w.source_db, self.w.files)
+        rows = file_rows(self.w.source_db, self.w.files, snapshot=self.w.snapshot)
         for row, entry in self._in_order(joined(rows, listing(self.w.bucket))):
             seen.add(row.path)
             if entry.restorable:
