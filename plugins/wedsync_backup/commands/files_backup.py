@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
+
 from wedsync_backup.commands.resources import Resources
-from wedsync_backup.errors import ConfigError
+from wedsync_backup.errors import ConfigError, WedSyncError
 from wedsync_backup.files.capture import FilesWorld, capture_files
 from wedsync_backup.files.prune import remove_unreferenced
 from wedsync_backup.files.source import ExportSnapshot
@@ -67,6 +69,18 @@ def _base_capture(manifest: Manifest, manifests: list[Manifest]) -> str | None:
 def export_snapshot(res: Resources) -> ExportSnapshot | None:
     """What the export attaches its snapshot to (None: the files component is off)."""
     return ExportSnapshot(res.source()) if res.policy.files.enabled else None
+
+
+def held_snapshot(res: Resources, snapshot: str) -> ExportSnapshot | None:
+    """Import a snapshot another session still holds (a wedding run's, before its seal releases it); when it
+    is gone already (a retried seal), the files are read at the capture's own moment, and the log says so."""
+    snap = export_snapshot(res)
+    if snap is not None:
+        try:
+            snap.attach(snapshot)
+        except (psycopg.Error, WedSyncError) as e:
+            log.warning("!!! The files are read now, not in the run's snapshot (no longer held): %s", e)
+    return snap
 
 
 def add_files(res: Resources, manifest: Manifest, snapshot: ExportSnapshot | None = None) -> Manifest:

@@ -4,8 +4,9 @@ but before the files are read is in neither the backup's tables nor its file sta
 from __future__ import annotations
 
 import pytest
+from wedsync_backup.commands.files_backup import held_snapshot
 from wedsync_backup.commands.files_restore import files_state
-from wedsync_backup.files.source import ExportSnapshot
+from wedsync_backup.files.source import ExportSnapshot, file_rows
 from wedsync_backup.repository import read_manifest
 
 from devstack.files_seed import object_for
@@ -42,3 +43,27 @@ def test_a_row_committed_after_the_snapshot_is_in_neither(
     second = fw.backup()
     _, _, state = files_state(fw.res, backup_id=second)
     assert _files_rows(fw, second) == 4 and LATE in state and state[LATE].status == "ok"
+
+
+def test_a_held_snapshot_is_imported_and_a_released_one_falls_back_to_now(files_world: FilesWorld) -> None:
+    """The wedding seal's path: the run's snapshot is imported before its holder is released."""
+    fw = files_world
+    fw.seed(2)
+    source, files = fw.res.source(), fw.res.policy.files
+    with source.connect(autocommit=False) as holder:
+        holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        snap = holder.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        held = held_snapshot(fw.res, snap)
+    assert held is not None and held.conn is not None  # imported while held; the holder is gone now
+    fw.put(LATE, object_for(LATE), 2)
+    try:
+        assert [r.path for r in file_rows(source, files, snapshot=held)] == sorted(fw_paths(fw))
+    finally:
+        held.close()
+    gone = held_snapshot(fw.res, snap)  # a retried seal: the holder released it already
+    assert gone is not None and gone.conn is None
+    assert LATE in [r.path for r in file_rows(source, files, snapshot=gone)]
+
+
+def fw_paths(fw: FilesWorld) -> list[str]:
+    return [p for p in (o["Key"] for o in fw.s3.client().list_objects_v2(Bucket=fw.bucket)["Contents"]) if p != LATE]
