@@ -13,12 +13,10 @@ import psycopg
 
 from wedsync_backup.commands.resources import Resources
 from wedsync_backup.errors import ConfigError, WedSyncError
-from wedsync_backup.files.capture import FilesWorld, capture_files
+from wedsync_backup.files.capture import FilesWorld, capture_into
 from wedsync_backup.files.prune import remove_unreferenced
 from wedsync_backup.files.source import ExportSnapshot
-from wedsync_backup.files.state import FileEntry, files_captures, state_at
 from wedsync_backup.manifest import Manifest
-from wedsync_backup.repository import committed_manifests, seal_pending
 from wedsync_backup.storage.base import Storage
 from wedsync_backup.storage.s3 import S3Storage
 
@@ -55,17 +53,6 @@ def files_world(res: Resources, snapshot: ExportSnapshot | None = None) -> Files
     )
 
 
-def _base_capture(manifest: Manifest, manifests: list[Manifest]) -> str | None:
-    """An incremental's delta base: the nearest ancestor in its chain that captured files."""
-    by_id = {m.backup_id: m for m in manifests}
-    at = manifest.parent_backup_id
-    while at is not None and at in by_id:
-        if by_id[at].files is not None:
-            return at
-        at = by_id[at].parent_backup_id
-    return None
-
-
 def export_snapshot(res: Resources) -> ExportSnapshot | None:
     """What the export attaches its snapshot to (None: the files component is off)."""
     return ExportSnapshot(res.source()) if res.policy.files.enabled else None
@@ -93,22 +80,7 @@ def add_files(res: Resources, manifest: Manifest, snapshot: ExportSnapshot | Non
     if not res.policy.files.enabled:
         log.warning("!!! %s", OFF_WARNING)
         return manifest
-    world = files_world(res, snapshot)
-    primary, ring = world.storages[0], world.keyring
-    manifests = committed_manifests(primary)
-    if manifest.backup_type == "incremental":
-        base = delta_of = _base_capture(manifest, manifests)
-    else:
-        captures = files_captures(manifests)
-        base, delta_of = (captures[-1].backup_id if captures else None), None
-    previous: dict[str, FileEntry] = state_at(primary, manifests, base, ring) if base else {}
-    data_key = ring.unwrap(manifest.encryption["wrapped_key"], manifest.backup_id)
-    section, uploaded = capture_files(world, manifest.backup_id, data_key, previous, delta_of)
-    manifest.files = section
-    seal_pending(primary, manifest, data_key)
-    cat = res.catalog()
-    cat.record_contents(uploaded, manifest.backup_id)
-    cat.record_files_capture(manifest.backup_id, section)
+    capture_into(files_world(res, snapshot), manifest, res.catalog())
     return manifest
 
 

@@ -17,16 +17,26 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Protocol
 
 from wedsync_backup.crypto import DataKey, Keyring
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.files import content
 from wedsync_backup.files.source import ExportSnapshot, FileRow, Listed, file_rows, joined, listing
-from wedsync_backup.files.state import STATUS_KEPT, STATUS_MISSING, STATUS_OK, FileEntry, write_state
+from wedsync_backup.files.state import (
+    STATUS_KEPT,
+    STATUS_MISSING,
+    STATUS_OK,
+    FileEntry,
+    files_captures,
+    state_at,
+    write_state,
+)
 from wedsync_backup.heap import bound_heap
-from wedsync_backup.manifest import FilesSection, StoredObject
+from wedsync_backup.manifest import FilesSection, Manifest, StoredObject
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.policy import FilesPolicy
+from wedsync_backup.repository import committed_manifests, seal_pending
 from wedsync_backup.storage.base import Storage
 from wedsync_backup.storage.s3 import S3Storage
 
@@ -242,3 +252,42 @@ def capture_files(
         changed=t.changed,
         problems=problems,
     ), t.uploaded
+
+
+class ContentRecord(Protocol):
+    """Where captures are recorded (the catalog)."""
+
+    def record_contents(self, stored: list[StoredObject], backup_id: str) -> None: ...
+
+    def record_files_capture(self, backup_id: str, section: FilesSection) -> None: ...
+
+
+def _base_capture(manifest: Manifest, manifests: list[Manifest]) -> str | None:
+    """An incremental's delta base: the nearest ancestor in its chain that captured files."""
+    by_id = {m.backup_id: m for m in manifests}
+    at = manifest.parent_backup_id
+    while at is not None and at in by_id:
+        if by_id[at].files is not None:
+            return at
+        at = by_id[at].parent_backup_id
+    return None
+
+
+def capture_into(world: FilesWorld, manifest: Manifest, record: ContentRecord) -> Manifest:
+    """Capture the files into ``manifest``'s backup (a delta for an incremental, else the whole state) and
+    re-seal its pending manifest on ``world.storages[0]``; the catalog records what it stored."""
+    primary, ring = world.storages[0], world.keyring
+    manifests = committed_manifests(primary)
+    if manifest.backup_type == "incremental":
+        base = delta_of = _base_capture(manifest, manifests)
+    else:
+        captures = files_captures(manifests)
+        base, delta_of = (captures[-1].backup_id if captures else None), None
+    previous: dict[str, FileEntry] = state_at(primary, manifests, base, ring) if base else {}
+    data_key = ring.unwrap(manifest.encryption["wrapped_key"], manifest.backup_id)
+    section, uploaded = capture_files(world, manifest.backup_id, data_key, previous, delta_of)
+    manifest.files = section
+    seal_pending(primary, manifest, data_key)
+    record.record_contents(uploaded, manifest.backup_id)
+    record.record_files_capture(manifest.backup_id, section)
+    return manifest
