@@ -366,8 +366,6 @@ def _export(
 
     data_key = keyring.new_data_key(backup_id)
     with exported_snapshot(source, options.slot) as (holder, point):
-        if options.on_snapshot is not None:
-            options.on_snapshot(point.snapshot)
         major = server_major(holder)
         tables = discover_tables(holder, options)
         sequences = read_sequences(holder, options)
@@ -402,6 +400,8 @@ def _export(
         large_objects = export_large_objects(holder, storage, backup_id, data_key, options.zstd_level)
         if large_objects:
             extra["large_objects"] = large_objects
+        if options.on_snapshot is not None:  # last, while still held: the other reader starts right after
+            options.on_snapshot(point.snapshot)
 
     entries = []
     for i, t in enumerate(tables):

@@ -61,6 +61,8 @@ class ExportSnapshot:
         try:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            # idle in this transaction between the import and the capture's read: never cut off for it
+            conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
         except BaseException:
             conn.close()
             raise
