@@ -14,8 +14,11 @@ import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter; setting it also stops the dynamic adjustment
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters; setting them stops their adjustment
 MMAP_THRESHOLD = 256 << 10
+# Fixing the mmap threshold also fixes the trim threshold at its 128 KiB default, and the arenas were then
+# shrunk and grown again all the time: keep up to this much free at their top (smaller buffers only).
+TRIM_THRESHOLD = 64 << 20
 _done = False
 
 
@@ -26,7 +29,9 @@ def bound_heap() -> bool:
         return True
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        ok = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+        ok = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        )
     except (OSError, AttributeError):
         ok = False
     if not ok:
