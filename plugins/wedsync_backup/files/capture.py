@@ -32,7 +32,7 @@ from wedsync_backup.files.state import (
     state_at,
     write_state,
 )
-from wedsync_backup.heap import bound_heap
+from wedsync_backup.heap import give_back
 from wedsync_backup.manifest import FilesSection, Manifest, StoredObject
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.policy import FilesPolicy
@@ -71,7 +71,6 @@ class Capture:
     def __init__(self, world: FilesWorld, previous: dict[str, FileEntry]) -> None:
         self.w = world
         self.previous = previous
-        bound_heap()  # thousands of multi-MB buffers over several threads: keep the resident set flat
         started = time.monotonic()
         self.present = {s.name: content.present(s) for s in world.storages}
         log.info(
@@ -176,8 +175,11 @@ class Capture:
         """entry_for, with no other worker on the same content at once (it is stored once, by one of them)."""
         with self._guard:
             lock = self._content_locks.setdefault(row.sha256, threading.Lock())
-        with lock:
-            return self.entry_for(row, listed)
+        try:
+            with lock:
+                return self.entry_for(row, listed)
+        finally:
+            give_back()  # this object's buffers back to the kernel: the resident set stays flat
 
     def _in_order(self, pairs: Iterable[tuple[FileRow, Listed | None]]) -> Iterator[tuple[FileRow, FileEntry]]:
         """Each row's entry, ``workers`` objects at a time, in row order (a bounded window: memory stays flat)."""

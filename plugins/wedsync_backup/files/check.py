@@ -21,7 +21,7 @@ from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import CryptoError, IntegrityError, StorageError, WedSyncError
 from wedsync_backup.files.content import content_key, content_scope, present, remember_key
 from wedsync_backup.files.state import FileEntry, state_at
-from wedsync_backup.heap import bound_heap
+from wedsync_backup.heap import give_back
 from wedsync_backup.manifest import Manifest, StoredObject
 from wedsync_backup.pipeline import decode_from_storage
 from wedsync_backup.replicate import copy_object
@@ -36,8 +36,11 @@ DAMAGE = (IntegrityError, CryptoError, StorageError)  # a missing object reads a
 def read_back(storage: Storage, obj: StoredObject, keyring: Keyring) -> None:
     """Read one content object through: stored size and SHA-256, authenticated decryption, plaintext SHA-256
     equal to its content address (raises IntegrityError / CryptoError / StorageError naming it)."""
-    for _ in decode_from_storage(storage, obj, keyring, backup_id=content_scope(obj.plain_sha256)):
-        pass
+    try:
+        for _ in decode_from_storage(storage, obj, keyring, backup_id=content_scope(obj.plain_sha256)):
+            pass
+    finally:
+        give_back()  # many objects in a row: the resident set stays flat
 
 
 def rotating_window(items: list[Any], size: int, turn: int) -> list[Any]:
@@ -97,7 +100,6 @@ def scrub_contents(
     sample: int = SCRUB_SAMPLE,
 ) -> ContentScrub:
     """Check every copy of the content store (``contents``: what the catalog records) and repair it."""
-    bound_heap()
     objects = sorted(contents, key=lambda o: o.plain_sha256)
     out = ContentScrub(contents=len(objects))
     if not objects:
@@ -155,7 +157,6 @@ def drill_files(
 ) -> tuple[int, list[str]]:
     """Read back (a random sample of) the content objects of ``manifest``'s file state from ``storage``;
     returns how many were read and the problems, each naming the object and the file."""
-    bound_heap()
     state = state_at(storage, manifests, manifest.backup_id, keyring)
     entries: list[FileEntry] = sorted((e for e in state.values() if e.restorable), key=lambda e: e.path)
     by_sha = {e.sha256: e for e in entries}  # one read per content object

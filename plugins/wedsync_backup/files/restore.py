@@ -15,7 +15,7 @@ from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.files.content import content_scope, remember_key
 from wedsync_backup.files.state import FileEntry
-from wedsync_backup.heap import bound_heap
+from wedsync_backup.heap import give_back
 from wedsync_backup.pipeline import decode_from_storage
 from wedsync_backup.storage.base import Storage
 
@@ -69,7 +69,6 @@ def write_objects(
 ) -> FilesRestoreResult:
     """Write every restorable entry to ``target`` (a dry run counts what would be written)."""
     r = FilesRestoreResult(dry_run=dry_run)
-    bound_heap()  # one object after another, each a few MB: keep the resident set flat
     for e in entries:
         if not e.restorable:
             r.never_captured.append(e.path)
@@ -83,6 +82,7 @@ def write_objects(
         r.bytes_to_write += int(e.size or 0)
         if not dry_run:
             write_one(e, repo, target, keyring)
+            give_back()  # one object after another, each a few MB: keep the resident set flat
             r.written += 1
     log.info(
         "Files %s: %d objects (%d bytes) in the state, %d %s (%d bytes), %d already there",
