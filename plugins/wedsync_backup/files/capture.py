@@ -179,7 +179,7 @@ class Capture:
             with lock:
                 return self.entry_for(row, listed)
         finally:
-            give_back()  # this object's buffers back to the kernel: the resident set stays flat
+            give_back(listed.size if listed else 0)  # freed buffers back to the kernel: the resident set stays flat
 
     def _in_order(self, pairs: Iterable[tuple[FileRow, Listed | None]]) -> Iterator[tuple[FileRow, FileEntry]]:
         """Each row's entry, ``workers`` objects at a time, in row order (a bounded window: memory stays flat)."""

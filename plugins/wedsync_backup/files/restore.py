@@ -82,7 +82,7 @@ def write_objects(
         r.bytes_to_write += int(e.size or 0)
         if not dry_run:
             write_one(e, repo, target, keyring)
-            give_back()  # one object after another, each a few MB: keep the resident set flat
+            give_back(int(e.size or 0))  # one object after another, each a few MB: keep the resident set flat
             r.written += 1
     log.info(
         "Files %s: %d objects (%d bytes) in the state, %d %s (%d bytes), %d already there",
