@@ -176,6 +176,21 @@ def files_damaged(*, backup_id: str, problems: list[str]) -> Alert:
     )
 
 
+def content_lost(*, objects: list[str], findings: list[str]) -> Alert:
+    """Shared content objects (photos, documents of every backup listing them) with no intact copy left."""
+    return Alert(
+        event="files_content_lost",
+        severity="critical",
+        title=f"{len(objects)} content object(s) of the files backup have NO intact copy left",
+        what_happened="The scrub read the shared content store on every target and found these objects missing "
+        "or damaged everywhere: " + "; ".join(findings[:20]),
+        what_to_do="Every backup whose file state lists them cannot bring those files back. Take a new full "
+        "backup now (airflow dags trigger backup_daily_full): objects still intact in the files bucket are "
+        "stored again. Then find out what damaged the storage.",
+        details={"objects": "; ".join(objects[:20]), "count": len(objects)},
+    )
+
+
 def copy_repaired(*, backup_id: str, target: str, source: str, finding: str) -> Alert:
     return Alert(
         event="copy_repaired",

@@ -11,6 +11,12 @@ On object stores it gets the policy's archive storage class (GCS: set at upload;
 when ``lock`` is set and the bucket supports it, a retention lock until its retention ends (S3 Object Lock,
 GOVERNANCE) or a hold (GCS: a retention time when the bucket has object retention, else a temporary hold,
 released by the archive's own prune).
+
+With the files component on (``files``), the archive carries the file state too, read in the archive
+export's own snapshot: its manifest lists every file (path -> content hash), the content objects are
+stored (once) on every archive target, and retention keeps every content object a retained archive's state
+lists for as long as the archive is kept. Content objects are shared with the other backups, so they get
+neither the archive's lock nor (on S3) its class.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from wedsync_backup.catalog import Catalog
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import ConfigError
 from wedsync_backup.export import ExportOptions, run_export
-from wedsync_backup.manifest import manifest_key
+from wedsync_backup.files.capture import FilesWorld, capture_into
+from wedsync_backup.files.source import ExportSnapshot
+from wedsync_backup.manifest import Manifest, manifest_key
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.policy import Policy
 from wedsync_backup.replicate import replicate
@@ -143,8 +151,11 @@ def run_archive(
     dag_id: str | None = None,
     run_id: str | None = None,
     roles: Mapping[str, str] | None = None,
+    files: FilesWorld | None = None,
 ) -> dict[str, Any]:
-    """Export, copy to every archive target, class and lock, verify every copy, commit, record. All or nothing."""
+    """Export, copy to every archive target, class and lock, verify every copy, commit, record. All or nothing.
+
+    ``files``: the files component's world (None: off); the archive's file state is captured onto its targets."""
     retain_until = now + timedelta(days=archive.retention_days)
     fresh = cat.start_backup(
         backup_id=backup_id,
@@ -159,35 +170,57 @@ def run_archive(
     )
     if not fresh:
         return {"backup_id": backup_id, "status": "completed", "already": True}
+    for s in storages:
+        if s.kind == "gcs":  # set at upload: a GCS object's class is not rewritten later
+            s.storage_class = archive.storage_class.get(s.name)  # type: ignore[attr-defined]
     try:
         roles = dict(roles or {s.name: s.name for s in storages})  # target name -> its role in the policy
-        return _archive(
-            cat, source, storages, keyring, backup_id, archive, options, retain_until, dag_id, run_id, roles
-        )
+        m = _export_with_files(cat, source, storages, keyring, backup_id, options, dag_id, run_id, retain_until, files)
+        return _archive(cat, m, storages, keyring, backup_id, archive, retain_until, roles)
     except BaseException as e:
         cat.fail_backup(backup_id, f"weekly archive failed: {e}")
         raise
 
 
-def _archive(
+def _export_with_files(
     cat: Catalog,
     source: PgTarget,
     storages: list[Storage],
     keyring: Keyring,
     backup_id: str,
-    archive: ArchivePolicy,
     options: ExportOptions,
-    retain_until: datetime,
     dag_id: str | None,
     run_id: str | None,
-    roles: Mapping[str, str],
-) -> dict[str, Any]:
-    for s in storages:
-        if s.kind == "gcs":  # set at upload: a GCS object's class is not rewritten later
-            s.storage_class = archive.storage_class.get(s.name)  # type: ignore[attr-defined]
+    retain_until: datetime,
+    files: FilesWorld | None,
+) -> Manifest:
+    """The archive's own export to its first target, and its file state read in the export's snapshot."""
     first = storages[0]
     extra = {"dag_id": dag_id, "run_id": run_id, "archive": {"source": "own export", "until": retain_until.isoformat()}}
-    m = run_export(source, first, keyring, backup_id=backup_id, backup_type="archive", options=options, extra=extra)
+    snapshot = ExportSnapshot(source) if files is not None else None
+    if snapshot is not None:
+        options = dataclasses.replace(options, on_snapshot=snapshot.attach)
+    try:
+        m = run_export(source, first, keyring, backup_id=backup_id, backup_type="archive", options=options, extra=extra)
+        if files is not None and m.files is None:
+            m = capture_into(dataclasses.replace(files, storages=list(storages), snapshot=snapshot), m, cat)
+    finally:
+        if snapshot is not None:
+            snapshot.close()
+    return m
+
+
+def _archive(
+    cat: Catalog,
+    m: Manifest,
+    storages: list[Storage],
+    keyring: Keyring,
+    backup_id: str,
+    archive: ArchivePolicy,
+    retain_until: datetime,
+    roles: Mapping[str, str],
+) -> dict[str, Any]:
+    first = storages[0]
     for dst in storages[1:]:
         replicate(m, first, dst)
     lock_until = retain_until if archive.lock else None

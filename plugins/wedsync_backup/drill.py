@@ -35,6 +35,7 @@ from wedsync_backup.catalog import Catalog
 from wedsync_backup.commands.resources import NothingToDo
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import ConfigError, CryptoError, IntegrityError, StorageError, WedSyncError
+from wedsync_backup.files.check import drill_files
 from wedsync_backup.manifest import Manifest, TableEntry
 from wedsync_backup.pg import PgTarget, qualified, quote_ident
 from wedsync_backup.pipeline import decode_from_storage
@@ -170,6 +171,7 @@ class DrillResult:
     group_usable_seconds: dict[str, float] = field(default_factory=dict)
     tables_checked: int = 0
     rows_checked: int = 0
+    files_checked: int = 0  # content objects of the backup's file state read back and checked
     validation: dict[str, int | str] = field(default_factory=dict)
     data_loss_detected: bool = False
 
@@ -184,6 +186,8 @@ class DrillResult:
         if self.rto_seconds is not None:
             groups = ", ".join(f"{g} {s:.1f}s" for g, s in self.group_usable_seconds.items())
             parts.append(f"RTO {self.rto_seconds:.1f}s ({groups})")
+        if self.files_checked:
+            parts.append(f"{self.files_checked} content objects of the file state read back")
         parts += [f"skipped damaged copy {t}: {why}" for t, why in self.skipped_copies.items()]
         parts += [f"copy {t} could not be restored: {why}" for t, why in self.copy_faults.items()]
         return "; ".join(parts)
@@ -259,6 +263,10 @@ def drill_copy(
                         result.data_loss_detected = True
             tables_done = time.monotonic()
             result.validation = run_validation(conn, queries)
+        if manifest.files is not None:  # the photos and documents the backup's file state lists
+            result.files_checked, problems = drill_files(storage, committed_manifests(storage), manifest, keyring)
+            result.problems += problems
+            result.data_loss_detected |= bool(problems)
         result.check_seconds = round(time.monotonic() - checks_started, 3)
         log.info(
             "Drill checks: %d tables in %.1fs, %d validation queries in %.1fs",
@@ -425,6 +433,7 @@ def run_drill(
                 "group_usable_seconds": result.group_usable_seconds,
                 "validation": result.validation,
                 "tables_checked": result.tables_checked,
+                "files_checked": result.files_checked,
                 "skipped_copies": result.skipped_copies,
             },
             dag_id=dag_id,

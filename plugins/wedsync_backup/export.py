@@ -109,6 +109,8 @@ class ExportOptions:
     zstd_level: int = 3
     split_pages: int = 32768  # 256 MiB of 8 kB pages per part
     slot: str | None = None  # start an incremental chain: create this logical slot, export in its snapshot
+    # called with the snapshot's name while it is held (another reader imports it: the files capture)
+    on_snapshot: Callable[[str], None] | None = None
     exclude_schemas: tuple[str, ...] = ()
     priority_of: Callable[[str, str], str] = field(default=lambda schema, table: "standard")
 
@@ -398,6 +400,8 @@ def _export(
         large_objects = export_large_objects(holder, storage, backup_id, data_key, options.zstd_level)
         if large_objects:
             extra["large_objects"] = large_objects
+        if options.on_snapshot is not None:  # last, while still held: the other reader starts right after
+            options.on_snapshot(point.snapshot)
 
     entries = []
     for i, t in enumerate(tables):

@@ -25,6 +25,7 @@ from wedsync_backup.backup_tests import BackupTest, record_test
 from wedsync_backup.catalog import Catalog
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import CryptoError, IntegrityError, WedSyncError
+from wedsync_backup.files.check import SCRUB_SAMPLE, ContentScrub, scrub_contents
 from wedsync_backup.manifest import Manifest, manifest_key
 from wedsync_backup.replicate import replicate
 from wedsync_backup.storage.base import Storage
@@ -59,6 +60,7 @@ class ScrubResult:
     damaged_backups: list[str] = field(default_factory=list)
     not_reached: int = 0  # copies due that the budget left for the next days
     warnings: list[str] = field(default_factory=list)
+    contents: ContentScrub | None = None  # the shared content store of the files component
 
     @property
     def repaired(self) -> list[CopyCheck]:
@@ -75,6 +77,7 @@ class ScrubResult:
             "damaged_backups": self.damaged_backups,
             "not_reached": self.not_reached,
             "warnings": self.warnings,
+            "contents": self.contents.as_dict() if self.contents else None,
         }
 
 
@@ -251,8 +254,12 @@ def run_scrub(
     dag_id: str | None = None,
     run_id: str | None = None,
     only: set[str] | None = None,
+    content_sample: int = SCRUB_SAMPLE,
 ) -> ScrubResult:
-    """Check today's share of copies, repair what can be repaired, record everything, alert damage."""
+    """Check today's share of copies, repair what can be repaired, record everything, alert damage.
+
+    Then (unless ``only`` names backups) the files' shared content store on every target: existence and size
+    of every content object, ``content_sample`` of them per target read back in full (rotating by day)."""
     queue = scrub_queue(cat, list(storages), only)
     picked, warnings = plan_today(queue, cycle_days=cycle_days, budget_bytes=budget_bytes, now=now)
     result = ScrubResult(budget_bytes, not_reached=len(queue) - len(picked), warnings=warnings)
@@ -305,6 +312,13 @@ def run_scrub(
             result.damaged_backups.append(backup_id)
             if mark_damaged(cat, backup_id, findings, actor=tested_by):
                 notify(alerts.backup_damaged(backup_id=backup_id, findings=findings))
+    if only is None:
+        result.contents = scrub_contents(cat.contents(), storages, keyring, now=now, sample=content_sample)
+        result.bytes_read += result.contents.bytes_read
+        for repaired in result.contents.repaired:
+            log.warning("Scrub repaired content object %s", repaired)
+        if result.contents.lost:
+            notify(alerts.content_lost(objects=result.contents.lost, findings=result.contents.findings))
     cat.audit("scrub", actor=tested_by, details=result.as_dict())
     return result
 

@@ -374,4 +374,3 @@ def create_app() -> FastAPI:
         return JSONResponse(jsonable_encoder(restore_state(run_id)))
 
     return app
-

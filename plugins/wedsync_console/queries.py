@@ -255,4 +255,3 @@ def wedding(conn: Conn, wedding_id: str) -> dict[str, Any]:
         (Jsonb([{"wedding_ids": [wedding_id]}]),),
     ).fetchall()
     return {"wedding_id": wedding_id, "settings": settings, "wedding_backups": describe(conn, rows)}
-

@@ -144,8 +144,9 @@ def active_runs(dag_ids: tuple[str, ...]) -> list[dict[str, Any]]:
         out = []
         for run in runs:
             tis = session.execute(
-                select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.state, TaskInstance.start_date)
-                .where(TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id)
+                select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.state, TaskInstance.start_date).where(
+                    TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id
+                )
             ).all()
             out.append(describe_run(run, tis))
         return out
@@ -187,4 +188,3 @@ def recent_durations(dag_id: str, limit: int = 5) -> list[float]:
             .limit(limit)
         ).all()
     return [(e - s).total_seconds() for s, e in rows if s and e]
-

@@ -29,7 +29,7 @@ WATCHED_DAGS = (*(t.dag_id for t in TIERS), RESTORE_DAG, DRILL_DAG, WEDDING_NOW_
 
 
 def age_in_words(seconds: float) -> str:
-    """"3 d 4 h", "2 h 5 min", "12 min", "40 s": the largest two units."""
+    """ "3 d 4 h", "2 h 5 min", "12 min", "40 s": the largest two units."""
     s = int(max(0, seconds))
     days, rest = divmod(s, 86400)
     hours, rest = divmod(rest, 3600)

@@ -42,9 +42,7 @@ def components_of(kind: str, *, files_enabled: bool = True) -> list[str]:
     """What a backup of type ``kind`` stores: every component (whether or not it was asked for); files only
     when the policy names a files bucket."""
     return [
-        c
-        for c in COMPONENTS
-        if (kind in ("full", "manual") or c not in FULL_ONLY) and (files_enabled or c != "files")
+        c for c in COMPONENTS if (kind in ("full", "manual") or c not in FULL_ONLY) and (files_enabled or c != "files")
     ]
 
 

@@ -21,9 +21,7 @@ def catalog_dsn(pg_cluster: Cluster, empty_db: str) -> str:
     return dsn
 
 
-def test_a_named_point_records_the_source_position_and_is_found_by_label(
-    pg_cluster: Cluster, catalog_dsn: str
-) -> None:
+def test_a_named_point_records_the_source_position_and_is_found_by_label(pg_cluster: Cluster, catalog_dsn: str) -> None:
     at, lsn = source_position(pg_cluster.dsn("postgres"))
     made = mark_named_point(catalog_dsn, "  before the   guest import ", at=at, lsn=lsn, created_by="admin")
     assert made["label"] == "before the guest import" and made["wal_position"] == lsn

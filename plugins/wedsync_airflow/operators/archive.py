@@ -8,10 +8,11 @@ from typing import Any
 from wedsync_backup.archive import archive_setup, prune_archives, run_archive
 from wedsync_backup.assurance_policy import load_assurance
 from wedsync_backup.commands.backup import export_options
+from wedsync_backup.commands.files_backup import OFF_WARNING, files_world
 
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.operators.base import WedSyncOperator, run_id_of
-from wedsync_airflow.resources import run_ref
+from wedsync_airflow.resources import airflow_resources, run_ref
 from wedsync_airflow.targets import build_storage
 
 
@@ -32,6 +33,9 @@ class WeeklyArchiveOperator(WedSyncOperator):
         storages = [build_storage(policy.target(name)) for name in archive.targets]
         for s in storages:
             s.check()
+        files = files_world(airflow_resources(policy)) if policy.files.enabled else None
+        if files is None:
+            self.log.warning("!!! %s", OFF_WARNING)
         return run_archive(
             cat,
             pg_target(policy.source_conn_id, "source"),
@@ -47,6 +51,7 @@ class WeeklyArchiveOperator(WedSyncOperator):
             dag_id=self.dag_id,
             run_id=run_id_of(context),
             roles={name: policy.target(name).role for name in archive.targets},
+            files=files,
         )
 
 

@@ -11,6 +11,11 @@ from wedsync_backup.files.content import content_key
 from wedsync_backup.manifest import FilesSection, StoredObject
 
 
+def _content(row: dict[str, Any]) -> StoredObject:
+    sha = row["content_sha256"]
+    return StoredObject(content_key(sha), row["stored_bytes"], row["stored_sha256"], row["size_bytes"], sha)
+
+
 class FileContents(CatalogBase):
     def record_contents(self, stored: list[StoredObject], backup_id: str) -> None:
         """Content objects this backup uploaded (already known ones keep their first backup)."""
@@ -26,9 +31,15 @@ class FileContents(CatalogBase):
     def stored_content(self, sha256: str) -> StoredObject | None:
         with self.connect() as conn:
             row = conn.execute("SELECT * FROM file_contents WHERE content_sha256 = %s", (sha256,)).fetchone()
-        if row is None:
-            return None
-        return StoredObject(content_key(sha256), row["stored_bytes"], row["stored_sha256"], row["size_bytes"], sha256)
+        return None if row is None else _content(row)
+
+    def contents(self) -> list[StoredObject]:
+        """Every content object recorded (what the scrub expects on every target)."""
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT content_sha256, size_bytes, stored_bytes, stored_sha256 FROM file_contents"
+            ).fetchall()
+        return [_content(r) for r in rows]
 
     def forget_contents(self, sha256s: list[str]) -> None:
         with self.connect() as conn:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from wedsync_backup.backup_id import parse_backup_id
 from wedsync_backup.chain_source import prepare_chain_source
-from wedsync_backup.commands.files_backup import add_files
+from wedsync_backup.commands.files_backup import add_files, export_snapshot
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef, retention_until
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.export import ExportOptions, run_export
@@ -233,17 +233,23 @@ def export(
     ``copies``: write every replica's copy during the export too (no replicate phase needed after it)."""
     policy = res.policy
     chain, slot = chain_start(res, backup_id, run) if backup_type in FULL_TYPES else (None, None)
-    manifest = run_export(
-        res.source(),
-        export_storage(res, backup_id, copies),
-        res.keyring(),
-        backup_id=backup_id,
-        backup_type=backup_type,
-        options=export_options(policy, slot),
-        chain=chain,
-        provenance=provenance_of(res, backup_id, run, tier),
-    )
-    manifest = add_files(res, manifest)  # the files component (photos, documents): commands/files_backup.py
+    snapshot = export_snapshot(res)  # the files table is read in the export's snapshot, after it
+    try:
+        manifest = run_export(
+            res.source(),
+            export_storage(res, backup_id, copies),
+            res.keyring(),
+            backup_id=backup_id,
+            backup_type=backup_type,
+            options=replace(export_options(policy, slot), on_snapshot=snapshot.attach if snapshot else None),
+            chain=chain,
+            provenance=provenance_of(res, backup_id, run, tier),
+        )
+        # the files component (photos, documents): commands/files_backup.py
+        manifest = add_files(res, manifest, snapshot)
+    finally:
+        if snapshot is not None:
+            snapshot.close()
     by_priority: dict[str, int] = {}
     for t in manifest.tables:
         by_priority[t.priority] = by_priority.get(t.priority, 0) + 1

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
+
 from wedsync_backup.commands.resources import Resources
-from wedsync_backup.errors import ConfigError
-from wedsync_backup.files.capture import FilesWorld, capture_files
+from wedsync_backup.errors import ConfigError, WedSyncError
+from wedsync_backup.files.capture import FilesWorld, capture_into
 from wedsync_backup.files.prune import remove_unreferenced
-from wedsync_backup.files.state import FileEntry, files_captures, state_at
+from wedsync_backup.files.source import ExportSnapshot
 from wedsync_backup.manifest import Manifest
-from wedsync_backup.repository import committed_manifests, seal_pending
 from wedsync_backup.storage.base import Storage
 from wedsync_backup.storage.s3 import S3Storage
 
@@ -38,7 +39,7 @@ def files_bucket(res: Resources) -> S3Storage:
     return bucket
 
 
-def files_world(res: Resources) -> FilesWorld:
+def files_world(res: Resources, snapshot: ExportSnapshot | None = None) -> FilesWorld:
     cat = res.catalog()
     return FilesWorld(
         res.source(),
@@ -48,43 +49,38 @@ def files_world(res: Resources) -> FilesWorld:
         res.keyring(),
         cat.stored_content,
         workers=res.policy.files.workers,
+        snapshot=snapshot,
     )
 
 
-def _base_capture(manifest: Manifest, manifests: list[Manifest]) -> str | None:
-    """An incremental's delta base: the nearest ancestor in its chain that captured files."""
-    by_id = {m.backup_id: m for m in manifests}
-    at = manifest.parent_backup_id
-    while at is not None and at in by_id:
-        if by_id[at].files is not None:
-            return at
-        at = by_id[at].parent_backup_id
-    return None
+def export_snapshot(res: Resources) -> ExportSnapshot | None:
+    """What the export attaches its snapshot to (None: the files component is off)."""
+    return ExportSnapshot(res.source()) if res.policy.files.enabled else None
 
 
-def add_files(res: Resources, manifest: Manifest) -> Manifest:
-    """Capture the files into ``manifest``'s backup and re-seal its pending manifest on the primary."""
+def held_snapshot(res: Resources, snapshot: str) -> ExportSnapshot | None:
+    """Import a snapshot another session still holds (a wedding run's, before its seal releases it); when it
+    is gone already (a retried seal), the files are read at the capture's own moment, and the log says so."""
+    snap = export_snapshot(res)
+    if snap is not None:
+        try:
+            snap.attach(snapshot)
+        except (psycopg.Error, WedSyncError) as e:
+            log.warning("!!! The files are read now, not in the run's snapshot (no longer held): %s", e)
+    return snap
+
+
+def add_files(res: Resources, manifest: Manifest, snapshot: ExportSnapshot | None = None) -> Manifest:
+    """Capture the files into ``manifest``'s backup and re-seal its pending manifest on the primary.
+
+    ``snapshot``: the export's, attached while it held it; the files table is then read in the very snapshot
+    the backup's tables come from (without it, in a transaction of its own, as an incremental does)."""
     if manifest.files is not None:  # already captured (a retried task found the backup done)
         return manifest
     if not res.policy.files.enabled:
         log.warning("!!! %s", OFF_WARNING)
         return manifest
-    world = files_world(res)
-    primary, ring = world.storages[0], world.keyring
-    manifests = committed_manifests(primary)
-    if manifest.backup_type == "incremental":
-        base = delta_of = _base_capture(manifest, manifests)
-    else:
-        captures = files_captures(manifests)
-        base, delta_of = (captures[-1].backup_id if captures else None), None
-    previous: dict[str, FileEntry] = state_at(primary, manifests, base, ring) if base else {}
-    data_key = ring.unwrap(manifest.encryption["wrapped_key"], manifest.backup_id)
-    section, uploaded = capture_files(world, manifest.backup_id, data_key, previous, delta_of)
-    manifest.files = section
-    seal_pending(primary, manifest, data_key)
-    cat = res.catalog()
-    cat.record_contents(uploaded, manifest.backup_id)
-    cat.record_files_capture(manifest.backup_id, section)
+    capture_into(files_world(res, snapshot), manifest, res.catalog())
     return manifest
 
 

@@ -18,10 +18,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from wedsync_backup.commands import backup
-from wedsync_backup.commands.files_backup import add_files
+from wedsync_backup.commands.files_backup import add_files, held_snapshot
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef
 from wedsync_backup.crypto import DataKey
 from wedsync_backup.errors import ConfigError, IntegrityError
+from wedsync_backup.files.source import ExportSnapshot
 from wedsync_backup.manifest import Manifest, WeddingEntry, WeddingsSection, backup_prefix
 from wedsync_backup.repository import begin_attempt, seal_pending
 from wedsync_backup.weddings.due import DueWedding, due_weddings
@@ -218,6 +219,22 @@ class SealResult:
 def seal(res: Resources, backup_id: str, run: RunRef) -> SealResult:
     """Every batch done: release the snapshot, then the pending manifest with its typed weddings section."""
     plan, data_key = _plan(res, backup_id)
+    files_snapshot = held_snapshot(res, plan["snapshot"]["snapshot"])  # imported before the holder goes
+    try:
+        return _seal(res, backup_id, run, plan, data_key, files_snapshot)
+    finally:
+        if files_snapshot is not None:
+            files_snapshot.close()
+
+
+def _seal(
+    res: Resources,
+    backup_id: str,
+    run: RunRef,
+    plan: dict[str, Any],
+    data_key: DataKey,
+    files_snapshot: ExportSnapshot | None,
+) -> SealResult:
     primary = res.primary()
     source = res.source()
     release_snapshot(source, backup_id)
@@ -259,8 +276,8 @@ def seal(res: Resources, backup_id: str, run: RunRef) -> SealResult:
         provenance=backup.provenance_of(res, backup_id, run, TIER),
     )
     seal_pending(primary, manifest, data_key)
-    # the weddings' photos and documents: the file state at this moment (new content uploaded once, verified)
-    manifest = add_files(res, manifest)
+    # the weddings' photos and documents: the file state in the run's snapshot (new content uploaded once, verified)
+    manifest = add_files(res, manifest, files_snapshot)
     sha = manifest.sha256()
     primary.delete([plan_key(backup_id), *(batch_key(backup_id, n) for n in range(len(plan["batches"])))])
     return SealResult(backup_id, sha, len(entries), manifest.total_rows, manifest.stored_bytes)

@@ -17,15 +17,26 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Protocol
 
 from wedsync_backup.crypto import DataKey, Keyring
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.files import content
-from wedsync_backup.files.source import FileRow, Listed, file_rows, joined, listing
-from wedsync_backup.files.state import STATUS_KEPT, STATUS_MISSING, STATUS_OK, FileEntry, write_state
-from wedsync_backup.manifest import FilesSection, StoredObject
+from wedsync_backup.files.source import ExportSnapshot, FileRow, Listed, file_rows, joined, listing
+from wedsync_backup.files.state import (
+    STATUS_KEPT,
+    STATUS_MISSING,
+    STATUS_OK,
+    FileEntry,
+    files_captures,
+    state_at,
+    write_state,
+)
+from wedsync_backup.heap import give_back
+from wedsync_backup.manifest import FilesSection, Manifest, StoredObject
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.policy import FilesPolicy
+from wedsync_backup.repository import committed_manifests, seal_pending
 from wedsync_backup.storage.base import Storage
 from wedsync_backup.storage.s3 import S3Storage
 
@@ -44,6 +55,7 @@ class FilesWorld:
     keyring: Keyring
     stored_content: Callable[[str], StoredObject | None] | None = None  # the catalog's record of a content
     workers: int = 4  # objects read, stored and verified at once
+    snapshot: ExportSnapshot | None = None  # the database export's snapshot: the files table is read in it
 
 
 @dataclass
@@ -163,8 +175,11 @@ class Capture:
         """entry_for, with no other worker on the same content at once (it is stored once, by one of them)."""
         with self._guard:
             lock = self._content_locks.setdefault(row.sha256, threading.Lock())
-        with lock:
-            return self.entry_for(row, listed)
+        try:
+            with lock:
+                return self.entry_for(row, listed)
+        finally:
+            give_back(listed.size if listed else 0)  # freed buffers back to the kernel: the resident set stays flat
 
     def _in_order(self, pairs: Iterable[tuple[FileRow, Listed | None]]) -> Iterator[tuple[FileRow, FileEntry]]:
         """Each row's entry, ``workers`` objects at a time, in row order (a bounded window: memory stays flat)."""
@@ -184,7 +199,7 @@ class Capture:
     def entries(self, delta: bool) -> Iterator[FileEntry]:
         """The state lines: every file (a full capture) or what changed since the previous one (a delta)."""
         seen: set[str] = set()
-        rows = file_rows(self.w.source_db, self.w.files)
+        rows = file_rows(self.w.source_db, self.w.files, snapshot=self.w.snapshot)
         for row, entry in self._in_order(joined(rows, listing(self.w.bucket))):
             seen.add(row.path)
             if entry.restorable:
@@ -239,3 +254,42 @@ def capture_files(
         changed=t.changed,
         problems=problems,
     ), t.uploaded
+
+
+class ContentRecord(Protocol):
+    """Where captures are recorded (the catalog)."""
+
+    def record_contents(self, stored: list[StoredObject], backup_id: str) -> None: ...
+
+    def record_files_capture(self, backup_id: str, section: FilesSection) -> None: ...
+
+
+def _base_capture(manifest: Manifest, manifests: list[Manifest]) -> str | None:
+    """An incremental's delta base: the nearest ancestor in its chain that captured files."""
+    by_id = {m.backup_id: m for m in manifests}
+    at = manifest.parent_backup_id
+    while at is not None and at in by_id:
+        if by_id[at].files is not None:
+            return at
+        at = by_id[at].parent_backup_id
+    return None
+
+
+def capture_into(world: FilesWorld, manifest: Manifest, record: ContentRecord) -> Manifest:
+    """Capture the files into ``manifest``'s backup (a delta for an incremental, else the whole state) and
+    re-seal its pending manifest on ``world.storages[0]``; the catalog records what it stored."""
+    primary, ring = world.storages[0], world.keyring
+    manifests = committed_manifests(primary)
+    if manifest.backup_type == "incremental":
+        base = delta_of = _base_capture(manifest, manifests)
+    else:
+        captures = files_captures(manifests)
+        base, delta_of = (captures[-1].backup_id if captures else None), None
+    previous: dict[str, FileEntry] = state_at(primary, manifests, base, ring) if base else {}
+    data_key = ring.unwrap(manifest.encryption["wrapped_key"], manifest.backup_id)
+    section, uploaded = capture_files(world, manifest.backup_id, data_key, previous, delta_of)
+    manifest.files = section
+    seal_pending(primary, manifest, data_key)
+    record.record_contents(uploaded, manifest.backup_id)
+    record.record_files_capture(manifest.backup_id, section)
+    return manifest

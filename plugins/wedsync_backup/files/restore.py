@@ -15,6 +15,7 @@ from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.files.content import content_scope, remember_key
 from wedsync_backup.files.state import FileEntry
+from wedsync_backup.heap import give_back
 from wedsync_backup.pipeline import decode_from_storage
 from wedsync_backup.storage.base import Storage
 
@@ -81,6 +82,7 @@ def write_objects(
         r.bytes_to_write += int(e.size or 0)
         if not dry_run:
             write_one(e, repo, target, keyring)
+            give_back(int(e.size or 0))  # one object after another, each a few MB: keep the resident set flat
             r.written += 1
     log.info(
         "Files %s: %d objects (%d bytes) in the state, %d %s (%d bytes), %d already there",

@@ -6,9 +6,11 @@ never held in memory: the table through a server-side cursor, the bucket page by
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
 from psycopg import sql
 
 from wedsync_backup.errors import ConfigError
@@ -40,8 +42,57 @@ def _qualified(table: str) -> sql.Composable:
     return sql.Identifier(schema or "public", name)
 
 
-def file_rows(source: PgTarget, files: FilesPolicy, wedding_ids: list[str] | None = None) -> Iterator[FileRow]:
-    """Every row of the files table, by path in byte order (one per path), streamed."""
+class ExportSnapshot:
+    """The files table as the database export sees it: a transaction that imported the export's snapshot.
+
+    A snapshot can be imported only while the export holds it, but the files capture runs after the export
+    (for as long as the uploads take). ``attach`` is called by the export inside its snapshot; the imported
+    transaction then outlives it, so a files row committed after the snapshot is in neither the tables nor
+    the file state."""
+
+    def __init__(self, source: PgTarget) -> None:
+        self.source = source
+        self.conn: psycopg.Connection | None = None
+        self.snapshot: str | None = None
+
+    def attach(self, snapshot: str) -> None:
+        self.close()
+        conn = self.source.connect(autocommit=False)
+        try:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            # idle in this transaction between the import and the capture's read: never cut off for it
+            conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        except BaseException:
+            conn.close()
+            raise
+        self.conn, self.snapshot = conn, snapshot
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+@contextlib.contextmanager
+def _reading(source: PgTarget, snapshot: ExportSnapshot | None) -> Iterator[psycopg.Connection]:
+    """The connection the files table is read on: the export's snapshot if attached, else a new transaction."""
+    if snapshot is not None and snapshot.conn is not None:
+        yield snapshot.conn  # already inside the imported snapshot's transaction
+        return
+    with source.connect() as conn, conn.transaction():
+        yield conn
+
+
+def file_rows(
+    source: PgTarget,
+    files: FilesPolicy,
+    wedding_ids: list[str] | None = None,
+    snapshot: ExportSnapshot | None = None,
+) -> Iterator[FileRow]:
+    """Every row of the files table, by path in byte order (one per path), streamed; in the export's
+    ``snapshot`` when one is attached (the same rows the backup's tables hold)."""
     cols = [files.path_column, files.checksum_column, files.size_column, files.wedding_column]
     query = sql.SQL(
         'SELECT DISTINCT ON ({p} COLLATE "C") {cols} FROM {t} WHERE {p} IS NOT NULL {w} ORDER BY {p} COLLATE "C"'
@@ -55,7 +106,7 @@ def file_rows(source: PgTarget, files: FilesPolicy, wedding_ids: list[str] | Non
         t=_qualified(files.table),
         w=where,
     )
-    with source.connect() as conn, conn.transaction():
+    with _reading(source, snapshot) as conn:
         try:
             cur = conn.cursor(name="wedsync_files")
             cur.itersize = 2000
