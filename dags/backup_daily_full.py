@@ -15,8 +15,7 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Param, TriggerRule
 from wedsync_airflow.assets import FULL_BACKUP_VERIFIED
-from wedsync_airflow.dag_support import retry_delay
-from wedsync_airflow.notifiers import alert_on
+from wedsync_airflow.dag_support import backup_default_args
 from wedsync_airflow.operators.backup import (
     BackupPreflightOperator,
     FullBackupOperator,
@@ -30,14 +29,9 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "retries": 2,
-        "retry_delay": retry_delay(),
-        "retry_exponential_backoff": True,
-        "on_failure_callback": alert_on("backup_failed"),
-        "max_retry_delay": timedelta(minutes=30),
-        "execution_timeout": timedelta(hours=6),
-    },
+    default_args=backup_default_args(
+        retries=2, max_retry_delay=timedelta(minutes=30), execution_timeout=timedelta(hours=6)
+    ),
     # A run triggered by hand may say why, and be recorded as a manual backup (the console's type manual):
     # a full export all the same, starting a chain (the full tier's prune considers type full only).
     params={

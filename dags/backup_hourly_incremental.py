@@ -16,8 +16,7 @@ from typing import Any
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, TriggerRule
-from wedsync_airflow.dag_support import retry_delay, target_names
-from wedsync_airflow.notifiers import alert_on
+from wedsync_airflow.dag_support import backup_default_args, target_names
 from wedsync_airflow.operators.backup import (
     CommitBackupOperator,
     MarkBackupFailedOperator,
@@ -44,14 +43,12 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "retries": 3,
-        "retry_delay": retry_delay(60),
-        "retry_exponential_backoff": True,
-        "on_failure_callback": alert_on("backup_failed"),
-        "max_retry_delay": timedelta(minutes=15),
-        "execution_timeout": timedelta(minutes=50),
-    },
+    default_args=backup_default_args(
+        retries=3,
+        first_retry_seconds=60,
+        max_retry_delay=timedelta(minutes=15),
+        execution_timeout=timedelta(minutes=50),
+    ),
     tags=["wedsync", "backup", "tier:incremental"],
     doc_md=__doc__,
 ) as dag:

@@ -12,8 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
-from wedsync_airflow.dag_support import retry_delay
-from wedsync_airflow.notifiers import alert_on
+from wedsync_airflow.dag_support import backup_default_args
 from wedsync_airflow.operators.archive import PruneArchivesOperator, WeeklyArchiveOperator
 
 with DAG(
@@ -23,13 +22,7 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "retries": 2,
-        "retry_delay": retry_delay(),
-        "retry_exponential_backoff": True,
-        "on_failure_callback": alert_on("backup_failed"),
-        "execution_timeout": timedelta(hours=8),
-    },
+    default_args=backup_default_args(retries=2, execution_timeout=timedelta(hours=8)),
     tags=["wedsync", "backup", "tier:archive"],
     doc_md=__doc__,
 ) as dag:

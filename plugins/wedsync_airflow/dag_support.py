@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from functools import lru_cache
+from typing import Any
 
 from wedsync_backup.policy import load_policy
+
+from wedsync_airflow.notifiers import alert_on
 
 
 @lru_cache(maxsize=4)
@@ -33,6 +36,27 @@ def describe_targets() -> str:
 def retry_delay(default_seconds: int = 120) -> timedelta:
     """First retry delay (doubling after); WEDSYNC_RETRY_DELAY_SECONDS shortens it for local stacks and tests."""
     return timedelta(seconds=int(os.environ.get("WEDSYNC_RETRY_DELAY_SECONDS", default_seconds)))
+
+
+def backup_default_args(
+    *,
+    retries: int,
+    execution_timeout: timedelta,
+    first_retry_seconds: int = 120,
+    max_retry_delay: timedelta | None = None,
+) -> dict[str, Any]:
+    """The backup tiers' task defaults: a transient fault is retried with doubling delays (capped at
+    ``max_retry_delay``), a failure alerts (``backup_failed``), and no task runs past ``execution_timeout``."""
+    args: dict[str, Any] = {
+        "retries": retries,
+        "retry_delay": retry_delay(first_retry_seconds),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": alert_on("backup_failed"),
+        "execution_timeout": execution_timeout,
+    }
+    if max_retry_delay is not None:
+        args["max_retry_delay"] = max_retry_delay
+    return args
 
 
 def wedding_tick_minutes() -> int:

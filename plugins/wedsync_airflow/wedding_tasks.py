@@ -11,8 +11,7 @@ from typing import Any
 
 from airflow.sdk import TriggerRule
 
-from wedsync_airflow.dag_support import retry_delay, target_names
-from wedsync_airflow.notifiers import alert_on
+from wedsync_airflow.dag_support import backup_default_args, target_names
 from wedsync_airflow.operators.backup import CommitBackupOperator, PruneOperator, ReplicateOperator, VerifyOperator
 from wedsync_airflow.operators.wedding import (
     MarkWeddingBackupFailedOperator,
@@ -24,14 +23,12 @@ from wedsync_airflow.operators.wedding import (
 
 def wedding_default_args() -> dict[str, Any]:
     """Both wedding DAGs: retried quickly (a wedding's pace is minutes), alerted, bounded."""
-    return {
-        "retries": 2,
-        "retry_delay": retry_delay(30),
-        "retry_exponential_backoff": True,
-        "on_failure_callback": alert_on("backup_failed"),
-        "max_retry_delay": timedelta(minutes=5),
-        "execution_timeout": timedelta(minutes=30),
-    }
+    return backup_default_args(
+        retries=2,
+        first_retry_seconds=30,
+        max_retry_delay=timedelta(minutes=5),
+        execution_timeout=timedelta(minutes=30),
+    )
 
 
 def wedding_backup_chain(begin: WeddingBeginOperator, *, outlets: list | None = None) -> None:

@@ -6,6 +6,7 @@ compares restores with ``CREATE DATABASE ... TEMPLATE`` clones of the source tak
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -81,6 +82,17 @@ def make_chain(cluster: Cluster, db: str, tmp_path: Path) -> Chain:
     c = Chain(cluster, db, local_store(tmp_path / f"primary-{uuid.uuid4().hex[:6]}"), Keyring(os.urandom(32)))
     c.start()
     return c
+
+
+@contextlib.contextmanager
+def uncaptured_chain(cluster: Cluster, db: str, tmp_path: Path) -> Iterator[Chain]:
+    """A chain whose source has lost the DDL capture (a source without SUPERUSER, or removed by hand)."""
+    c = make_chain(cluster, db, tmp_path)
+    try:
+        assert remove_ddl_capture(c.source)
+        yield c
+    finally:
+        c.close()
 
 
 def mark(c: Chain) -> tuple[datetime, str]:
@@ -241,9 +253,7 @@ def test_without_the_capture_a_drop_among_writes_cuts_before_the_table_was_last_
     pg_cluster: Cluster, source: str, tmp_path: Path
 ) -> None:
     """A DROP leaves no catalog row: a later uncaptured change must not pull the cut past it (objects.py)."""
-    c = make_chain(pg_cluster, source, tmp_path)
-    try:
-        assert remove_ddl_capture(c.source)
+    with uncaptured_chain(pg_cluster, source, tmp_path) as c:
         write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
         write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a1')")
         before, clone_before = mark(c)
@@ -263,8 +273,6 @@ def test_without_the_capture_a_drop_among_writes_cuts_before_the_table_was_last_
         assert m.extra["per_table"] == {"public.guests": {"insert": 2}}
         assert before < datetime.fromisoformat(end["covered_until"]) < dropped
         assert_restores_as(c, clone_before, before, None)
-    finally:
-        c.close()
 
 
 def test_without_the_capture_objects_dropped_and_recreated_end_the_chain_at_the_verified_point(
@@ -274,9 +282,7 @@ def test_without_the_capture_objects_dropped_and_recreated_end_the_chain_at_the_
     are gone without a decoded DELETE. The OIDs tell; nothing in the stream places an index: the cut goes back
     to the last verified point."""
     write(pg_cluster, source, "CREATE INDEX guests_seat ON guests (seat)")
-    c = make_chain(pg_cluster, source, tmp_path)
-    try:
-        assert remove_ddl_capture(c.source)
+    with uncaptured_chain(pg_cluster, source, tmp_path) as c:
         fingerprint = schema_fingerprint(c.source)
         _, clone_start = mark(c)
         write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a1')")
@@ -294,8 +300,6 @@ def test_without_the_capture_objects_dropped_and_recreated_end_the_chain_at_the_
         assert "were dropped, and a DROP leaves no trace" in end["reason"]
         assert end["replay_transactions"] == 0 and m.extra["transactions"] == 0
         assert_restores_as(c, clone_start, None)
-    finally:
-        c.close()
 
 
 def test_without_the_capture_rows_of_another_shape_end_the_chain_even_when_the_change_was_overwritten(
@@ -303,9 +307,7 @@ def test_without_the_capture_rows_of_another_shape_end_the_chain_even_when_the_c
 ) -> None:
     """A rename whose catalog row a second rename rewrote leaves no xid to find it by; the rows decoded in
     between carry the new column name, which places the cut (before the table's last row of the old shape)."""
-    c = make_chain(pg_cluster, source, tmp_path)
-    try:
-        assert remove_ddl_capture(c.source)
+    with uncaptured_chain(pg_cluster, source, tmp_path) as c:
         write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
         before, clone_before = mark(c)
         write(c.cluster, c.db, "INSERT INTO notes VALUES ('old shape', 1)")
@@ -318,8 +320,6 @@ def test_without_the_capture_rows_of_another_shape_end_the_chain_even_when_the_c
         assert end and "public.notes were decoded with columns text[text], n[integer]" in end["reason"], end
         assert end["replay_transactions"] == 1
         assert_restores_as(c, clone_before, before, None)
-    finally:
-        c.close()
 
 
 def test_without_the_capture_a_change_a_later_change_rewrote_with_no_row_in_between_cuts_before_it(
@@ -328,9 +328,7 @@ def test_without_the_capture_a_change_a_later_change_rewrote_with_no_row_in_betw
     """A rename whose catalog row a second rename rewrote, and no row of that table written in between: nothing
     is left of the first one, so the second (the first suspect) must not place the cut. The rewrite bounds it:
     the cut goes before the table's last row of its old shape."""
-    c = make_chain(pg_cluster, source, tmp_path)
-    try:
-        assert remove_ddl_capture(c.source)
+    with uncaptured_chain(pg_cluster, source, tmp_path) as c:
         write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
         before, clone_before = mark(c)
         write(c.cluster, c.db, "INSERT INTO notes VALUES ('old shape', 1)")
@@ -350,8 +348,6 @@ def test_without_the_capture_a_change_a_later_change_rewrote_with_no_row_in_betw
             with pytest.raises(IntegrityError, match="No backup covers") as e:
                 plan_chain(committed_manifests(c.store), moment)
             assert f"to {datetime.fromisoformat(end['covered_until']).isoformat()}" in str(e.value)
-    finally:
-        c.close()
 
 
 def test_without_the_capture_a_change_undone_by_a_later_one_still_ends_the_chain(
@@ -359,9 +355,7 @@ def test_without_the_capture_a_change_undone_by_a_later_one_still_ends_the_chain
 ) -> None:
     """A column renamed and renamed back: the fingerprint comes out equal, no object was dropped, yet moments
     between the two had another schema. The rewritten row ends the chain before the table's last old row."""
-    c = make_chain(pg_cluster, source, tmp_path)
-    try:
-        assert remove_ddl_capture(c.source)
+    with uncaptured_chain(pg_cluster, source, tmp_path) as c:
         fingerprint = schema_fingerprint(c.source)
         write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
         before, clone_before = mark(c)
@@ -377,8 +371,6 @@ def test_without_the_capture_a_change_undone_by_a_later_one_still_ends_the_chain
         assert_restores_as(c, clone_before, before, None)
         with pytest.raises(IntegrityError, match="No backup covers"):
             plan_chain(committed_manifests(c.store), renamed)
-    finally:
-        c.close()
 
 
 def test_without_the_capture_a_rewritten_column_type_modifier_cuts_at_the_verified_point(
@@ -387,9 +379,7 @@ def test_without_the_capture_a_rewritten_column_type_modifier_cuts_at_the_verifi
     """A type modifier shows in no decoded row: when the rewritten column's full type changed, rows of the old
     shape prove nothing, and the cut goes back to the last verified point."""
     write(pg_cluster, source, "ALTER TABLE notes ADD COLUMN code varchar(5)")
-    c = make_chain(pg_cluster, source, tmp_path)
-    try:
-        assert remove_ddl_capture(c.source)
+    with uncaptured_chain(pg_cluster, source, tmp_path) as c:
         _, clone_start = mark(c)
         write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
         write(
@@ -404,8 +394,6 @@ def test_without_the_capture_a_rewritten_column_type_modifier_cuts_at_the_verifi
         assert end and "catalog rows of table public.notes were rewritten" in end["reason"], end
         assert end["replay_transactions"] == 0 and m.extra["transactions"] == 0
         assert_restores_as(c, clone_start, None)
-    finally:
-        c.close()
 
 
 def test_without_the_capture_a_column_added_then_rewritten_cuts_before_the_table_was_last_written(
@@ -415,9 +403,7 @@ def test_without_the_capture_a_column_added_then_rewritten_cuts_before_the_table
     row): no row of the first change is left. Only one added column, the table's pg_class row otherwise the
     same, would have placed it (see ``ChangeGuard._added_column``); two leave the cut before the table's last
     row of its old shape."""
-    c = make_chain(pg_cluster, source, tmp_path)
-    try:
-        assert remove_ddl_capture(c.source)
+    with uncaptured_chain(pg_cluster, source, tmp_path) as c:
         write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
         before, clone_before = mark(c)
         write(c.cluster, c.db, "INSERT INTO notes VALUES ('old shape', 1)")
@@ -428,8 +414,6 @@ def test_without_the_capture_a_column_added_then_rewritten_cuts_before_the_table
         assert end and "catalog rows of table public.notes were rewritten" in end["reason"], end
         assert end["replay_transactions"] == 1
         assert_restores_as(c, clone_before, before, None)
-    finally:
-        c.close()
 
 
 def test_without_the_capture_a_function_replaced_twice_cuts_at_the_verified_point(
@@ -438,9 +422,7 @@ def test_without_the_capture_a_function_replaced_twice_cuts_at_the_verified_poin
     """CREATE OR REPLACE FUNCTION rewrites the function's row and its dependency rows: a first replacement that
     a second one rewrote leaves nothing, and nothing in the stream places a function."""
     write(pg_cluster, source, "CREATE FUNCTION seat_of(int) RETURNS int LANGUAGE sql AS 'SELECT $1'")
-    c = make_chain(pg_cluster, source, tmp_path)
-    try:
-        assert remove_ddl_capture(c.source)
+    with uncaptured_chain(pg_cluster, source, tmp_path) as c:
         _, clone_start = mark(c)
         write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
         write(
@@ -455,8 +437,6 @@ def test_without_the_capture_a_function_replaced_twice_cuts_at_the_verified_poin
         assert end and "were rewritten, which may hide a change" in end["reason"], end
         assert end["replay_transactions"] == 0 and m.extra["transactions"] == 0
         assert_restores_as(c, clone_start, None)
-    finally:
-        c.close()
 
 
 def test_install_status_and_remove(pg_cluster: Cluster, source: str) -> None:
