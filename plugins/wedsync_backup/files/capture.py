@@ -9,6 +9,7 @@ copied over the good content.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -216,6 +217,25 @@ class Capture:
                 yield FileEntry(path, None, None, deleted=True)
 
 
+CAPTURE_LOCK = 0x7765647379_6E63  # the advisory lock key ('wedsync'), on the source database
+
+
+@contextlib.contextmanager
+def capture_lock(source: PgTarget) -> Iterator[None]:
+    """One files capture of a platform at a time (full, incremental, wedding, archive): two captures storing the
+    same new content at once would each write it under a data key of its own, and one would then find the
+    other's ciphertext where it had verified its own. The lock lives in a session of its own on the source: a
+    killed task's session ends, and the lock with it."""
+    with source.connect(autocommit=True) as conn:
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (CAPTURE_LOCK,)).fetchone()[0]:  # type: ignore[index]
+            log.info("Waiting for another backup's files capture to finish (they share the content store)")
+            conn.execute("SELECT pg_advisory_lock(%s)", (CAPTURE_LOCK,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (CAPTURE_LOCK,))
+
+
 def capture_files(
     world: FilesWorld,
     backup_id: str,
@@ -225,8 +245,9 @@ def capture_files(
 ) -> tuple[FilesSection, list[StoredObject]]:
     """Capture the files into ``backup_id`` (its state object on the primary); returns the manifest section."""
     captured_at = datetime.now(UTC).isoformat()
-    cap = Capture(world, previous)
-    state = write_state(world.storages[0], backup_id, cap.entries(delta_of is not None), data_key)
+    with capture_lock(world.source_db):
+        cap = Capture(world, previous)  # lists the content store once the lock is ours: what it sees is settled
+        state = write_state(world.storages[0], backup_id, cap.entries(delta_of is not None), data_key)
     t = cap.tally
     problems = t.problems[:MAX_PROBLEMS_LISTED]
     if len(t.problems) > MAX_PROBLEMS_LISTED:

@@ -4,6 +4,7 @@ targets, then restores back into the bucket. Uploads are counted by listing the 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import replace
 
 import pytest
@@ -19,6 +20,7 @@ from wedsync_backup.commands.resources import NothingToDo
 from wedsync_backup.commands.restore import RestoreRequest
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import ConfigError
+from wedsync_backup.files.capture import capture_lock
 from wedsync_backup.files.restore import write_objects
 from wedsync_backup.repository import read_manifest
 
@@ -150,3 +152,20 @@ def test_point_in_time_brings_back_the_object_as_it_was(files_world: FilesWorld)
     selective = RestoreRequest(target_conn_id="t", reason="INC-12", scope="selective", tables=["public.guests"])
     with pytest.raises(NothingToDo, match="no files"):
         restore_files_for(fw.res, selective, ["files"], target_files_bucket=fw.bucket)
+
+
+def test_captures_take_turns_on_the_content_store(files_world: FilesWorld) -> None:
+    """Seen on the stack: the weekly archive and the first full backup stored the same new photo at once, each
+    under its own data key, and the archive found the other's ciphertext where it had verified its own. A
+    capture waits while another holds the store, then lists it afresh."""
+    fw = files_world
+    fw.seed(3)
+    done: list[str] = []
+    with capture_lock(fw.res.source()):
+        t = threading.Thread(target=lambda: done.append(fw.backup()))
+        t.start()
+        t.join(timeout=3)
+        assert t.is_alive() and not done  # waiting for the lock, nothing stored yet
+        assert {name: fw.contents(name) for name in fw.world.storages} == {n: 0 for n in fw.world.storages}
+    t.join(timeout=120)
+    assert done and {name: fw.contents(name) for name in fw.world.storages} == {n: 3 for n in fw.world.storages}
