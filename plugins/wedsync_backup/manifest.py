@@ -161,7 +161,9 @@ class Provenance:
 
 @dataclass
 class WeddingEntry:
-    """One wedding of a wedding backup: its own object, readable without the others (weddings/export.py)."""
+    """One wedding of a wedding backup, readable without the others (weddings/export.py): its own object, or
+    (``offset`` set) a piece of its batch's bundle, ``object`` then describing the piece (bundle key, the
+    piece's sizes and checksums)."""
 
     wedding_id: str
     wedding_date: str | None
@@ -170,6 +172,7 @@ class WeddingEntry:
     row_counts: dict[str, int]  # "schema.table" -> the wedding's rows (root and slice tables)
     parent_row_counts: dict[str, int] = field(default_factory=dict)  # parent rows recorded with it
     retention_policy: str | None = None
+    offset: int | None = None  # where its piece starts in the bundle ``object.key``; None: an object of its own
 
     @property
     def rows(self) -> int:
@@ -191,13 +194,30 @@ class WeddingsSection:
     parents: list[str]  # parent tables in load order
     weddings: list[WeddingEntry] = field(default_factory=list)
     requested: list[str] = field(default_factory=list)  # ids asked for by name (backup_wedding_now)
+    bundles: list[StoredObject] = field(default_factory=list)  # one per batch: its weddings' pieces
 
     def entry(self, wedding_id: str) -> WeddingEntry | None:
         return next((w for w in self.weddings if w.wedding_id == wedding_id), None)
 
+    def objects(self) -> list[StoredObject]:
+        """The stored objects: the bundles, and the weddings that have an object of their own."""
+        return [*self.bundles, *(w.object for w in self.weddings if w.offset is None)]
+
+    def pieces(self) -> dict[str, list[tuple[int, StoredObject]]]:
+        """Bundle key -> its pieces (offset, the piece), in order: what reading a bundle through checks."""
+        out: dict[str, list[tuple[int, StoredObject]]] = {b.key: [] for b in self.bundles}
+        for w in self.weddings:
+            if w.offset is not None:
+                out.setdefault(w.object.key, []).append((w.offset, w.object))
+        return {k: sorted(v, key=lambda p: p[0]) for k, v in out.items()}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WeddingsSection:
-        return cls(**{**d, "weddings": [WeddingEntry.from_dict(w) for w in d.get("weddings", [])]})
+        return cls(**{
+            **d,
+            "weddings": [WeddingEntry.from_dict(w) for w in d.get("weddings", [])],
+            "bundles": [StoredObject(**b) for b in d.get("bundles", [])],
+        })  # fmt: skip
 
 
 @dataclass
@@ -298,7 +318,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     chain: ChainSection | None = None
     provenance: Provenance | None = None
-    weddings: WeddingsSection | None = None  # wedding backups: one object per wedding
+    weddings: WeddingsSection | None = None  # wedding backups: one bundle per batch of weddings
     configurations: ConfigurationsSection | None = None
     restore_scope: RestoreScope | None = None  # pre_restore snapshots only
     files: FilesSection | None = None
@@ -316,6 +336,10 @@ class Manifest:
     def changes_object(self) -> StoredObject | None:
         return StoredObject(**self.changes["object"]) if self.changes else None
 
+    def pieces(self) -> dict[str, list[tuple[int, StoredObject]]]:
+        """The bundles among ``objects()``: key -> its pieces (offset, piece); verified piece by piece."""
+        return self.weddings.pieces() if self.weddings is not None else {}
+
     def objects(self) -> list[StoredObject]:
         """Every stored object of the backup except the manifest itself."""
         out = [self.schema_object] if self.schema.get("object") else []
@@ -325,7 +349,7 @@ class Manifest:
         if self.extra.get("large_objects"):  # full backups: the large objects' contents (large_objects.py)
             out.append(StoredObject(**self.extra["large_objects"]["object"]))
         if self.weddings is not None:
-            out += [w.object for w in self.weddings.weddings]
+            out += self.weddings.objects()
         if self.configurations is not None:
             out += self.configurations.objects()
         if self.restore_scope is not None:

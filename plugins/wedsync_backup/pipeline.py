@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import zstandard
@@ -49,32 +49,87 @@ def encode_to_storage(
     zstd_level: int = 3,
 ) -> EncodeResult:
     """Compress, encrypt and stream ``chunks`` to ``storage[key]`` atomically; return sizes and checksums."""
+    with storage.writer(key) as w:
+        return _encode(chunks, w.write, key, key, data_key, zstd_level)
+
+
+def _encode(
+    chunks: Iterable[bytes], write: Callable[[bytes], None], key: str, name: str, data_key: DataKey, zstd_level: int
+) -> EncodeResult:
+    """One encrypted stream (sealed under ``name``) into ``write``."""
     plain_hash, stored_hash = hashlib.sha256(), hashlib.sha256()
     plain_n = stored_n = newlines = 0
     compressor = zstandard.ZstdCompressor(level=zstd_level).compressobj()
-    encryptor = ObjectEncryptor(data_key, key)
+    encryptor = ObjectEncryptor(data_key, name)
 
-    with storage.writer(key) as w:
+    def emit(data: bytes) -> None:
+        nonlocal stored_n
+        if data:
+            stored_hash.update(data)
+            stored_n += len(data)
+            write(data)
 
-        def emit(data: bytes) -> None:
-            nonlocal stored_n
-            if data:
-                stored_hash.update(data)
-                stored_n += len(data)
-                w.write(data)
-
-        for chunk in chunks:
-            if not chunk:
-                continue
-            chunk = bytes(chunk)
-            plain_hash.update(chunk)
-            plain_n += len(chunk)
-            newlines += chunk.count(b"\n")
-            emit(encryptor.update(compressor.compress(chunk)))
-        emit(encryptor.update(compressor.flush()))
-        emit(encryptor.finalize())
-
+    for chunk in chunks:
+        if not chunk:
+            continue
+        chunk = bytes(chunk)
+        plain_hash.update(chunk)
+        plain_n += len(chunk)
+        newlines += chunk.count(b"\n")
+        emit(encryptor.update(compressor.compress(chunk)))
+    emit(encryptor.update(compressor.flush()))
+    emit(encryptor.finalize())
     return EncodeResult(key, plain_n, plain_hash.hexdigest(), stored_n, stored_hash.hexdigest(), newlines)
+
+
+def piece_name(key: str, offset: int) -> str:
+    """What a bundle's piece is sealed under: its bundle and its place in it (a piece moved fails to decrypt)."""
+    return f"{key}@{offset}"
+
+
+class BundleWriter:
+    """Many small objects as the pieces of ONE stored object: one write request per bundle, not per piece
+    (pgBackRest's repo-bundle does the same for small files). Each piece is its own encrypted stream, read
+    back alone with a ranged read (``decode_from_storage(..., offset=)``). Atomic like any writer: use it as
+    a context manager; ``bundle`` describes the whole object once it has committed."""
+
+    def __init__(self, storage: Storage, key: str, data_key: DataKey, *, zstd_level: int = 3) -> None:
+        self.key = key
+        self._writer = storage.writer(key)
+        self._data_key = data_key
+        self._level = zstd_level
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._plain: list[EncodeResult] = []
+        self.bundle: StoredObject | None = None
+
+    def _write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self._size += len(data)
+        self._writer.write(data)
+
+    def add(self, chunks: Iterable[bytes]) -> tuple[int, EncodeResult]:
+        """Append one piece; its offset in the bundle and its sizes and checksums."""
+        offset = self._size
+        result = _encode(chunks, self._write, self.key, piece_name(self.key, offset), self._data_key, self._level)
+        self._plain.append(result)
+        return offset, result
+
+    def __enter__(self) -> BundleWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self._writer.abort()
+            return
+        self._writer.commit()
+        self.bundle = StoredObject(
+            key=self.key,
+            stored_bytes=self._size,
+            stored_sha256=self._hash.hexdigest(),
+            plain_bytes=sum(r.plain_bytes for r in self._plain),
+            plain_sha256=hashlib.sha256("".join(r.plain_sha256 for r in self._plain).encode()).hexdigest(),
+        )
 
 
 class _IterReader(io.RawIOBase):
@@ -113,18 +168,35 @@ def decode_from_storage(
     *,
     backup_id: str,
     read_size: int = PLAIN_READ,
+    offset: int | None = None,
 ) -> Iterator[bytes]:
-    """Stream the verified plaintext of ``obj``.
+    """Stream the verified plaintext of ``obj`` (with ``offset``: a bundle's piece, ``obj`` describing it).
 
     Every chunk is authenticated as it is read; at the end the stored and plaintext sizes and checksums
     are compared with the manifest. A consumer must treat its work as committed only once this iterator is
     exhausted without an exception.
     """
-    where = f"target {storage.name} ({storage.url(obj.key)})"
+    stored = storage.read(obj.key) if offset is None else storage.read_range(obj.key, offset, obj.stored_bytes)
+    return decode_stream(stored, obj, keyring, backup_id=backup_id, offset=offset, where=storage, read_size=read_size)
+
+
+def decode_stream(
+    stored: Iterable[bytes],
+    obj: StoredObject,
+    keyring: Keyring,
+    *,
+    backup_id: str,
+    offset: int | None,
+    where: Storage,
+    read_size: int = PLAIN_READ,
+) -> Iterator[bytes]:
+    """``decode_from_storage`` over bytes already being read (a bundle read front to back)."""
+    place = f"target {where.name} ({where.url(obj.key)}{'' if offset is None else f' at byte {offset}'})"
+    name = obj.key if offset is None else piece_name(obj.key, offset)
     stored_hash, stored_n = hashlib.sha256(), [0]
     plain_hash, plain_n = hashlib.sha256(), 0
-    stored = _hashing(storage.read(obj.key), stored_hash, stored_n)
-    compressed = decrypt_stream(stored, keyring, backup_id=backup_id, object_name=obj.key, where=where)
+    hashed = _hashing(stored, stored_hash, stored_n)
+    compressed = decrypt_stream(hashed, keyring, backup_id=backup_id, object_name=name, where=place)
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(_IterReader(compressed), read_across_frames=True)
         while True:
@@ -136,14 +208,53 @@ def decode_from_storage(
             yield piece
     except zstandard.ZstdError as e:
         raise IntegrityError(
-            f"Object {obj.key} of backup {backup_id} on {where} does not decompress",
+            f"Object {name} of backup {backup_id} on {place} does not decompress",
             str(e),
             "restore from another target",
         ) from e
-    _check(where, obj, "stored size", stored_n[0], obj.stored_bytes)
-    _check(where, obj, "stored checksum", stored_hash.hexdigest(), obj.stored_sha256)
-    _check(where, obj, "plaintext size", plain_n, obj.plain_bytes)
-    _check(where, obj, "plaintext checksum", plain_hash.hexdigest(), obj.plain_sha256)
+    _check(place, obj, "stored size", stored_n[0], obj.stored_bytes)
+    _check(place, obj, "stored checksum", stored_hash.hexdigest(), obj.stored_sha256)
+    _check(place, obj, "plaintext size", plain_n, obj.plain_bytes)
+    _check(place, obj, "plaintext checksum", plain_hash.hexdigest(), obj.plain_sha256)
+
+
+def check_bundle(
+    storage: Storage, bundle: StoredObject, pieces: list[tuple[int, StoredObject]], keyring: Keyring, *, backup_id: str
+) -> None:
+    """Read a bundle once, front to back: every piece decrypted, decompressed and checked against its entry,
+    the pieces tiling the bundle exactly, and the bundle's own size and checksum."""
+    whole, n = hashlib.sha256(), [0]
+    stream = iter(_hashing(storage.read(bundle.key), whole, n))
+    rest = b""
+
+    def take(size: int) -> Iterator[bytes]:
+        nonlocal rest
+        while size > 0:
+            if not rest:
+                rest = next(stream, b"")
+                if not rest:
+                    return
+            piece, rest = rest[:size], rest[size:]
+            size -= len(piece)
+            yield piece
+
+    place = f"target {storage.name} ({storage.url(bundle.key)})"
+    for offset, piece in pieces:
+        consumed = n[0] - len(rest)
+        if offset != consumed:
+            raise IntegrityError(
+                f"Bundle {bundle.key} on {place}: a piece starts at byte {offset}, the one before ended at {consumed}",
+                "the manifest's pieces do not tile the bundle",
+                "this backup is damaged: re-run it",
+            )
+        for _ in decode_stream(
+            take(piece.stored_bytes), piece, keyring, backup_id=backup_id, offset=offset, where=storage
+        ):
+            pass
+    for _ in stream:  # whatever follows the last piece still counts in the bundle's size and checksum
+        pass
+    _check(place, bundle, "stored size", n[0], bundle.stored_bytes)
+    _check(place, bundle, "stored checksum", whole.hexdigest(), bundle.stored_sha256)
 
 
 def _check(where: str, obj: StoredObject, what: str, got: object, expected: object) -> None:

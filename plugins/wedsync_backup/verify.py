@@ -16,7 +16,7 @@ from wedsync_backup.crypto import Keyring, decrypt_stream
 from wedsync_backup.errors import IntegrityError, WedSyncError, is_transient
 from wedsync_backup.manifest import Manifest, StoredObject, backup_prefix
 from wedsync_backup.parallel import each_object
-from wedsync_backup.pipeline import decode_from_storage
+from wedsync_backup.pipeline import check_bundle, decode_from_storage
 from wedsync_backup.restore import verify_manifest_mac
 from wedsync_backup.storage.base import Storage
 
@@ -47,7 +47,10 @@ def verify_object(
     backup_id: str,
     deep: bool,
     listed: dict[str, int] | None = None,
+    pieces: list[tuple[int, StoredObject]] | None = None,
 ) -> None:
+    """One object's size, checksum and decryption (``deep``: its plaintext too). A bundle (``pieces``) is read
+    once and every piece checked down to its plaintext: pieces are small."""
     size = listed.get(obj.key) if listed is not None else storage.size(obj.key)
     if size != obj.stored_bytes:
         raise IntegrityError(
@@ -55,6 +58,9 @@ def verify_object(
             f"the manifest says {obj.stored_bytes} bytes",
             "re-run the backup's replicate step for this target",
         )
+    if pieces:
+        check_bundle(storage, obj, pieces, keyring, backup_id=backup_id)
+        return
     if deep:
         for _ in decode_from_storage(storage, obj, keyring, backup_id=backup_id):
             pass
@@ -83,12 +89,13 @@ def verify_copy(
     checks that many objects at once (many small objects: a wedding backup)."""
     verify_manifest_mac(manifest, keyring)
     objects = manifest.objects()
+    pieces = manifest.pieces()
     # many objects: one listing gives every size, instead of a request per object
     listed = {o.key: o.size for o in storage.list(backup_prefix(manifest.backup_id))} if workers > 1 else None
 
     def one(obj: StoredObject) -> None:
         try:
-            verify_object(storage, obj, keyring, manifest.backup_id, deep, listed)
+            verify_object(storage, obj, keyring, manifest.backup_id, deep, listed, pieces.get(obj.key))
         except WedSyncError:
             raise
         except Exception as e:  # storage/network faults: say which object and which target

@@ -14,7 +14,7 @@ import pytest
 from wedsync_backup.crypto import Keyring, ObjectEncryptor
 from wedsync_backup.errors import CryptoError, IntegrityError
 from wedsync_backup.manifest import StoredObject
-from wedsync_backup.pipeline import EncodeResult, decode_from_storage, encode_to_storage
+from wedsync_backup.pipeline import BundleWriter, EncodeResult, check_bundle, decode_from_storage, encode_to_storage
 from wedsync_backup.storage.local import LocalStorage
 
 MiB = 1 << 20
@@ -176,3 +176,39 @@ def test_300mib_encode_and_decode_in_bounded_memory(store: LocalStorage, ring: K
     (sha, n), peak_dec = _peak(drain)  # type: ignore[misc]
     assert peak_dec < 64 * MiB, f"decode peak {peak_dec / MiB:.0f} MiB"
     assert (sha, n) == (stream.sha.hexdigest(), TOTAL)
+
+
+def test_bundle_pieces_read_alone_and_checked_in_one_pass(store: LocalStorage, ring: Keyring) -> None:
+    """A bundle is one stored object; each piece decodes alone by a ranged read, is bound to its place (a piece
+    moved elsewhere fails to decrypt), and one pass checks every piece and the whole."""
+    texts = [b"wedding one\n" * 50, b"two\n", os.urandom(70_000)]
+    with BundleWriter(store, "w/batch.wsb", ring.new_data_key(BACKUP)) as bw:
+        pieces = [bw.add(iter([t[:10], t[10:]])) for t in texts]
+    bundle = bw.bundle
+    assert bundle is not None and store.size("w/batch.wsb") == bundle.stored_bytes
+    assert [off for off, _ in pieces] == [
+        0,
+        pieces[0][1].stored_bytes,
+        pieces[0][1].stored_bytes + pieces[1][1].stored_bytes,
+    ]
+    objs = [(off, r.stored_object()) for off, r in pieces]
+    for (off, obj), text in zip(objs, texts, strict=True):
+        assert b"".join(decode_from_storage(store, obj, ring, backup_id=BACKUP, offset=off)) == text
+    check_bundle(store, bundle, objs, ring, backup_id=BACKUP)
+
+    # the second piece's bytes moved to the front of the bundle: sealed for their old place, they fail
+    off, obj = objs[1]
+    store.put_bytes("w/batch.wsb", b"".join(store.read_range("w/batch.wsb", off, obj.stored_bytes)))
+    with pytest.raises(CryptoError):
+        b"".join(decode_from_storage(store, obj, ring, backup_id=BACKUP, offset=0))
+    with BundleWriter(store, "w/batch.wsb", ring.new_data_key(BACKUP)) as bw:  # (the test's bundle again)
+        pieces = [bw.add(iter([t])) for t in texts]
+    bundle, objs = bw.bundle, [(off, r.stored_object()) for off, r in pieces]
+    assert bundle is not None
+    with pytest.raises(IntegrityError, match="do not tile"):
+        check_bundle(store, bundle, [objs[0], objs[2]], ring, backup_id=BACKUP)
+    data = bytearray(store.get_bytes("w/batch.wsb"))
+    data[objs[1][0] + 40] ^= 1  # damage inside the second piece: named by its place
+    store.put_bytes("w/batch.wsb", bytes(data))
+    with pytest.raises((CryptoError, IntegrityError), match=f"at byte {objs[1][0]}"):
+        check_bundle(store, bundle, objs, ring, backup_id=BACKUP)

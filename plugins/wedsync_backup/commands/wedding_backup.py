@@ -3,8 +3,8 @@
 begin finds the due weddings (date proximity from the SOURCE's wedding table, wedding_backup_settings, ids
 asked for by name), opens the run's ONE catalog row (type ``wedding``), starts the snapshot holder and leaves
 a small authenticated plan on the primary (the batches, the snapshot id, the wrapped data key). Each batch
-task exports its weddings in that snapshot, one encrypted object per wedding. seal releases the snapshot and
-writes the pending manifest (typed ``weddings`` section); replicate, verify and commit are the backup
+task exports its weddings in that snapshot into one bundle (an encrypted piece per wedding). seal releases
+the snapshot and writes the pending manifest (typed ``weddings`` section); replicate, verify and commit are the backup
 protocol's own phases (``commands/backup.py``), so a wedding backup counts only when every copy is verified.
 mark_failed releases the snapshot and marks the row failed.
 """
@@ -23,7 +23,7 @@ from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef
 from wedsync_backup.crypto import DataKey
 from wedsync_backup.errors import ConfigError, IntegrityError
 from wedsync_backup.files.source import ExportSnapshot
-from wedsync_backup.manifest import Manifest, WeddingEntry, WeddingsSection, backup_prefix
+from wedsync_backup.manifest import Manifest, StoredObject, WeddingEntry, WeddingsSection, backup_prefix
 from wedsync_backup.repository import begin_attempt, seal_pending
 from wedsync_backup.weddings.due import DueWedding, due_weddings
 from wedsync_backup.weddings.export import BatchWedding
@@ -174,7 +174,7 @@ def _plan(res: Resources, backup_id: str) -> tuple[dict[str, Any], DataKey]:
 
 
 def export_batch(res: Resources, backup_id: str, batch_no: int) -> dict[str, Any]:
-    """Export one batch's weddings from the run's snapshot to the primary (one object per wedding)."""
+    """Export one batch's weddings from the run's snapshot to the primary (one bundle, a piece per wedding)."""
     plan, data_key = _plan(res, backup_id)
     if not 0 <= batch_no < len(plan["batches"]):
         raise ConfigError(f"Wedding backup {backup_id} has no batch {batch_no}", fix="re-run the DAG")
@@ -184,23 +184,29 @@ def export_batch(res: Resources, backup_id: str, batch_no: int) -> dict[str, Any
         import_snapshot(conn, plan["snapshot"]["snapshot"], backup_id)
         wedding_slice = discover_slice(conn, res.policy.weddings)
         conn.rollback()
-    entries = export_weddings(
+    entries, bundle = export_weddings(
         source,
         res.primary(),
         data_key,
         backup_id=backup_id,
+        batch_no=batch_no,
         snapshot=plan["snapshot"]["snapshot"],
         wedding_slice=wedding_slice,
         weddings=weddings,
         zstd_level=res.policy.zstd_level,
     )
-    index = {"backup_id": backup_id, "batch": batch_no, "weddings": [asdict(e) for e in entries]}
+    index = {
+        "backup_id": backup_id,
+        "batch": batch_no,
+        "weddings": [asdict(e) for e in entries],
+        "bundle": asdict(bundle) if bundle else None,
+    }
     res.primary().put_bytes(batch_key(backup_id, batch_no), json.dumps(index).encode())
     return {
         "batch": batch_no,
         "weddings": len(entries),
         "rows": sum(e.rows for e in entries),
-        "stored_bytes": sum(e.object.stored_bytes for e in entries),
+        "stored_bytes": bundle.stored_bytes if bundle else 0,
     }
 
 
@@ -239,6 +245,7 @@ def _seal(
     source = res.source()
     release_snapshot(source, backup_id)
     entries: list[WeddingEntry] = []
+    bundles: list[StoredObject] = []
     for n in range(len(plan["batches"])):
         key = batch_key(backup_id, n)
         if not primary.exists(key):
@@ -247,6 +254,7 @@ def _seal(
             )
         doc = json.loads(primary.get_bytes(key))
         entries += [WeddingEntry.from_dict(w) for w in doc["weddings"]]
+        bundles += [StoredObject(**doc["bundle"])] if doc.get("bundle") else []
     wp = res.policy.weddings
     with source.connect(autocommit=True) as conn:
         wedding_slice = discover_slice(conn, wp)
@@ -272,6 +280,7 @@ def _seal(
             parents=[f"{t.schema}.{t.name}" for t in wedding_slice.parents],
             weddings=entries,
             requested=list(plan["requested"]),
+            bundles=bundles,
         ),
         provenance=backup.provenance_of(res, backup_id, run, TIER),
     )

@@ -80,6 +80,32 @@ class Storage(abc.ABC):
     def read(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
         """Stream the object's bytes; raises StorageError if it does not exist."""
 
+    def read_range(self, key: str, start: int, length: int, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        """Stream ``length`` bytes from ``start`` (fewer when the object ends first: callers check sizes);
+        raises StorageError if it does not exist. One piece of a bundle (many small parts in one object, as
+        pgBackRest's repo-bundle does) is read without the rest. Backends override this with a ranged
+        request; this fallback reads past the bytes before ``start``."""
+        skip, left = start, length
+        for piece in self.read(key, chunk_size):
+            if skip >= len(piece):
+                skip -= len(piece)
+                continue
+            piece = piece[skip : skip + left]
+            skip, left = 0, left - len(piece)
+            if piece:
+                yield piece
+            if left <= 0:
+                return
+
+    def _nothing_of(self, key: str) -> Iterator[bytes]:
+        """An empty range of ``key``: nothing to read, but a missing object is still an error."""
+        if self.size(key) is None:
+            raise StorageError(
+                f"Backup object {self.url(key)} does not exist ({self.name})",
+                fix="check the key, or whether retention already deleted it",
+            )
+        return iter(())
+
     def get_bytes(self, key: str) -> bytes:
         return b"".join(self.read(key))
 

@@ -203,6 +203,12 @@ class GCSStorage(BucketStorage):
 
     # --- reading ---------------------------------------------------------------------------------
     def read(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        return self._chunks(self._blob(key), self._full(key), chunk_size)
+
+    def read_range(self, key: str, start: int, length: int, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        return self._range(self._blob(key), self._full(key), start, start + length, chunk_size)
+
+    def _blob(self, key: str) -> Any:
         full = self._full(key)
         try:
             blob = self._bucket.get_blob(full)
@@ -213,7 +219,23 @@ class GCSStorage(BucketStorage):
                 f"Backup object {self.url(key)} does not exist ({self._where()})",
                 fix="check the key, or whether retention already deleted it",
             )
-        return self._chunks(blob, full, chunk_size)
+        return blob
+
+    def _range(self, blob: Any, full: str, start: int, end: int, chunk_size: int) -> Iterator[bytes]:
+        # exactly the bytes asked for, in requests of at most chunk_size, pinned to the generation looked up
+        end = min(end, int(blob.size))
+        try:
+            while start < end:
+                last = min(start + chunk_size, end) - 1  # inclusive, as HTTP ranges are
+                data = blob.download_as_bytes(
+                    start=start, end=last, if_generation_match=blob.generation, retry=DEFAULT_RETRY, checksum=None
+                )
+                if not data:
+                    return
+                start += len(data)
+                yield data
+        except _ERRORS as e:
+            raise self._error("read", full, e) from e
 
     def _chunks(self, blob: Any, full: str, chunk_size: int) -> Iterator[bytes]:
         # Ranged reads of READ_AHEAD bytes each, pinned to the generation we looked up, so an object

@@ -174,9 +174,17 @@ class LocalStorage(Storage):
 
     # --- reading ---------------------------------------------------------------------------------
     def read(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        return self._chunks(self._open(key), self._path(key), chunk_size)
+
+    def read_range(self, key: str, start: int, length: int, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        f = self._open(key)
+        f.seek(start)
+        return self._chunks(f, self._path(key), chunk_size, length)
+
+    def _open(self, key: str) -> BinaryIO:
         path = self._path(key)
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by the generator
+            return open(path, "rb")  # closed by the generator that reads it
         except FileNotFoundError as e:
             raise StorageError(
                 f"Backup object {path} does not exist ({self._where()})",
@@ -184,17 +192,18 @@ class LocalStorage(Storage):
             ) from e
         except OSError as e:
             raise self._error(f"Cannot read {path}", e) from e
-        return self._chunks(f, path, chunk_size)
 
-    def _chunks(self, f: BinaryIO, path: Path, chunk_size: int) -> Iterator[bytes]:
+    def _chunks(self, f: BinaryIO, path: Path, chunk_size: int, length: int | None = None) -> Iterator[bytes]:
+        left = -1 if length is None else length
         with f:
-            while True:
+            while left:
                 try:
-                    data = f.read(chunk_size)
+                    data = f.read(chunk_size if left < 0 else min(chunk_size, left))
                 except OSError as e:
                     raise self._error(f"Cannot read {path}", e) from e
                 if not data:
                     return
+                left = left - len(data) if left > 0 else left
                 yield data
 
     def size(self, key: str) -> int | None:

@@ -252,15 +252,25 @@ class S3Storage(BucketStorage):
 
     # --- reading ---------------------------------------------------------------------------------
     def read(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        return self._get(key, chunk_size)
+
+    def read_range(self, key: str, start: int, length: int, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        if length <= 0:
+            return self._nothing_of(key)
+        return self._get(key, chunk_size, Range=f"bytes={start}-{start + length - 1}")
+
+    def _get(self, key: str, chunk_size: int, **kw: Any) -> Iterator[bytes]:
         full = self._full(key)
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=full)
+            resp = self.client.get_object(Bucket=self.bucket, Key=full, **kw)
         except ClientError as e:
             if _code(e) in _MISSING:
                 raise StorageError(
                     f"Backup object {self.url(key)} does not exist ({self._where()})",
                     fix="check the key, or whether retention already deleted it",
                 ) from e
+            if _code(e) == "InvalidRange":  # a range past the end: nothing there (callers check sizes)
+                return iter(())
             raise self._error("read", full, e) from e
         except BotoCoreError as e:
             raise self._error("read", full, e) from e

@@ -122,6 +122,9 @@ class TeeStorage(Storage):
     def read(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
         return self.primary.read(key, chunk_size)
 
+    def read_range(self, key: str, start: int, length: int, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        return self.primary.read_range(key, start, length, chunk_size)
+
     def size(self, key: str) -> int | None:
         return self.primary.size(key)
 

@@ -1,11 +1,14 @@
-"""A batch of weddings exported from the run's snapshot, one encrypted object per wedding, and read back.
+"""A batch of weddings exported from the run's snapshot, one encrypted bundle per batch, and read back.
 
 Each table of the slice (and each parent table) is read ONCE per batch: ``COPY`` of its member rows for all
 the batch's weddings, each row tagged with its wedding, split into per-wedding buffers. Then every wedding's
-buffers go through the one pipeline (zstd, AES-256-GCM under the backup's data key) as its own object, so one
-wedding is read back without touching the others. Memory is bounded by one batch's slices (batch_size).
+buffers go through the one pipeline (zstd, AES-256-GCM under the backup's data key) as its own encrypted
+piece of the batch's bundle (``pipeline.BundleWriter``): one stored object per batch, so a run over 500
+weddings writes, copies and verifies 5 objects, not 500, and one wedding is still read back alone with a
+ranged read of its piece. Memory is bounded by one batch's slices (batch_size).
 
-A wedding object's plaintext, line by line (rows are COPY text, one line each):
+A wedding piece's plaintext (a pre_restore snapshot writes the same as an object of its own), line by line
+(rows are COPY text, one line each):
 
     WSWEDDING 1 {"backup_id": ..., "wedding_id": ...}
     T {"schema": ..., "name": ..., "role": root|direct|path|parent, "columns": [...], "rows": N}
@@ -28,9 +31,9 @@ from psycopg import ClientCursor, sql
 
 from wedsync_backup.crypto import DataKey, Keyring
 from wedsync_backup.errors import IntegrityError
-from wedsync_backup.manifest import Manifest, WeddingEntry, backup_prefix
+from wedsync_backup.manifest import Manifest, StoredObject, WeddingEntry, backup_prefix
 from wedsync_backup.pg import PgTarget
-from wedsync_backup.pipeline import decode_from_storage, encode_to_storage
+from wedsync_backup.pipeline import BundleWriter, decode_from_storage
 from wedsync_backup.repository import read_manifest
 from wedsync_backup.restore import verify_manifest_mac
 from wedsync_backup.storage.base import Storage
@@ -46,6 +49,10 @@ def wedding_object_key(backup_id: str, wedding_id: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", wedding_id)[:60]
     digest = hashlib.sha256(wedding_id.encode()).hexdigest()[:12]
     return f"{backup_prefix(backup_id)}weddings/{safe}-{digest}.wsb"
+
+
+def bundle_key(backup_id: str, batch_no: int) -> str:
+    return f"{backup_prefix(backup_id)}weddings/batch-{batch_no:05d}.wsb"
 
 
 def table_label(t: SliceTable) -> str:
@@ -99,12 +106,14 @@ def export_batch(
     data_key: DataKey,
     *,
     backup_id: str,
+    batch_no: int,
     snapshot: str,
     wedding_slice: WeddingSlice,
     weddings: list[BatchWedding],
     zstd_level: int = 3,
-) -> list[WeddingEntry]:
-    """Export the batch's weddings in the run's snapshot; one object per wedding on ``storage``."""
+) -> tuple[list[WeddingEntry], StoredObject | None]:
+    """Export the batch's weddings in the run's snapshot into one bundle on ``storage``: their entries and
+    the bundle (None when no wedding of the batch is left in the snapshot)."""
     ids = [w.wedding_id for w in weddings]
     tables = [(t, "root" if t is wedding_slice.root else t.membership) for t in wedding_slice.tables]
     tables += [(p, "parent") for p in wedding_slice.parents]
@@ -116,35 +125,40 @@ def export_batch(
             for wid, line in _copy_rows(conn, t, ids):
                 rows[wid][i].append(line)
         conn.rollback()
-    out = []
+    present = []
     for w in weddings:
-        mine = rows.pop(w.wedding_id)
-        if not mine[0]:  # deleted between choosing and the snapshot: nothing to back up, the others go on
-            log.warning(
-                "!!! Wedding %s has no row in %s in the run's snapshot (deleted just before it): not in this "
-                "backup; restore it from an earlier wedding backup if the delete was a mistake",
-                w.wedding_id,
-                wedding_slice.root.display,
-            )
+        if rows[w.wedding_id][0]:
+            present.append(w)
             continue
-        counts = {table_label(t): len(mine[i]) for i, (t, role) in enumerate(tables) if role != "parent"}
-        parents = {table_label(t): len(mine[i]) for i, (t, role) in enumerate(tables) if role == "parent"}
-        key = wedding_object_key(backup_id, w.wedding_id)
-        result = encode_to_storage(
-            _object_chunks(backup_id, w.wedding_id, tables, mine), storage, key, data_key, zstd_level=zstd_level
+        rows.pop(w.wedding_id)  # deleted between choosing and the snapshot: nothing to back up, the others go on
+        log.warning(
+            "!!! Wedding %s has no row in %s in the run's snapshot (deleted just before it): not in this "
+            "backup; restore it from an earlier wedding backup if the delete was a mistake",
+            w.wedding_id,
+            wedding_slice.root.display,
         )
-        out.append(
-            WeddingEntry(
-                wedding_id=w.wedding_id,
-                wedding_date=w.wedding_date,
-                phase=w.phase,
-                object=result.stored_object(),
-                row_counts=counts,
-                parent_row_counts=parents,
-                retention_policy=w.retention_policy,
+    if not present:
+        return [], None
+    out = []
+    with BundleWriter(storage, bundle_key(backup_id, batch_no), data_key, zstd_level=zstd_level) as bundle:
+        for w in present:
+            mine = rows.pop(w.wedding_id)
+            counts = {table_label(t): len(mine[i]) for i, (t, role) in enumerate(tables) if role != "parent"}
+            parents = {table_label(t): len(mine[i]) for i, (t, role) in enumerate(tables) if role == "parent"}
+            offset, result = bundle.add(_object_chunks(backup_id, w.wedding_id, tables, mine))
+            out.append(
+                WeddingEntry(
+                    wedding_id=w.wedding_id,
+                    wedding_date=w.wedding_date,
+                    phase=w.phase,
+                    object=result.stored_object(),
+                    row_counts=counts,
+                    parent_row_counts=parents,
+                    retention_policy=w.retention_policy,
+                    offset=offset,
+                )
             )
-        )
-    return out
+    return out, bundle.bundle
 
 
 def _object_chunks(
@@ -215,7 +229,7 @@ def read_wedding_object(
 ) -> Iterator[SliceSection]:
     """One wedding's object (as its authenticated manifest describes it, ``entry``), section by section."""
     wedding_id = entry.wedding_id
-    lines = _lines(decode_from_storage(storage, entry.object, keyring, backup_id=backup_id))
+    lines = _lines(decode_from_storage(storage, entry.object, keyring, backup_id=backup_id, offset=entry.offset))
     head = next(lines, b"")
     if not head.startswith(MAGIC) or json.loads(head[len(MAGIC) :])["wedding_id"] != wedding_id:
         raise IntegrityError(f"Object {entry.object.key} is not the object of wedding {wedding_id}")

@@ -87,7 +87,15 @@ def test_proximity_run_backs_up_each_due_wedding_alone(wworld: World) -> None:
 
     m = read_manifest(w.storages["offsite"], backup_id)
     assert m.weddings is not None and [e.wedding_id for e in m.weddings.weddings] == ["1", "2", "4"]
-    assert len({e.object.key for e in m.weddings.weddings}) == 3 and m.weddings.root == "public.weddings"
+    # one bundle for the batch, a piece per wedding: three objects are not written, copied and verified per run
+    assert (
+        [b.key for b in m.weddings.bundles]
+        == [e.object.key for e in m.weddings.weddings][:1]
+        == [f"backups/{backup_id}/weddings/batch-00000.wsb"]
+    )
+    assert [e.offset for e in m.weddings.weddings] == [0, *(0 + sum(
+        e.object.stored_bytes for e in m.weddings.weddings[:i]) for i in (1, 2))]  # fmt: skip
+    assert m.objects().count(m.weddings.bundles[0]) == 1 and m.weddings.root == "public.weddings"
     # One wedding read back alone, from each kind of target: its rows, its parents, nobody else's rows.
     for target in ("offsite", "secondary"):
         back = read_back(w, target, backup_id, "2")

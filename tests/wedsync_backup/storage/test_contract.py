@@ -144,6 +144,19 @@ def test_delete(store: Storage) -> None:
     assert keys(store) == set()
 
 
+def test_read_range(store: Storage) -> None:
+    """One piece of a bundle without the rest: exact bytes, whatever the chunk size; short at the end."""
+    data = bytes(range(256)) * 40  # 10,240 bytes
+    store.put_bytes("bundle", data)
+    for start, length, chunk in [(0, 10, 4096), (1000, 5000, 1024), (10_000, 240, 64), (5, 0, 1024)]:
+        got = list(store.read_range("bundle", start, length, chunk))
+        assert b"".join(got) == data[start : start + length]
+        assert all(len(p) <= chunk for p in got)
+    assert b"".join(store.read_range("bundle", 10_000, 1_000)) == data[10_000:]  # past the end: what is there
+    with pytest.raises(StorageError, match="no/such/key"):
+        list(store.read_range("no/such/key", 0, 10))
+
+
 def test_missing_object(store: Storage) -> None:
     assert store.size("no/such/key") is None
     assert not store.exists("no/such/key")
