@@ -383,7 +383,14 @@ def render(args: argparse.Namespace, b: WeddingUserBench, dump_s: float, minutes
             f"| {m['seconds']:.1f} | | | {m['load']:.2f} |"
         )
     wr_own, wr_run = _med(wr, "event_seconds"), _med(wr)
+    wr_med = sorted(wr, key=lambda m: m["seconds"])[(len(wr) - 1) // 2]
     out += [
+        "",
+        "The median one-wedding restore, task by task (where a DAG run's time goes besides the restore's own work):",
+        "",
+        "| Task | Starts at (s) | Duration (s) |",
+        "|---|---:|---:|",
+        *[f"| {name} | {st:.1f} | {d:.1f} |" for name, st, d in wr_med.get("tasks", [])],
         "",
         "Every task's peak memory (its task process, the largest over all the runs above, from the task's",
         "`Peak memory` log line; PostgreSQL backends and client tools not counted):",
