@@ -213,9 +213,7 @@ class WeddingUserBench(UserBench):
         self.scheduled(PROXIMITY, "proximity")
         for _ in range(self.args.runs - 1):
             since = datetime.now(UTC)
-            self.catalog(  # as if retention had removed them: the same weddings are due again
-                "UPDATE backup_operations SET pruned_at = now() WHERE backup_type = 'wedding' AND pruned_at IS NULL"
-            )
+            self.catalog(PRUNE_WEDDING_BACKUPS)  # as if retention had removed them: the same weddings are due again
             self.checkpoint()
             self.stack.api.trigger(PROXIMITY, None)
             time.sleep(5)
@@ -307,6 +305,11 @@ class WeddingUserBench(UserBench):
             return None
         recorded, window = rows[0]
         return float(recorded) if recorded is not None else (float(window) if window is not None else None)
+
+
+PRUNE_WEDDING_BACKUPS = (
+    "UPDATE backup_operations SET pruned_at = now() WHERE backup_type = 'wedding' AND pruned_at IS NULL"
+)
 
 
 def restore_conf(target: str, reason: str, **scope: Any) -> dict[str, Any]:
