@@ -29,6 +29,8 @@ def test_a_wedding_backup_captures_only_its_weddings_files(files_world: FilesWor
     full = fw.backup()
     fw.put("weddings/2/photos/after-full.jpg", b"\xff\xd8 wedding 2, after the full backup", 2)
     fw.put("weddings/3/photos/after-full.jpg", b"\xff\xd8 wedding 3, after the full backup", 3)
+    fw.put("weddings/2/photos/lost.jpg", b"\xff\xd8 never in the bucket", 2)  # a new row is checked in the bucket
+    fw.delete("weddings/2/photos/lost.jpg")
 
     wedding = cmd.backup_weddings(res, fw.world.run("backup_wedding_now"), wedding_ids=["2"], reason="test")
     primary = fw.world.storages["primary"]
@@ -36,9 +38,11 @@ def test_a_wedding_backup_captures_only_its_weddings_files(files_world: FilesWor
     assert m.files is not None and m.files.scope == {"wedding_ids": ["2"]} and not m.files.whole
     manifests = committed_manifests(primary)
     state = state_at(primary, manifests, wedding, fw.world.ring)
-    wedding_2 = sorted([p for p in originals if p.startswith("weddings/2/")] + ["weddings/2/photos/after-full.jpg"])
+    new = ["weddings/2/photos/after-full.jpg", "weddings/2/photos/lost.jpg"]
+    wedding_2 = sorted([p for p in originals if p.startswith("weddings/2/")] + new)
     assert sorted(state) == wedding_2 and {e.wedding_id for e in state.values()} == {"2"}
     assert (m.files.objects, m.files.new_objects) == (3, 1)  # wedding 3's new photo is not read, nor stored
+    assert [p.split(":")[0] for p in m.files.problems] == ["weddings/2/photos/lost.jpg"]
     assert fw.world.catalog.files_capture(wedding)["scope"] == {"wedding_ids": ["2"]}  # type: ignore[index]
     assert fw.world.catalog.files_capture(full)["scope"] is None  # type: ignore[index]
 
@@ -68,7 +72,7 @@ def test_a_wedding_backup_captures_only_its_weddings_files(files_world: FilesWor
     inc = read_manifest(primary, plan.backup_id)
     assert inc.files is not None and inc.files.delta_of == full and inc.files.whole
     _, chosen, whole = files_state(fw.res)
-    assert chosen.backup_id == plan.backup_id and len(whole) == 8  # every wedding's files, the two new ones too
+    assert chosen.backup_id == plan.backup_id and len(whole) == 9  # every wedding's files, the three new rows too
 
     # a manifest written before the field existed reads as a whole capture
     old = json.loads(primary.get_bytes(manifest_key(full)))
