@@ -341,12 +341,21 @@ def _scoped_previous(
     storage: Storage, manifests: list[Manifest], base: str | None, wedding_ids: list[str], ring: Keyring
 ) -> dict[str, FileEntry]:
     """What a scoped capture compares with: the weddings' files at the last whole capture, then at the newest
-    capture of them since (a wedding backup's), so that unchanged objects are not read again."""
+    wedding backup's capture since (for the weddings it holds), so that unchanged objects are not read again."""
     wanted = {str(w) for w in wedding_ids}
     whole = state_at(storage, manifests, base, ring) if base else {}
     previous = {p: e for p, e in whole.items() if e.wedding_id in wanted}
-    newest = next(iter(files_captures(manifests, wedding_ids)[::-1]), None)
-    if newest is not None and newest.backup_id != base and newest.files is not None and not newest.files.whole:
+    since = next((m.files.captured_at for m in manifests if m.backup_id == base and m.files), "")
+    scoped = [
+        m
+        for m in manifests
+        if m.files is not None
+        and m.files.scope is not None
+        and m.files.captured_at > since
+        and wanted & set(m.files.scope.get("wedding_ids", []))
+    ]
+    if scoped:
+        newest = max(scoped, key=lambda m: m.files.captured_at)  # type: ignore[union-attr]
         previous.update((e.path, e) for e in read_state(storage, newest, ring) if e.wedding_id in wanted)
     return previous
 
