@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from psycopg import sql
 
 from wedsync_backup.errors import ConfigError, StorageError
@@ -146,8 +146,9 @@ def looked_up(bucket: S3Storage, path: str) -> Listed | None:
     full = f"{bucket.prefix}/{path}" if bucket.prefix else path
     try:
         head = bucket.client.head_object(Bucket=bucket.bucket, Key=full)
-    except ClientError as e:
-        if str(e.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+    except (ClientError, BotoCoreError) as e:
+        code = str(e.response.get("Error", {}).get("Code")) if isinstance(e, ClientError) else ""
+        if code in ("404", "NoSuchKey", "NotFound"):
             return None
         raise StorageError(
             f"Cannot look up {bucket.url(path)} in the files bucket", str(e), "check the files bucket's connection"
