@@ -287,7 +287,9 @@ class FilesSection:
 
     ``state`` is an encrypted JSON-lines object of this backup listing the file state (path -> content hash,
     size); the contents live once in the shared content store (``files/content/``). ``delta_of``: the
-    capture this state is a delta against (an incremental), None when it lists the whole state.
+    capture this state is a delta against (an incremental), None when it lists the whole state. ``scope``:
+    None for the whole file state; ``{"wedding_ids": [...]}`` when the state lists only those weddings' files
+    (a wedding backup): such a capture serves those weddings' restores, never a whole restore nor a delta base.
     """
 
     state: StoredObject
@@ -299,6 +301,17 @@ class FilesSection:
     delta_of: str | None = None
     changed: int = 0  # a delta: paths added, changed or removed
     problems: list[str] = field(default_factory=list)  # missing or corrupt source objects (kept as before)
+    scope: dict[str, Any] | None = None  # None: the whole file state (manifests before the field read so)
+
+    @property
+    def whole(self) -> bool:
+        return self.scope is None
+
+    def covers(self, wedding_ids: list[str] | None) -> bool:
+        """Whether this state holds every file of ``wedding_ids`` (None: every file, only a whole state does)."""
+        if self.scope is None:
+            return True
+        return wedding_ids is not None and {str(w) for w in wedding_ids} <= set(self.scope.get("wedding_ids", []))
 
 
 @dataclass

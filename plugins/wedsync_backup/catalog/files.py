@@ -46,18 +46,19 @@ class FileContents(CatalogBase):
             conn.execute("DELETE FROM file_contents WHERE content_sha256 = ANY(%s)", (sha256s,))
 
     def record_files_capture(self, backup_id: str, section: FilesSection) -> None:
-        """The backup's files capture, and 'files' among its components (its row is in progress until commit)."""
+        """The backup's files capture (``scope``: NULL for the whole file state, else the weddings it holds), and
+        'files' among its components (its row is in progress until commit)."""
         with self.connect() as conn:
             conn.execute(
                 """
                 INSERT INTO backup_files (backup_id, captured_at, delta_of, objects, bytes, changed, new_objects,
-                    new_bytes, problems)
-                SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s
+                    new_bytes, problems, scope)
+                SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s
                 WHERE EXISTS (SELECT 1 FROM backup_operations WHERE backup_id = %s)
                 ON CONFLICT (backup_id) DO UPDATE SET captured_at = EXCLUDED.captured_at,
                     delta_of = EXCLUDED.delta_of, objects = EXCLUDED.objects, bytes = EXCLUDED.bytes,
                     changed = EXCLUDED.changed, new_objects = EXCLUDED.new_objects, new_bytes = EXCLUDED.new_bytes,
-                    problems = EXCLUDED.problems
+                    problems = EXCLUDED.problems, scope = EXCLUDED.scope
                 """,
                 (
                     backup_id,
@@ -69,6 +70,7 @@ class FileContents(CatalogBase):
                     section.new_objects,
                     section.new_bytes,
                     Jsonb(section.problems),
+                    None if section.scope is None else Jsonb(section.scope),
                     backup_id,
                 ),
             )

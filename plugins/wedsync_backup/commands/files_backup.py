@@ -1,7 +1,8 @@
 """The files component of a backup: captured into the backup's pending manifest, before replicate/verify/commit.
 
 A full backup lists the whole file state; an incremental lists what changed since its parent's capture (the
-same chain retention keeps together). New content goes to every target and is verified there at once; the
+same chain retention keeps together); a wedding backup lists only its weddings' files (a scoped capture, which
+no whole restore and no delta takes as its base). New content goes to every target and is verified there at once; the
 state object is part of the backup and goes through replicate/verify/commit like every other object.
 """
 
@@ -39,7 +40,9 @@ def files_bucket(res: Resources) -> S3Storage:
     return bucket
 
 
-def files_world(res: Resources, snapshot: ExportSnapshot | None = None) -> FilesWorld:
+def files_world(
+    res: Resources, snapshot: ExportSnapshot | None = None, wedding_ids: list[str] | None = None
+) -> FilesWorld:
     cat = res.catalog()
     return FilesWorld(
         res.source(),
@@ -50,6 +53,7 @@ def files_world(res: Resources, snapshot: ExportSnapshot | None = None) -> Files
         cat.stored_content,
         workers=res.policy.files.workers,
         snapshot=snapshot,
+        wedding_ids=wedding_ids,
     )
 
 
@@ -70,17 +74,23 @@ def held_snapshot(res: Resources, snapshot: str) -> ExportSnapshot | None:
     return snap
 
 
-def add_files(res: Resources, manifest: Manifest, snapshot: ExportSnapshot | None = None) -> Manifest:
+def add_files(
+    res: Resources,
+    manifest: Manifest,
+    snapshot: ExportSnapshot | None = None,
+    wedding_ids: list[str] | None = None,
+) -> Manifest:
     """Capture the files into ``manifest``'s backup and re-seal its pending manifest on the primary.
 
     ``snapshot``: the export's, attached while it held it; the files table is then read in the very snapshot
-    the backup's tables come from (without it, in a transaction of its own, as an incremental does)."""
+    the backup's tables come from (without it, in a transaction of its own, as an incremental does).
+    ``wedding_ids``: a wedding backup's weddings; only their files are captured (a scoped capture)."""
     if manifest.files is not None:  # already captured (a retried task found the backup done)
         return manifest
     if not res.policy.files.enabled:
         log.warning("!!! %s", OFF_WARNING)
         return manifest
-    capture_into(files_world(res, snapshot), manifest, res.catalog())
+    capture_into(files_world(res, snapshot, wedding_ids), manifest, res.catalog())
     return manifest
 
 

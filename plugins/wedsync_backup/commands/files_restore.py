@@ -50,12 +50,26 @@ def target_bucket(res: Resources, conn_id: str | None, bucket: str | None) -> St
 
 
 def choose_capture(
-    manifests: list[Manifest], *, backup_id: str | None = None, until: datetime | None = None
+    manifests: list[Manifest],
+    *,
+    backup_id: str | None = None,
+    until: datetime | None = None,
+    wedding_ids: list[str] | None = None,
 ) -> Manifest:
-    """The capture to restore: the named backup's, the last at or before ``until``, or the newest."""
-    captures = files_captures(manifests)
+    """The capture to restore: the named backup's, the last at or before ``until``, or the newest. Whole
+    captures only, unless ``wedding_ids`` are given: then a wedding backup's capture that holds every one of
+    their files counts too."""
+    captures = files_captures(manifests, wedding_ids)
     if backup_id is not None:
         found = [m for m in captures if m.backup_id == backup_id]
+        named = next((m for m in manifests if m.backup_id == backup_id and m.files is not None), None)
+        if not found and named is not None and named.files is not None and named.files.scope is not None:
+            raise ConfigError(
+                f"Backup {backup_id} captured only the files of weddings {_ids(named.files.scope['wedding_ids'])}",
+                "it is a wedding backup: its capture holds those weddings' files, not "
+                + (f"those of weddings {_ids(wedding_ids)}" if wedding_ids else "the whole file state"),
+                "restore the files from a full or incremental backup, or restore only the weddings it holds",
+            )
     elif until is not None:
         found = [m for m in captures if datetime.fromisoformat(m.files.captured_at) <= until]  # type: ignore[union-attr]
     else:
@@ -70,12 +84,22 @@ def choose_capture(
     return found[-1]
 
 
+def _ids(ids: list[str], shown: int = 5) -> str:
+    return ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
 def files_state(
-    res: Resources, *, from_target: str | None = None, backup_id: str | None = None, until: datetime | None = None
+    res: Resources,
+    *,
+    from_target: str | None = None,
+    backup_id: str | None = None,
+    until: datetime | None = None,
+    wedding_ids: list[str] | None = None,
 ) -> tuple[Storage, Manifest, dict[str, FileEntry]]:
+    """The chosen capture's file state (``wedding_ids``: a wedding backup's scoped capture may be chosen)."""
     repo = res.storage(from_target) if from_target else res.primary()
     manifests = committed_manifests(repo)
-    chosen = choose_capture(manifests, backup_id=backup_id, until=until)
+    chosen = choose_capture(manifests, backup_id=backup_id, until=until, wedding_ids=wedding_ids)
     return repo, chosen, state_at(repo, manifests, chosen.backup_id, res.keyring())
 
 
@@ -90,7 +114,9 @@ def restore_files(
     dry_run: bool = False,
 ) -> dict[str, object]:
     """Write the objects of the chosen capture (only the weddings', when given) into ``target``."""
-    repo, chosen, state = files_state(res, from_target=from_target, backup_id=backup_id, until=until)
+    repo, chosen, state = files_state(
+        res, from_target=from_target, backup_id=backup_id, until=until, wedding_ids=wedding_ids
+    )
     wanted = None if wedding_ids is None else {str(w) for w in wedding_ids}
     entries = (e for _, e in sorted(state.items()) if wanted is None or e.wedding_id in wanted)
     result: FilesRestoreResult = write_objects(entries, repo, target, res.keyring(), dry_run=dry_run)

@@ -285,8 +285,8 @@ def _seal(
         provenance=backup.provenance_of(res, backup_id, run, TIER),
     )
     seal_pending(primary, manifest, data_key)
-    # the weddings' photos and documents: the file state in the run's snapshot (new content uploaded once, verified)
-    manifest = add_files(res, manifest, files_snapshot)
+    # the weddings' photos and documents (their files rows only, not the whole bucket), in the run's snapshot
+    manifest = add_files(res, manifest, files_snapshot, wedding_ids=[e.wedding_id for e in entries])
     sha = manifest.sha256()
     primary.delete([plan_key(backup_id), *(batch_key(backup_id, n) for n in range(len(plan["batches"])))])
     return SealResult(backup_id, sha, len(entries), manifest.total_rows, manifest.stored_bytes)

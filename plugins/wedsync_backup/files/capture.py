@@ -23,13 +23,23 @@ from typing import Protocol
 from wedsync_backup.crypto import DataKey, Keyring
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.files import content
-from wedsync_backup.files.source import ExportSnapshot, FileRow, Listed, file_rows, joined, listing
+from wedsync_backup.files.source import (
+    LOOK_UP,
+    ExportSnapshot,
+    FileRow,
+    Listed,
+    file_rows,
+    joined,
+    listing,
+    looked_up,
+)
 from wedsync_backup.files.state import (
     STATUS_KEPT,
     STATUS_MISSING,
     STATUS_OK,
     FileEntry,
     files_captures,
+    read_state,
     state_at,
     write_state,
 )
@@ -57,6 +67,7 @@ class FilesWorld:
     stored_content: Callable[[str], StoredObject | None] | None = None  # the catalog's record of a content
     workers: int = 4  # objects read, stored and verified at once
     snapshot: ExportSnapshot | None = None  # the database export's snapshot: the files table is read in it
+    wedding_ids: list[str] | None = None  # a wedding backup's scope: only these weddings' files (None: all)
 
 
 @dataclass
@@ -124,6 +135,21 @@ class Capture:
             data_key=self.keys.get(row.sha256),
         )
 
+    def _unchanged_row(self, row: FileRow) -> FileEntry | None:
+        """A scoped capture's row that its previous entry already describes (same checksum and size, content
+        stored): that entry, without asking the bucket. The whole captures (the hourly incremental's, the daily
+        full's) check every object in the bucket; a scoped one every 15 minutes asks only about new or changed
+        rows, so its weddings' unchanged photos cost no request at all."""
+        prev = self.previous.get(row.path)
+        if prev is None or prev.status != STATUS_OK or prev.sha256 != row.sha256:
+            return None
+        if row.size is not None and prev.size != row.size:
+            return None
+        if not any(self.present[s.name].get(row.sha256) == prev.stored_bytes for s in self.w.storages):
+            return None
+        self._everywhere(prev.content())
+        return replace(prev, wedding_id=row.wedding_id)
+
     def _keep(self, row: FileRow, prev: FileEntry | None, why: str) -> FileEntry:
         if prev is not None and prev.restorable:
             self.tally.problems.append(f"{row.path}: {why}; the last good version (sha256 {prev.sha256}) is kept")
@@ -173,14 +199,27 @@ class Capture:
             self.present[s.name][sha] = obj.stored_bytes
 
     def _entry_alone(self, row: FileRow, listed: Listed | None) -> FileEntry:
-        """entry_for, with no other worker on the same content at once (it is stored once, by one of them)."""
+        """entry_for, with no other worker on the same content at once (it is stored once, by one of them).
+        ``LOOK_UP`` (a scoped capture): the row's object is asked for only when the row is new or changed."""
         with self._guard:
             lock = self._content_locks.setdefault(row.sha256, threading.Lock())
         try:
             with lock:
+                if listed is LOOK_UP:
+                    kept = self._unchanged_row(row)
+                    if kept is not None:
+                        return kept
+                    listed = looked_up(self.w.bucket, row.path)
                 return self.entry_for(row, listed)
         finally:
-            give_back(listed.size if listed else 0)  # freed buffers back to the kernel: the resident set stays flat
+            give_back(max(0, listed.size) if listed else 0)  # freed buffers back to the kernel: the RSS stays flat
+
+    def _with_objects(self, rows: Iterator[FileRow]) -> Iterator[tuple[FileRow, Listed | None]]:
+        """Each row with its object: the whole bucket listed and merge-joined, or, for a scoped capture (a few
+        weddings' files in a bucket of every wedding's), each new or changed row's object looked up alone."""
+        if self.w.wedding_ids is None:
+            return joined(rows, listing(self.w.bucket))
+        return ((row, LOOK_UP) for row in rows)
 
     def _in_order(self, pairs: Iterable[tuple[FileRow, Listed | None]]) -> Iterator[tuple[FileRow, FileEntry]]:
         """Each row's entry, ``workers`` objects at a time, in row order (a bounded window: memory stays flat)."""
@@ -200,8 +239,8 @@ class Capture:
     def entries(self, delta: bool) -> Iterator[FileEntry]:
         """The state lines: every file (a full capture) or what changed since the previous one (a delta)."""
         seen: set[str] = set()
-        rows = file_rows(self.w.source_db, self.w.files, snapshot=self.w.snapshot)
-        for row, entry in self._in_order(joined(rows, listing(self.w.bucket))):
+        rows = file_rows(self.w.source_db, self.w.files, self.w.wedding_ids, snapshot=self.w.snapshot)
+        for row, entry in self._in_order(self._with_objects(rows)):
             seen.add(row.path)
             if entry.restorable:
                 self.tally.objects += 1
@@ -274,6 +313,7 @@ def capture_files(
         delta_of=delta_of,
         changed=t.changed,
         problems=problems,
+        scope=None if world.wedding_ids is None else {"wedding_ids": sorted({str(w) for w in world.wedding_ids})},
     ), t.uploaded
 
 
@@ -290,23 +330,52 @@ def _base_capture(manifest: Manifest, manifests: list[Manifest]) -> str | None:
     by_id = {m.backup_id: m for m in manifests}
     at = manifest.parent_backup_id
     while at is not None and at in by_id:
-        if by_id[at].files is not None:
+        files = by_id[at].files
+        if files is not None and files.whole:  # a wedding backup's scoped capture is never a delta base
             return at
         at = by_id[at].parent_backup_id
     return None
 
 
+def _scoped_previous(
+    storage: Storage, manifests: list[Manifest], base: str | None, wedding_ids: list[str], ring: Keyring
+) -> dict[str, FileEntry]:
+    """What a scoped capture compares with: the weddings' files at the last whole capture, then at the newest
+    wedding backup's capture since (for the weddings it holds), so that unchanged objects are not read again."""
+    wanted = {str(w) for w in wedding_ids}
+    whole = state_at(storage, manifests, base, ring) if base else {}
+    previous = {p: e for p, e in whole.items() if e.wedding_id in wanted}
+    since = next((m.files.captured_at for m in manifests if m.backup_id == base and m.files), "")
+    scoped = [
+        m
+        for m in manifests
+        if m.files is not None
+        and m.files.scope is not None
+        and m.files.captured_at > since
+        and wanted & set(m.files.scope.get("wedding_ids", []))
+    ]
+    if scoped:
+        newest = max(scoped, key=lambda m: m.files.captured_at)  # type: ignore[union-attr]
+        previous.update((e.path, e) for e in read_state(storage, newest, ring) if e.wedding_id in wanted)
+    return previous
+
+
 def capture_into(world: FilesWorld, manifest: Manifest, record: ContentRecord) -> Manifest:
-    """Capture the files into ``manifest``'s backup (a delta for an incremental, else the whole state) and
-    re-seal its pending manifest on ``world.storages[0]``; the catalog records what it stored."""
+    """Capture the files into ``manifest``'s backup (a delta for an incremental, the weddings' files for a scoped
+    ``world``, else the whole state) and re-seal its pending manifest on ``world.storages[0]``; the catalog
+    records what it stored."""
     primary, ring = world.storages[0], world.keyring
     manifests = committed_manifests(primary)
     if manifest.backup_type == "incremental":
         base = delta_of = _base_capture(manifest, manifests)
     else:
-        captures = files_captures(manifests)
+        captures = files_captures(manifests)  # whole captures only
         base, delta_of = (captures[-1].backup_id if captures else None), None
-    previous: dict[str, FileEntry] = state_at(primary, manifests, base, ring) if base else {}
+    previous: dict[str, FileEntry]
+    if world.wedding_ids is not None:
+        previous = _scoped_previous(primary, manifests, base, world.wedding_ids, ring)
+    else:
+        previous = state_at(primary, manifests, base, ring) if base else {}
     data_key = ring.unwrap(manifest.encryption["wrapped_key"], manifest.backup_id)
     section, uploaded = capture_files(world, manifest.backup_id, data_key, previous, delta_of)
     manifest.files = section

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
+from botocore.exceptions import BotoCoreError, ClientError
 from psycopg import sql
 
-from wedsync_backup.errors import ConfigError
+from wedsync_backup.errors import ConfigError, StorageError
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.policy import FilesPolicy
 from wedsync_backup.storage.s3 import S3Storage
@@ -134,6 +135,25 @@ def listing(bucket: S3Storage) -> Iterator[tuple[str, Listed]]:
     for page in pages:
         for o in page.get("Contents", []):
             yield o["Key"][len(full) :], Listed(int(o["Size"]), str(o.get("ETag", "")).strip('"'))
+
+
+LOOK_UP = Listed(-1, "")  # placeholder: the row's object is looked up on its own (looked_up), not listed
+
+
+def looked_up(bucket: S3Storage, path: str) -> Listed | None:
+    """One object's size and ETag (HEAD), None when it is missing: a few weddings' files are found this way
+    without listing a bucket that holds every wedding's."""
+    full = f"{bucket.prefix}/{path}" if bucket.prefix else path
+    try:
+        head = bucket.client.head_object(Bucket=bucket.bucket, Key=full)
+    except (ClientError, BotoCoreError) as e:
+        code = str(e.response.get("Error", {}).get("Code")) if isinstance(e, ClientError) else ""
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise StorageError(
+            f"Cannot look up {bucket.url(path)} in the files bucket", str(e), "check the files bucket's connection"
+        ) from e
+    return Listed(int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'))
 
 
 def joined(rows: Iterator[FileRow], listed: Iterator[tuple[str, Listed]]) -> Iterator[tuple[FileRow, Listed | None]]:

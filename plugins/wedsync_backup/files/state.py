@@ -120,9 +120,11 @@ def state_at(storage: Storage, manifests: list[Manifest], backup_id: str, keyrin
     return state
 
 
-def files_captures(manifests: list[Manifest]) -> list[Manifest]:
-    """Committed backups that captured files, oldest capture first."""
-    return sorted((m for m in manifests if m.files is not None), key=lambda m: _section(m).captured_at)
+def files_captures(manifests: list[Manifest], wedding_ids: list[str] | None = None) -> list[Manifest]:
+    """Committed backups that captured the whole file state, oldest capture first; with ``wedding_ids``, also
+    the wedding backups' captures that hold every one of those weddings' files (scoped ones)."""
+    found = (m for m in manifests if m.files is not None and m.files.covers(wedding_ids))
+    return sorted(found, key=lambda m: _section(m).captured_at)
 
 
 def _section(m: Manifest) -> FilesSection:
