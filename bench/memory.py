@@ -44,6 +44,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FILES_BUCKET = "memory-files"
+START, END = "<!-- memory:start -->", "<!-- memory:end -->"
 SOURCE_DB = "wedsync"
 PHASES = (  # (phase, the start of a wedsync_backup log message that begins it)
     ("export", "Exporting "),
@@ -329,6 +330,9 @@ def versions_of(args: argparse.Namespace) -> dict[str, Path]:
 
 def render(seeded: dict[str, Any], runs: dict[str, list[dict[str, Any]]], command: str) -> str:
     lines = [
+        START,
+        "## Peak memory of the full backup (issue 9: every task's peak RSS <= 300 MB)",
+        "",
         f"`{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC ({os.cpu_count()} CPUs, shared): "
         f"{seeded['weddings']:,} weddings, {seeded['rows']:,} rows, {seeded['database_mb']:.1f} MB database, "
         f"{seeded['files']:,} files in the files bucket.",
@@ -350,7 +354,7 @@ def render(seeded: dict[str, Any], runs: dict[str, list[dict[str, Any]]], comman
         added = statistics.median(r["peak_mb"] - r["rss_before_mb"] for r in rs)
         secs = statistics.median(r["seconds"] for r in rs)
         lines.append(f"- {label}: median peak added by the backup {added:.1f} MB, median backup time {secs} s.")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", END]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plugins", help="also run the backup with this plugins directory (e.g. an older checkout's)")
     p.add_argument("--work", default=str(REPO_ROOT / "bench" / "work" / "memory"))
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--results", help="write the report's section into this file (e.g. bench/RESULTS.md)")
     p.add_argument("--hold", action="store_true", help="set up, then wait (Ctrl-C ends it) for --attach runs")
     p.add_argument("--attach", metavar="WORK", help="run against the set-up a --hold run keeps in WORK")
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="extra environment for the backup")
@@ -384,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     text = render(seeded, runs, command.strip())
     print(text)
+    if args.results:
+        from bench.user_view import write_section
+
+        write_section(Path(args.results), text, START, END)
     return 0
 
 
