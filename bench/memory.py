@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import resource
+import secrets
 import shutil
 import statistics
 import sys
@@ -212,7 +213,8 @@ def one_run(i: int, label: str, plugins: Path, base: dict[str, Any], env: dict[s
     from bench.run_bench import run_one
 
     tag = f"{i}-{label}"
-    s3_bucket, gcs_bucket, catalog = f"memory-s3-{i}", f"memory-gcs-{i}", f"catalog_{i}"
+    unique = secrets.token_hex(3)  # two --attach runs at once never share a bucket or catalog
+    s3_bucket, gcs_bucket, catalog = f"memory-s3-{i}-{unique}", f"memory-gcs-{i}-{unique}", f"catalog_{i}_{unique}"
     s3.create_bucket(s3_bucket)
     gcs.create_bucket(gcs_bucket)
     cluster.create_database(catalog)

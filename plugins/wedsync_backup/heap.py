@@ -10,7 +10,7 @@ their own mapping. A fixed 256 KiB mmap threshold bounded it too, but mapping an
 cost 20-40% of the throughput.
 
 ``bound_buffers`` sets that threshold alone, as soon as a storage is built (before the first object): left to
-glibc, the threshold rises to the size of the first large buffer freed (a 10 MB S3 part), every buffer below it
+glibc, the threshold rises to the size of the first large buffer freed (an S3 part, a GCS chunk), every buffer below it
 then comes from the arenas, and the full backup's export left ~35 MB of free arena pages resident that the
 files capture and the verification never reused (measured with bench/memory.py).
 """
