@@ -13,7 +13,9 @@ full backup (its own primary directory, buckets and catalog database), run as th
 once, the files capture, verify every copy, commit, prune; no configurations component) in another, through
 the Airflow hooks (``wedsync_airflow.targets.build_storage``), as the task does. ``--plugins DIR`` also runs the
 backup with another checkout's plugins (``git archive <commit> plugins include | tar -x -C DIR/..``),
-interleaved with this checkout's. ``--env WEDSYNC_FILES_BUCKET=`` leaves the files out (a run of ~15 s).
+interleaved with this checkout's (before it; after it with ``--plugins-after``: a later backup of a set-up
+is slower, the GCS emulator holding more objects). ``--env WEDSYNC_FILES_BUCKET=`` leaves the files out
+(a run of ~15 s).
 
 Figures, from the backup process: its peak RSS as the task logs it (``ru_maxrss`` of the process itself), the
 peak before the backup starts (imports and storages built), and the peak in each phase (sampled from
@@ -325,8 +327,9 @@ def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, list[di
 
 def versions_of(args: argparse.Namespace) -> dict[str, Path]:
     versions = {"this checkout": REPO_ROOT / "plugins"}
-    if args.plugins:
-        versions = {f"plugins {args.plugins}": Path(args.plugins).resolve(), **versions}
+    if args.plugins:  # first, unless --plugins-after: a later run finds more objects in the GCS emulator
+        other = {f"plugins {args.plugins}": Path(args.plugins).resolve()}
+        versions = {**versions, **other} if args.plugins_after else {**other, **versions}
     return versions
 
 
@@ -366,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=2500)
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--plugins", help="also run the backup with this plugins directory (e.g. an older checkout's)")
+    p.add_argument("--plugins-after", action="store_true", help="run --plugins after this checkout, not before")
     p.add_argument("--work", default=str(REPO_ROOT / "bench" / "work" / "memory"))
     p.add_argument("--keep", action="store_true")
     p.add_argument("--results", help="write the report's section into this file (e.g. bench/RESULTS.md)")
