@@ -267,7 +267,7 @@ def render(r: dict[str, Any], command: str) -> str:
         "It is the whole full backup (the database export of the files table, catalog, the manifest on three "
         "targets), whose fixed cost does not shrink with the objects.",
         "- Peak RSS: the process's largest resident set (`os.wait4`); objects are streamed (an S3 part buffer "
-        "is at most 16 MB per worker).",
+        "is at most 8 MB per worker).",
         "",
     ]
     return "\n".join(lines)

@@ -1,9 +1,14 @@
 """A Google Cloud Storage bucket as a backup target.
 
 An object of at most 8 MiB is written in one request at commit; a larger one uses a resumable upload
-session sent in fixed-size chunks. Memory stays bounded by one chunk; the object only appears on commit
-(the session finalised), and abort sends nothing or cancels the session. Reads are
-ranged requests of one chunk each. Both work the same against real GCS and gcp-storage-emulator.
+session sent in fixed-size chunks. Memory stays bounded by about two chunks (the client's buffer and the
+chunk it sends); the object only appears on commit (the session finalised), and abort sends nothing or
+cancels the session. Reads are ranged requests of one chunk each. Both work the same against real GCS and
+gcp-storage-emulator.
+
+Memory: bytes held for one request are kept as the pieces written (shared with a tee's other writers) and
+joined once to send; chunks are 8 MiB (16 before) and ranged reads 4 MiB (8 before). A writer peaks at about
+two chunks, when the client's buffer hands one to its request (bench/memory.py measures the full backup).
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from requests.exceptions import RequestException
 
 from wedsync_backup.errors import MissingTargetError, StorageError
+from wedsync_backup.heap import bound_buffers
 from wedsync_backup.storage.base import READ_CHUNK, BucketStorage, ObjectInfo, ObjectWriter, unreachable_at_check
 
-CHUNK_SIZE = 16 << 20  # must be a multiple of 256 KiB
+CHUNK_SIZE = 8 << 20  # must be a multiple of 256 KiB
 SINGLE_REQUEST_MAX = 8 << 20  # an object up to this size is sent in one request, not a resumable session
-READ_AHEAD = 8 << 20  # one ranged request fetches this much; read() hands it out in chunk_size pieces
+READ_AHEAD = 4 << 20  # one ranged request fetches this much; read() hands it out in chunk_size pieces
 DELETE_BATCH = 100  # the GCS batch API takes at most 100 calls per request
 BUCKET_ENV = "WEDSYNC_BACKUP_GCS_BUCKET"
 PROBE_PREFIX = ".wedsync-check-"
@@ -51,7 +57,8 @@ class GCSWriter(ObjectWriter):
         self._blob = storage._bucket.blob(self._full, chunk_size=storage.chunk_size)
         if storage.storage_class:  # e.g. ARCHIVE for the weekly archive: set at upload, no rewrite later
             self._blob.storage_class = storage.storage_class
-        self._buf = bytearray()
+        self._pieces: list[bytes] = []  # what is held for one request, as written (no copy)
+        self._held = 0
         self._w: Any = None  # the resumable session's writer, once the bytes outgrow one chunk
         self._done = False
 
@@ -59,15 +66,17 @@ class GCSWriter(ObjectWriter):
         if self._done:
             raise StorageError(f"Writer for gs://{self._s.bucket}/{self._full} is already closed", fix="open a new one")
         try:
-            if self._w is None and len(self._buf) + len(data) <= self._s.single_request_max:
-                self._buf += data
+            if self._w is None and self._held + len(data) <= self._s.single_request_max:
+                self._pieces.append(data if isinstance(data, bytes) else bytes(data))
+                self._held += len(data)
                 return
             if self._w is None:
                 # Retrying resumable chunks is safe: the session knows how many bytes it has.
                 self._w = self._blob.open("wb", ignore_flush=True, retry=DEFAULT_RETRY)
-                held, self._buf = self._buf, bytearray()
-                self._w.write(memoryview(held))
-                del held
+                self._pieces.reverse()
+                while self._pieces:  # each piece dropped once the client's buffer has it
+                    self._w.write(self._pieces.pop())
+                self._held = 0
             self._w.write(data)
         except BaseException as e:
             self.abort()
@@ -80,7 +89,9 @@ class GCSWriter(ObjectWriter):
             return
         try:
             if self._w is None:  # one request; retrying it re-sends the same whole object
-                self._blob.upload_from_string(bytes(self._buf), retry=DEFAULT_RETRY)
+                body = b"".join(self._pieces)
+                self._pieces.clear()
+                self._blob.upload_from_string(body, retry=DEFAULT_RETRY)
             else:
                 self._w.close()  # uploads the last chunk and finalises the session
         except BaseException as e:
@@ -89,13 +100,13 @@ class GCSWriter(ObjectWriter):
                 raise self._s._error("finish uploading", self._full, e) from e
             raise
         self._done = True
-        self._buf = bytearray()
+        self._pieces.clear()
 
     def abort(self) -> None:
         if self._done:
             return
         self._done = True
-        self._buf = bytearray()
+        self._pieces.clear()
         if self._w is None:
             return  # nothing was sent
         try:
@@ -143,6 +154,7 @@ class GCSStorage(BucketStorage):
         self.conn_id = conn_id
         self.chunk_size = chunk_size
         self.single_request_max = min(chunk_size, SINGLE_REQUEST_MAX)
+        bound_buffers()  # chunks freed go back to the kernel (heap.py)
         self._bucket = client.bucket(bucket)
 
     @property

@@ -3,6 +3,11 @@
 Writes stream as a multipart upload holding at most one part in memory, and only become visible when
 the upload completes; an aborted writer aborts the multipart upload so no half object (and no billed
 orphan parts) remains.
+
+Memory: a part is held as the pieces written (the very bytes objects, shared with a tee's other writers),
+joined into one body only to send it and dropped at once: a writer holds about one part (8 MiB) while it
+uploads, where a growing 16 MiB buffer plus its copy for the request held two (~35 MB per writer;
+bench/memory.py measures the full backup).
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from botocore.exceptions import (
 )
 
 from wedsync_backup.errors import MissingTargetError, StorageError
+from wedsync_backup.heap import bound_buffers
 from wedsync_backup.storage.base import READ_CHUNK, BucketStorage, ObjectInfo, ObjectWriter, unreachable_at_check
 
-PART_SIZE = 16 << 20
+PART_SIZE = 8 << 20  # s3transfer's default too: 8 MiB parts cost no throughput against 16 MiB ones
 # Every part carries a CRC32 that S3 verifies, declared up front as s3transfer does (an upload whose
 # parts carry checksums the upload did not declare can be refused by the Complete call).
 CHECKSUM = "CRC32"
@@ -52,30 +58,43 @@ def _passes(e: ClientError) -> bool:
 
 
 class S3Writer(ObjectWriter):
-    """Buffers up to one part; the first full part turns the write into a multipart upload."""
+    """Holds up to one part (the pieces written); the first full part turns the write into a multipart upload."""
 
     def __init__(self, storage: S3Storage, key: str) -> None:
         self._s = storage
         self._key = storage._full(key)
-        self._buf = bytearray()
+        self._pieces: list[bytes] = []
+        self._held = 0  # bytes in _pieces
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._done = False
 
     def _part_size(self) -> int:
-        # Grow parts after every 2,500 so a huge object still fits S3's 10,000-part limit (~585 GiB).
+        # Grow parts after every 2,500 so a huge object still fits S3's 10,000-part limit (~293 GiB).
         return self._s.part_size << min(3, len(self._parts) // 2500)
 
     def write(self, data: bytes) -> None:
         if self._done:
             raise StorageError(f"Writer for s3://{self._s.bucket}/{self._key} is already closed", fix="open a new one")
-        view = memoryview(data)
-        while view:
-            room = self._part_size() - len(self._buf)
-            self._buf += view[:room]
-            view = view[room:]
-            if len(self._buf) >= self._part_size():
+        while data:
+            room = self._part_size() - self._held
+            if len(data) <= room and isinstance(data, bytes):
+                piece, data = data, b""  # kept as it is: no copy
+            else:
+                view = memoryview(data)
+                piece, data = bytes(view[:room]), view[room:]
+            self._pieces.append(piece)
+            self._held += len(piece)
+            if self._held >= self._part_size():
                 self._flush_part()
+
+    def _take(self) -> bytes:
+        """The held pieces joined into one request body, and let go at once: while the part is sent it exists
+        once (a bytes body, not a file-like one: botocore would then wait for a 100-continue on every request)."""
+        body = b"".join(self._pieces)
+        self._pieces = []
+        self._held = 0
+        return body
 
     def _flush_part(self) -> None:
         s = self._s
@@ -103,7 +122,7 @@ class S3Writer(ObjectWriter):
                 Key=self._key,
                 UploadId=self._upload_id,
                 PartNumber=number,
-                Body=bytes(self._buf),
+                Body=self._take(),
                 ChecksumAlgorithm=CHECKSUM,
             )
         except BaseException:
@@ -113,7 +132,6 @@ class S3Writer(ObjectWriter):
         if resp.get(f"Checksum{CHECKSUM}"):
             part[f"Checksum{CHECKSUM}"] = resp[f"Checksum{CHECKSUM}"]
         self._parts.append(part)
-        self._buf = bytearray()
 
     def commit(self) -> None:
         if self._done:
@@ -121,9 +139,9 @@ class S3Writer(ObjectWriter):
         s = self._s
         try:
             if self._upload_id is None:
-                s._call("upload", self._key, s.client.put_object, Key=self._key, Body=bytes(self._buf))
+                s._call("upload", self._key, s.client.put_object, Key=self._key, Body=self._take())
             else:
-                if self._buf:
+                if self._held:
                     self._flush_part()
                 s._call(
                     "finish uploading",
@@ -137,13 +155,13 @@ class S3Writer(ObjectWriter):
             self.abort()
             raise
         self._done = True
-        self._buf = bytearray()
+        self._pieces.clear()
 
     def abort(self) -> None:
         if self._done:
             return
         self._done = True
-        self._buf = bytearray()
+        self._pieces.clear()
         if self._upload_id is not None:
             upload_id, self._upload_id = self._upload_id, None
             # Never hide the error that made us abort; a bucket lifecycle rule
@@ -180,6 +198,7 @@ class S3Storage(BucketStorage):
         super().__init__(name=name, medium=medium, site=site)
         if part_size < 5 << 20:
             raise ValueError("S3 parts must be at least 5 MiB")
+        bound_buffers()  # parts freed go back to the kernel (heap.py)
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/")

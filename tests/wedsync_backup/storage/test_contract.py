@@ -71,7 +71,7 @@ def test_empty_object(store: Storage) -> None:
 
 
 def test_multipart_round_trip_streams(store: Storage) -> None:
-    total = 40 * MiB + 12345  # several 16 MiB parts/chunks plus a ragged tail
+    total = 40 * MiB + 12345  # several 8 MiB parts/chunks plus a ragged tail
     with store.writer("big/table.zst.enc") as w:
         for b in blocks(total):
             w.write(b)
@@ -263,7 +263,7 @@ def _peak_while_writing(store: Storage, total: int) -> int:
     try:
         with store.writer("huge") as w:
             for _ in range(total // MiB):
-                w.write(block)
+                w.write(bytes(memoryview(block)))  # a new object each time, as a stream's chunks are
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -273,11 +273,11 @@ def test_s3_write_200mib_memory_bounded(storage_targets: StorageTargets) -> None
     s = storage_targets.secondary
     peak = _peak_while_writing(s, 200 * MiB)
     assert s.size("huge") == 200 * MiB
-    assert peak < 64 * MiB, f"peak {peak / MiB:.0f} MiB"
+    assert peak < 20 * MiB, f"peak {peak / MiB:.1f} MiB"  # an 8 MiB part and its joined body (16 measured)
 
 
 def test_gcs_write_64mib_memory_bounded(storage_targets: StorageTargets) -> None:
     s = storage_targets.offsite
     peak = _peak_while_writing(s, 64 * MiB)
     assert s.size("huge") == 64 * MiB
-    assert peak < 48 * MiB, f"peak {peak / MiB:.0f} MiB"
+    assert peak < 24 * MiB, f"peak {peak / MiB:.1f} MiB"  # the client's 8 MiB buffer and the chunk sent (18)
