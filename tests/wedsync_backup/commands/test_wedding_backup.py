@@ -32,8 +32,8 @@ NOW = datetime.now(UTC)  # wedding backups record the source's real snapshot tim
 
 @pytest.fixture(scope="module")
 def wworld(pg_cluster: Cluster, demo_source: str, module_catalog: Catalog, module_targets: StorageTargets) -> World:
-    """Demo weddings 1 (today: execution), 2 (in 3 days), 3 (in 20 days: not due), 4 (in 20 days, with a
-    settings row widening its window to 30 days); every other wedding is years away."""
+    """Demo weddings 1 (tomorrow: execution, its eve), 2 (in 3 days), 3 (in 20 days: not due), 4 (in 20 days,
+    with a settings row widening its window to 30 days); every other wedding is years away."""
     global NOW
     NOW = datetime.now(UTC)
     policy = load_policy(env={})
@@ -47,7 +47,7 @@ def wworld(pg_cluster: Cluster, demo_source: str, module_catalog: Catalog, modul
     )
     today = local_today(policy.weddings, NOW)
     w.write("UPDATE weddings SET wedding_date = DATE '2040-01-01' + id::int")
-    for wid, days in ((1, 0), (2, 3), (3, 20), (4, 20)):
+    for wid, days in ((1, 1), (2, 3), (3, 20), (4, 20)):  # 1 stays on its eve if a test crosses midnight
         w.write("UPDATE weddings SET wedding_date = %s WHERE id = %s", (today + timedelta(days=days), wid))
     w.catalog.migrate()
     w.catalog.save_wedding_settings("4", wedding_date=today + timedelta(days=20), actor="test", proximity_days=30)
