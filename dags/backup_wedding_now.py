@@ -1,8 +1,8 @@
 """Back up chosen weddings now (manual trigger): the proximity tier's path, for exactly these weddings.
 
 Params: ``wedding_ids`` (one or more ids of the source's wedding table) and ``reason`` (recorded). An unknown
-id is refused by name before anything runs or is written. The weddings are exported from one snapshot, one
-encrypted object per wedding with the parent rows they point at, copied to every target and verified.
+id is refused by name before anything runs or is written. The weddings are exported from one snapshot, each
+an encrypted piece (with the parent rows it points at) of its batch's bundle, copied to every target and verified.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ PARAMS = {
 
 with DAG(
     dag_id="backup_wedding_now",
-    description="Back up the chosen weddings now: one snapshot, one object per wedding, every copy verified",
+    description="Back up the chosen weddings now: one snapshot, a piece per wedding, every copy verified",
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,

@@ -1,4 +1,4 @@
-"""Wedding proximity tier: weddings near their date backed up from ONE snapshot, one object per wedding.
+"""Wedding proximity tier: weddings near their date backed up from ONE snapshot, a bundle per batch.
 
 Wakes every ``weddings.wedding_day_rpo_minutes`` (5) minutes and backs up the weddings that are due: those
 within ``weddings.proximity_days`` of their date (in ``weddings.time_zone``) every

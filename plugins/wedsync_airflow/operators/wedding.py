@@ -56,7 +56,7 @@ class WeddingBeginOperator(CommandOperator):
 
 
 class WeddingBatchOperator(CommandOperator):
-    """Export one batch of weddings from the run's snapshot, one encrypted object per wedding (mapped)."""
+    """Export one batch of weddings from the run's snapshot into one bundle, a piece per wedding (mapped)."""
 
     template_fields = (*CommandOperator.template_fields, "backup_id", "batch_no")
 

@@ -51,7 +51,7 @@ class BackupRows:
 
     @property
     def by_wedding(self) -> bool:
-        """Rows come as one object per wedding: a wedding backup, or a wedding-only safety snapshot."""
+        """Rows come per wedding: a piece of a wedding backup's bundle, or a wedding-only safety snapshot's object."""
         return self.weddings is not None or bool(self.snapshot and self.scope.scope == WEDDING_ONLY)
 
     def sections(self, keyring: Keyring, wedding: str) -> Iterator[SliceSection]:
