@@ -95,7 +95,8 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> No
     raise TimeoutError(f"the api-server did not answer on {url} within {timeout:.0f}s")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # its scheduler must not outlive these tests: it would run the queued tasks of
+# other tests' `airflow dags test` runs (the same metadata database, emergency_restore unpaused here)
 def console(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     base = tmp_path_factory.mktemp("console")
     config = dataclasses.replace(
