@@ -95,8 +95,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> No
     raise TimeoutError(f"the api-server did not answer on {url} within {timeout:.0f}s")
 
 
-@pytest.fixture(scope="package")  # its scheduler must not outlive these tests: it would run the queued tasks of
-# other tests' `airflow dags test` runs (the same metadata database, emergency_restore unpaused here)
+# Package scope: its scheduler must not outlive these tests. It shares the stack's metadata database, and the DAGs
+# it unpauses (full, incremental, emergency_restore) would have their queued tasks run by it, not by a later test's
+# `airflow dags test`: that test's run then ends with tasks it never ran (the cause of the 'No tasks to run' runs).
+@pytest.fixture(scope="package")
 def console(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     base = tmp_path_factory.mktemp("console")
     config = dataclasses.replace(
