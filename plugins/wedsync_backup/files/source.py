@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
-from botocore.exceptions import BotoCoreError, ClientError
 from psycopg import sql
 
-from wedsync_backup.errors import ConfigError, StorageError
+from wedsync_backup.errors import ConfigError
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.policy import FilesPolicy
 from wedsync_backup.storage.s3 import S3Storage
@@ -143,17 +142,8 @@ LOOK_UP = Listed(-1, "")  # placeholder: the row's object is looked up on its ow
 def looked_up(bucket: S3Storage, path: str) -> Listed | None:
     """One object's size and ETag (HEAD), None when it is missing: a few weddings' files are found this way
     without listing a bucket that holds every wedding's."""
-    full = f"{bucket.prefix}/{path}" if bucket.prefix else path
-    try:
-        head = bucket.client.head_object(Bucket=bucket.bucket, Key=full)
-    except (ClientError, BotoCoreError) as e:
-        code = str(e.response.get("Error", {}).get("Code")) if isinstance(e, ClientError) else ""
-        if code in ("404", "NoSuchKey", "NotFound"):
-            return None
-        raise StorageError(
-            f"Cannot look up {bucket.url(path)} in the files bucket", str(e), "check the files bucket's connection"
-        ) from e
-    return Listed(int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'))
+    head = bucket.head(path)
+    return None if head is None else Listed(int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'))
 
 
 def joined(rows: Iterator[FileRow], listed: Iterator[tuple[str, Listed]]) -> Iterator[tuple[FileRow, Listed | None]]:

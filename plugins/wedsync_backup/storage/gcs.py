@@ -218,7 +218,7 @@ class GCSStorage(BucketStorage):
         return self._chunks(self._blob(key), self._full(key), chunk_size)
 
     def read_range(self, key: str, start: int, length: int, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
-        return self._range(self._blob(key), self._full(key), start, start + length, chunk_size)
+        return self._chunks(self._blob(key), self._full(key), chunk_size, start, length)
 
     def _blob(self, key: str) -> Any:
         full = self._full(key)
@@ -233,33 +233,24 @@ class GCSStorage(BucketStorage):
             )
         return blob
 
-    def _range(self, blob: Any, full: str, start: int, end: int, chunk_size: int) -> Iterator[bytes]:
-        # exactly the bytes asked for, in requests of at most chunk_size, pinned to the generation looked up
-        end = min(end, int(blob.size))
-        try:
-            while start < end:
-                last = min(start + chunk_size, end) - 1  # inclusive, as HTTP ranges are
-                data = blob.download_as_bytes(
-                    start=start, end=last, if_generation_match=blob.generation, retry=DEFAULT_RETRY, checksum=None
-                )
-                if not data:
-                    return
-                start += len(data)
-                yield data
-        except _ERRORS as e:
-            raise self._error("read", full, e) from e
-
-    def _chunks(self, blob: Any, full: str, chunk_size: int) -> Iterator[bytes]:
-        # Ranged reads of READ_AHEAD bytes each, pinned to the generation we looked up, so an object
-        # overwritten mid-read fails instead of mixing two versions.
+    def _chunks(
+        self, blob: Any, full: str, chunk_size: int, start: int = 0, length: int | None = None
+    ) -> Iterator[bytes]:
+        # Ranged reads of at most READ_AHEAD bytes each (no more than the range asked for), pinned to the generation
+        # we looked up, so an object overwritten mid-read fails instead of mixing two versions.
+        end = int(blob.size) if length is None else min(int(blob.size), start + length)
+        if start >= end:
+            return
         try:
             with blob.open(
                 "rb",
-                chunk_size=max(chunk_size, READ_AHEAD),
+                chunk_size=min(max(chunk_size, READ_AHEAD), end - start),
                 if_generation_match=blob.generation,
                 retry=DEFAULT_RETRY,
             ) as f:
-                while data := f.read(chunk_size):
+                f.seek(start)
+                while start < end and (data := f.read(min(chunk_size, end - start))):
+                    start += len(data)
                     yield data
         except _ERRORS as e:
             raise self._error("read", full, e) from e

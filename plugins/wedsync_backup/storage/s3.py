@@ -304,16 +304,20 @@ class S3Storage(BucketStorage):
             body.close()
 
     def size(self, key: str) -> int | None:
+        head = self.head(key)
+        return None if head is None else int(head["ContentLength"])
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        """The object's HEAD response (size, ETag, metadata), None when it does not exist."""
         full = self._full(key)
         try:
-            resp = self.client.head_object(Bucket=self.bucket, Key=full)
+            return self.client.head_object(Bucket=self.bucket, Key=full)
         except ClientError as e:
             if _code(e) in _MISSING:
                 return None
             raise self._error("look up", full, e) from e
         except BotoCoreError as e:
             raise self._error("look up", full, e) from e
-        return int(resp["ContentLength"])
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
