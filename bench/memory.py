@@ -174,24 +174,15 @@ def seed(cluster: Any, s3: Any, args: argparse.Namespace) -> dict[str, Any]:
     """The demo schema as bench.weddings seeds it, then ``--files`` files rows kept, each with its object."""
     import psycopg
 
-    from bench.weddings import TAIL_SQL
-    from devstack.demo import SEED_SQL, create_demo_schema
+    from bench.weddings import seed_scaled
+    from devstack.demo import create_demo_schema
     from devstack.files_seed import seed_files
 
     dsn = cluster.dsn(SOURCE_DB)
     t = time.monotonic()
     create_demo_schema(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SEED_SQL.read_text(encoding="utf-8"))
-        conn.execute("SELECT demo.seed_base(%s)", (args.full,))
-        for lo in range(1, args.full + 1, 400):
-            conn.execute("SELECT demo.seed_weddings(%s, %s)", (lo, min(lo + 399, args.full)))
-        orgs, sups = (conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("organizations", "suppliers"))
-        conn.execute("SELECT demo.seed_finish()")
-        for lo in range(args.full + 1, args.weddings + 1, 50_000):
-            p = {"lo": lo, "hi": min(lo + 49_999, args.weddings), "orgs": orgs, "sups": sups, "full": args.full}
-            for statement in TAIL_SQL:
-                conn.execute(statement, p)
+        seed_scaled(conn, args.full, args.weddings)
         conn.execute("DELETE FROM files WHERE id NOT IN (SELECT id FROM files ORDER BY id LIMIT %s)", (args.files,))
         conn.execute("VACUUM (ANALYZE)")
     files = seed_files(dsn, s3.client(), FILES_BUCKET)

@@ -63,6 +63,25 @@ FROM generate_series(%(lo)s::int, %(hi)s::int) w, generate_series(1, 3) e""",
 ]
 
 
+def seed_tail(conn: Any, full: int, weddings: int) -> None:
+    """Weddings ``full`` + 1 .. ``weddings`` after the demo's full ones, 5 guests and 3 events each (TAIL_SQL)."""
+    orgs, sups = (conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("organizations", "suppliers"))
+    for lo in range(full + 1, weddings + 1, 50_000):
+        p = {"lo": lo, "hi": min(lo + 49_999, weddings), "orgs": orgs, "sups": sups, "full": full}
+        for statement in TAIL_SQL:
+            conn.execute(statement, p)
+
+
+def seed_scaled(conn: Any, full: int, weddings: int) -> None:
+    """Into a database with the demo schema: ``full`` weddings of the demo's whole data set, then the tail."""
+    conn.execute(SEED_SQL.read_text(encoding="utf-8"))
+    conn.execute("SELECT demo.seed_base(%s)", (full,))
+    for lo in range(1, full + 1, 400):
+        conn.execute("SELECT demo.seed_weddings(%s, %s)", (lo, min(lo + 399, full)))
+    conn.execute("SELECT demo.seed_finish()")  # sequences past the demo's computed ids
+    seed_tail(conn, full, weddings)
+
+
 # --- stages (each its own process) ------------------------------------------------------------------------------
 def _resources(cfg: dict[str, Any]) -> Resources:
     policy = load_policy(env={})
@@ -136,18 +155,7 @@ class WeddingBench:
         t = time.monotonic()
         create_demo_schema(self.source().conninfo())
         with self.source().connect(autocommit=True) as conn:
-            conn.execute(SEED_SQL.read_text(encoding="utf-8"))
-            conn.execute("SELECT demo.seed_base(%s)", (a.full,))
-            for lo in range(1, a.full + 1, 400):
-                conn.execute("SELECT demo.seed_weddings(%s, %s)", (lo, min(lo + 399, a.full)))
-            orgs, sups = (
-                conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("organizations", "suppliers")
-            )
-            conn.execute("SELECT demo.seed_finish()")  # sequences past the demo's computed ids
-            for lo in range(a.full + 1, a.weddings + 1, 50_000):
-                p = {"lo": lo, "hi": min(lo + 49_999, a.weddings), "orgs": orgs, "sups": sups, "full": a.full}
-                for statement in TAIL_SQL:
-                    conn.execute(statement, p)
+            seed_scaled(conn, a.full, a.weddings)
             today = now.date()
             conn.execute(  # --due weddings within the 7-day window (one on its day), the rest far away
                 "UPDATE weddings SET wedding_date = CASE WHEN id <= %s THEN %s::date + (id %% 8)::int"

@@ -45,7 +45,7 @@ if str(REPO_ROOT / "plugins") not in sys.path:
 import psycopg  # noqa: E402
 
 from bench.user_view import UserBench, _ts, load, run_times, write_section  # noqa: E402
-from bench.weddings import TAIL_SQL  # noqa: E402
+from bench.weddings import seed_tail  # noqa: E402
 from devstack.airflow_env import RESTORE_TARGET  # noqa: E402
 
 FULL, INCR, PROXIMITY, RESTORE = (
@@ -81,14 +81,8 @@ class WeddingUserBench(UserBench):
     def seed(self) -> dict[str, Any]:
         a, began = self.args, time.monotonic()
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            orgs, sups = (
-                conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("organizations", "suppliers")
-            )  # type: ignore[index]
             first = conn.execute("SELECT max(id) FROM weddings").fetchone()[0] + 1  # type: ignore[index]
-            for lo in range(first, a.weddings + 1, 50_000):
-                p = {"lo": lo, "hi": min(lo + 49_999, a.weddings), "orgs": orgs, "sups": sups, "full": first - 1}
-                for statement in TAIL_SQL:
-                    conn.execute(statement, p)
+            seed_tail(conn, first - 1, a.weddings)
             for seq in ("weddings", "guests"):
                 conn.execute(
                     f"SELECT setval(pg_get_serial_sequence('public.{seq}', 'id'), (SELECT max(id) FROM {seq}))"
