@@ -62,10 +62,10 @@ def choose_capture(
     captures = files_captures(manifests, wedding_ids)
     if backup_id is not None:
         found = [m for m in captures if m.backup_id == backup_id]
-        named = next((m for m in manifests if m.backup_id == backup_id and m.files is not None), None)
-        if not found and named is not None and named.files is not None and named.files.scope is not None:
+        named = next((m.files for m in manifests if m.backup_id == backup_id and m.files is not None), None)
+        if not found and named is not None and named.scope is not None:
             raise ConfigError(
-                f"Backup {backup_id} captured only the files of weddings {_ids(named.files.scope['wedding_ids'])}",
+                f"Backup {backup_id} captured only the files of weddings {_ids(named.scope['wedding_ids'])}",
                 "it is a wedding backup: its capture holds those weddings' files, not "
                 + (f"those of weddings {_ids(wedding_ids)}" if wedding_ids else "the whole file state"),
                 "restore the files from a full or incremental backup, or restore only the weddings it holds",
