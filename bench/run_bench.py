@@ -38,7 +38,7 @@ from wedsync_backup.pg import PgTarget, find_tool  # noqa: E402
 from bench.incremental import PgBackRest, PgBackRestUnavailable, apply_workload, content_digest  # noqa: E402
 from bench.report import Report, render  # noqa: E402
 from bench.report_incremental import IncrementalRun  # noqa: E402
-from bench.user_view import user_view_section  # noqa: E402
+from bench.user_view import write_section  # noqa: E402
 from devstack.demo import create_demo_schema, scale_for_megabytes, seed_demo  # noqa: E402
 from devstack.postgres import Cluster  # noqa: E402
 from devstack.services import GcsEmulator, MotoServer  # noqa: E402
@@ -51,6 +51,7 @@ INC_ID = "incremental-20260101T031500Z-bench001"
 # ALTER SYSTEM can hand it to pgBackRest: a -c on the command line would win over both) until pgBackRest's full.
 ARCHIVE_SETTINGS = {"archive_mode": "on"}
 NOOP_ARCHIVE = "/bin/true"
+START, END = "<!-- run-bench:start -->", "<!-- run-bench:end -->"  # its section of the results file
 
 
 @dataclass
@@ -420,10 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.stop()
     text = render(report)
     print(text)
-    if args.results:  # the section bench.user_view wrote (the DAG runs under the scheduler) is kept
-        path = Path(args.results)
-        kept = user_view_section(path.read_text()) if path.exists() else ""
-        path.write_text(text + (f"\n{kept}" if kept else ""))
+    if args.results:  # its own section only: the other benches' sections in the file stay as they are
+        write_section(Path(args.results), f"{START}\n{text.rstrip()}\n{END}\n\n", START, END)
     return 0 if report.fidelity_ok and (report.incremental is None or report.incremental.fidelity_ok) else 1
 
 

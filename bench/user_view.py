@@ -314,13 +314,6 @@ def render(args: argparse.Namespace, info: dict[str, Any], r: dict[str, Any]) ->
     return "\n".join(out) + "\n"
 
 
-def user_view_section(text: str) -> str:
-    """The section this bench wrote into a results file, markers included ('' when there is none)."""
-    if START not in text or END not in text:
-        return ""
-    return START + text.split(START, 1)[1].split(END, 1)[0] + END + "\n"
-
-
 def write_section(path: Path, section: str, start: str = START, end: str = END) -> None:
     """Replace the part of ``path`` between the markers ``start`` and ``end`` (append it when there is none)."""
     text = path.read_text() if path.exists() else ""
