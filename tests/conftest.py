@@ -31,7 +31,8 @@ def pytest_xdist_make_scheduler(config, log):  # type: ignore[no-untyped-def]
 
 def pytest_collection_modifyitems(items):  # type: ignore[no-untyped-def]
     """Tests marked ``restarts_stack`` (the shared local stack restarted onto Celery) run after every other test:
-    the others sharing the stack need it as it started (LocalExecutor)."""
-    last = [i for i in items if i.get_closest_marker("restarts_stack")]
-    if last:
-        items[:] = [i for i in items if not i.get_closest_marker("restarts_stack")] + last
+    the others sharing the stack need it as it started (LocalExecutor). Tests marked ``adds_a_backup`` run after
+    the other tests of the console, which expect its first backup to be the newest."""
+    for marker in ("adds_a_backup", "restarts_stack"):
+        last = [i for i in items if i.get_closest_marker(marker)]
+        items[:] = [i for i in items if not i.get_closest_marker(marker)] + last
