@@ -23,7 +23,12 @@ import psycopg
 from wedsync_backup.crypto import DataKey, Keyring
 from wedsync_backup.errors import ConcurrentWriterError, WedSyncError
 from wedsync_backup.large_objects import export_large_objects
-from wedsync_backup.logical.ddl import CAPTURE_SCHEMA, fingerprint_query
+from wedsync_backup.logical.ddl import (
+    CAPTURE_SCHEMA,
+    EARLIER_FINGERPRINT_VERSIONS,
+    FINGERPRINT_VERSION,
+    fingerprint_query,
+)
 from wedsync_backup.logical.objects import read_schema_objects
 from wedsync_backup.manifest import (
     ChainSection,
@@ -377,13 +382,22 @@ def _export(
         extra = dict(extra or {})
         if options.slot:  # the schema the chain starts from, read in the very snapshot the data comes from
             holder.execute("SET LOCAL search_path = pg_catalog")
-            fingerprint = holder.execute(fingerprint_query(options.exclude_schemas).encode()).fetchone()[0]
+            fingerprint, *earlier = (
+                holder.execute(fingerprint_query(options.exclude_schemas, version).encode()).fetchone()[0]
+                for version in (FINGERPRINT_VERSION, *EARLIER_FINGERPRINT_VERSIONS)
+            )
             holder.execute("RESET search_path")
             objects = read_schema_objects(holder, options.exclude_schemas).to_json()
             if chain is not None:
-                chain = replace(chain, schema_fingerprint=fingerprint, schema_objects=objects)
+                chain = replace(
+                    chain,
+                    schema_fingerprint=fingerprint,
+                    schema_objects=objects,
+                    earlier_fingerprints={fp.split(":", 1)[0]: fp for fp in earlier},
+                )
             else:
                 extra["schema_fingerprint"], extra["schema_objects"] = fingerprint, objects
+                extra["earlier_fingerprints"] = {fp.split(":", 1)[0]: fp for fp in earlier}
         log.info(
             "Exporting %d tables (%d parts, %d sequences) of %s at LSN %s with %d workers",
             len(tables),

@@ -21,7 +21,14 @@ from typing import Any
 
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
-from wedsync_backup.logical.ddl import CAPTURE_SCHEMA, Ddl, emit_marker, fingerprint_query
+from wedsync_backup.logical.ddl import (
+    CAPTURE_SCHEMA,
+    FINGERPRINT_VERSION,
+    Ddl,
+    emit_marker,
+    fingerprint_query,
+    fingerprint_version,
+)
 from wedsync_backup.logical.decoding import Begin, Change, Commit, Message, parse_line
 from wedsync_backup.logical.guard import CaptureStats, ChangeGuard
 from wedsync_backup.logical.objects import SchemaObjects, object_xids, read_schema_objects
@@ -41,20 +48,24 @@ __all__ = ["CaptureStats", "capture_incremental", "read_changes", "schema_finger
 COMMIT_STAMP_MARGIN_S = 1.0
 
 
-def schema_fingerprint(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) -> str:
-    """A hash of the user schema (relations, columns, types, constraints, indexes): changes on any DDL.
-
-    The same query the source-side DDL capture runs before and after each command (``logical/ddl.py``).
+def schema_fingerprint(
+    source: PgTarget, exclude_schemas: tuple[str, ...] = (), version: int = FINGERPRINT_VERSION
+) -> str:
+    """A hash of the user schema (``logical/ddl.py``: relations, columns, constraints, functions, grants...):
+    changes on any DDL. The same query the source-side DDL capture runs before and after each command.
     """
-    return schema_state(source, exclude_schemas)[0]
+    return schema_state(source, exclude_schemas, version)[0]
 
 
-def schema_state(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) -> tuple[str, SchemaObjects]:
-    """The schema fingerprint and the objects it covers (``logical/objects.py``), read in one snapshot."""
+def schema_state(
+    source: PgTarget, exclude_schemas: tuple[str, ...] = (), version: int = FINGERPRINT_VERSION
+) -> tuple[str, SchemaObjects]:
+    """The schema fingerprint (of ``version``: a chain compares like with like) and the objects it covers
+    (``logical/objects.py``), read in one snapshot."""
     with source.connect(autocommit=False) as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         conn.execute("SET LOCAL search_path = pg_catalog")
-        row = conn.execute(fingerprint_query(exclude_schemas).encode()).fetchone()
+        row = conn.execute(fingerprint_query(exclude_schemas, version).encode()).fetchone()
         conn.execute("RESET search_path")  # types print as the decoder prints them: under the role's search_path
         objects = read_schema_objects(conn, exclude_schemas)
         conn.rollback()
@@ -200,13 +211,17 @@ def capture_incremental(
             log.warning("Slot %s is at %s, behind the parent's end %s", slot, start_lsn, expected)
     # the schema at the stopping point: read after it (or, closing a chain, the next full backup's)
     # (closing, the objects at upto_lsn are not known: an uncaptured change then cuts at the verified point)
-    live_fingerprint, live_objects = (end_fingerprint, None) if closing else schema_state(source, exclude_schemas)
+    started = schema_at_end(parent)
+    version = fingerprint_version(started) or FINGERPRINT_VERSION
+    live_fingerprint, live_objects = (
+        (end_fingerprint, None) if closing else schema_state(source, exclude_schemas, version)
+    )
     data_key = keyring.new_data_key(backup_id)
     ddl_xids, analyze_xids = catalog_xids(source, exclude_schemas)
     with source.connect(autocommit=True) as conn:
         rewrites = object_xids(conn, exclude_schemas)
     guard = ChangeGuard(
-        schema_at_end(parent),
+        started,
         ddl_xids,
         {*exclude_schemas, CAPTURE_SCHEMA},
         analyze_xids,

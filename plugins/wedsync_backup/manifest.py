@@ -141,6 +141,15 @@ class ChainSection:
     captures_deletes: bool = True
     ddl_capture: dict[str, Any] | None = None  # the source-side schema-change capture (logical/ddl.py) state
     schema_objects: dict[str, Any] | None = None  # the objects by OID at the chain's start (logical/objects.py)
+    # the same schema under earlier fingerprint versions ({"v2": ...}): the chain this full closes may have
+    # started under one of them, and is closed against its own kind of fingerprint (logical/ddl.py)
+    earlier_fingerprints: dict[str, str] = field(default_factory=dict)
+
+    def fingerprint(self, version: int | None) -> str | None:
+        """This schema's fingerprint of ``version`` (None: the current one), when recorded."""
+        if version is None or str(self.schema_fingerprint or "").startswith(f"v{version}:"):
+            return self.schema_fingerprint
+        return self.earlier_fingerprints.get(f"v{version}")
 
 
 @dataclass
@@ -407,6 +416,7 @@ class Manifest:
                 schema_fingerprint=x.get("schema_fingerprint"),
                 schema_objects=x.get("schema_objects"),
                 replica_identity_full_set=list(x.get("replica_identity_full_set") or []),
+                earlier_fingerprints=dict(x.get("earlier_fingerprints") or {}),
             )
         return None
 

@@ -345,6 +345,59 @@ def test_schema_fingerprint_changes_on_ddl_not_on_data(pg_cluster: Cluster) -> N
         drop_db(pg_cluster, db)
 
 
+# Each changes what a restore brings back, and none writes a row: an uncaptured one must change the fingerprint.
+SCHEMA_ONLY_CHANGES = [
+    "ALTER TABLE guests ALTER COLUMN seat SET DEFAULT 7",
+    "ALTER TABLE guests ALTER COLUMN seat SET NOT NULL",
+    "GRANT SELECT ON guests TO PUBLIC",
+    "GRANT UPDATE (seat) ON guests TO PUBLIC",
+    "COMMENT ON TABLE guests IS 'the guest list'",
+    "COMMENT ON COLUMN guests.seat IS 'table number'",
+    "CREATE OR REPLACE VIEW seated AS SELECT name, seat FROM guests WHERE seat > 1",
+    "ALTER TYPE mood ADD VALUE 'sad'",
+    "CREATE SCHEMA extra",
+    "ALTER TABLE guests ALTER COLUMN seat SET STATISTICS 500",
+    "ALTER FUNCTION seat_of(int) SECURITY DEFINER",
+    "ALTER TABLE guests DISABLE TRIGGER guests_touch",
+    "ALTER SEQUENCE guests_id_seq INCREMENT BY 5",
+    "ALTER TABLE guests ENABLE ROW LEVEL SECURITY",
+]
+
+
+def test_the_fingerprint_sees_every_schema_only_change_and_no_data_change(pg_cluster: Cluster) -> None:
+    """Version 3 covers defaults, NOT NULL, grants, comments, view bodies, enum labels, schemas, function and
+    trigger definitions, sequence parameters (version 2 saw none of these); rows, ANALYZE, VACUUM and TRUNCATE
+    change nothing it covers."""
+    db = new_db(
+        pg_cluster,
+        SCHEMA
+        + """
+        CREATE VIEW seated AS SELECT name, seat FROM guests WHERE seat > 0;
+        CREATE TYPE mood AS ENUM ('happy');
+        CREATE FUNCTION seat_of(g int) RETURNS int LANGUAGE sql AS 'SELECT seat FROM guests WHERE id = g';
+        CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+        CREATE TRIGGER guests_touch BEFORE UPDATE ON guests FOR EACH ROW EXECUTE FUNCTION touch();
+        """,
+    )
+    try:
+        source = pg_target(pg_cluster, db)
+        seen = {schema_fingerprint(source)}
+        v2 = schema_fingerprint(source, version=2)
+        assert next(iter(seen)).startswith("v3:") and v2.startswith("v2:")
+        write(pg_cluster, db, "INSERT INTO guests (name, seat) VALUES ('x', 3); ANALYZE guests; TRUNCATE notes")
+        with psycopg.connect(pg_cluster.dsn(db), autocommit=True) as conn:
+            conn.execute("VACUUM guests")
+        assert schema_fingerprint(source) in seen
+        for ddl in SCHEMA_ONLY_CHANGES:
+            write(pg_cluster, db, ddl)
+            now = schema_fingerprint(source)
+            assert now not in seen, ddl
+            seen.add(now)
+        assert schema_fingerprint(source, version=2) == v2  # version 2 saw none of them
+    finally:
+        drop_db(pg_cluster, db)
+
+
 # --- retention ------------------------------------------------------------------------------------------
 
 NOW = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)

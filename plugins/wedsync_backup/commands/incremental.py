@@ -17,7 +17,7 @@ from wedsync_backup.commands.files_backup import add_files
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef, retention_until
 from wedsync_backup.errors import ConfigError, IntegrityError
 from wedsync_backup.incremental import capture_incremental
-from wedsync_backup.logical.ddl import FINGERPRINT_VERSION
+from wedsync_backup.logical.ddl import fingerprint_version
 from wedsync_backup.logical.slot import advance_slot, check_logical_decoding, drop_slot, wedsync_slots
 from wedsync_backup.manifest import FULL_TYPES
 from wedsync_backup.pg import PgTarget
@@ -124,7 +124,12 @@ def chain_work(res: Resources) -> ChainWork:
             closing=newer is not None,
             upto_lsn=newer.point.lsn if newer else None,
             fingerprint=started.schema_fingerprint if started else None,
-            end_fingerprint=newer.chain_info.schema_fingerprint if newer and newer.chain_info else None,
+            # closing: the newer full's schema, as a fingerprint of this chain's own version
+            end_fingerprint=(
+                newer.chain_info.fingerprint(fingerprint_version(started.schema_fingerprint if started else None))
+                if newer and newer.chain_info
+                else None
+            ),
         )
     raise NoChainToContinue(
         "No incremental chain to continue",
@@ -234,8 +239,9 @@ def begin(res: Resources, run: RunRef) -> IncrementalPlan:
 
 
 def _legacy_chain(plan: IncrementalPlan) -> bool:
-    """A chain started by a full backup whose schema fingerprint predates the DDL capture."""
-    return bool(plan.fingerprint) and not str(plan.fingerprint).startswith(FINGERPRINT_VERSION)
+    """A chain started by a full backup whose schema fingerprint predates the DDL capture (this code cannot
+    compute that kind of fingerprint again)."""
+    return bool(plan.fingerprint) and fingerprint_version(plan.fingerprint) is None
 
 
 def _end_chain(res: Resources, source: PgTarget, plan: IncrementalPlan, run: RunRef) -> None:

@@ -40,15 +40,121 @@ VERSION = 1
 TRIGGERS = ("wedsync_backup_ddl_start", "wedsync_backup_ddl_end", "wedsync_backup_ddl_drop")
 
 
-def fingerprint_query(exclude_schemas: tuple[str, ...] | list[str] = ()) -> str:
-    """A hash of the user schema (relations, columns, types, constraints, indexes, functions, triggers, policies).
+FINGERPRINT_VERSION = 3  # what full backups record and the source-side capture computes
+FINGERPRINT_VERSIONS = (2, 3)  # what a chain may have started under (an earlier chain keeps its own version)
+EARLIER_FINGERPRINT_VERSIONS = tuple(v for v in FINGERPRINT_VERSIONS if v != FINGERPRINT_VERSION)
 
-    One text for both the Python check and the source-side function: the excluded schemas are literals, so
-    there are no parameters. Temporary schemas, the system schemas and our capture schema never count. It must
-    run with ``search_path = pg_catalog`` (names print schema-qualified, whoever runs it). Version 2 (``v2:``):
-    earlier chains' fingerprints cannot be compared with it.
+
+def fingerprint_version(fingerprint: str | None) -> int | None:
+    """The version of a recorded fingerprint (``v3:...`` -> 3); None for one this code cannot recompute."""
+    for version in FINGERPRINT_VERSIONS:
+        if str(fingerprint or "").startswith(f"v{version}:"):
+            return version
+    return None
+
+
+def fingerprint_query(exclude_schemas: tuple[str, ...] | list[str] = (), version: int = FINGERPRINT_VERSION) -> str:
+    """A hash of the user schema: one text for both the Python check and the source-side function.
+
+    The excluded schemas are literals, so there are no parameters. Temporary schemas, the system schemas and our
+    capture schema never count. It must run with ``search_path = pg_catalog`` (names print schema-qualified,
+    whoever runs it). Version 3 covers everything a restore brings back that DDL can change: relations with their
+    owner, grants, options, comment and definition (a view's body, an index's, a sequence's parameters); columns
+    with type, default, NOT NULL, identity, collation, grants and comment; constraints, functions (whole
+    definition, owner, grants), triggers (definition, enabled), policies (expressions), rules, schemas, types
+    (enum labels, domain base and default) and extensions. Version 2 (relations, columns and types, constraints,
+    function bodies, trigger and policy names) is kept for chains that started under it.
     """
     excluded = sql.Literal([*exclude_schemas, CAPTURE_SCHEMA]).as_string(None)
+    user_ns = (
+        f"n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' "
+        f"AND n.nspname <> ALL({excluded}::text[])"
+    )
+    if version == 2:
+        return _fingerprint_v2(excluded)
+    if version != 3:
+        raise ValueError(f"unknown schema fingerprint version {version}")
+    return f"""
+    SELECT 'v3:' || md5(string_agg(x, E'\\n' ORDER BY x)) FROM (
+      SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text || ':' || pg_get_userbyid(c.relowner) || ':'
+             || coalesce(c.relacl::text, '') || ':' || c.relpersistence::text || ':' || c.relrowsecurity::text
+             || c.relforcerowsecurity::text || ':' || coalesce(array_to_string(c.reloptions, ','), '') || ':'
+             || coalesce(pg_get_expr(c.relpartbound, c.oid), '') || ':'
+             || coalesce(md5(obj_description(c.oid, 'pg_class')), '') || ':'
+             || CASE WHEN c.relkind IN ('v', 'm') THEN md5(pg_get_viewdef(c.oid))
+                     WHEN c.relkind IN ('i', 'I') THEN pg_get_indexdef(c.oid)
+                     WHEN c.relkind = 'S' THEN coalesce((
+                       SELECT concat_ws(',', q.seqtypid::regtype, q.seqstart, q.seqincrement, q.seqmax, q.seqmin,
+                                        q.seqcache, q.seqcycle)
+                         FROM pg_catalog.pg_sequence q WHERE q.seqrelid = c.oid), '')
+                     ELSE '' END || ':' ||
+             coalesce((SELECT string_agg(concat_ws(' ', a.attname, format_type(a.atttypid, a.atttypmod),
+                                                   a.attgenerated::text || a.attidentity::text, a.attnotnull,
+                                                   pg_get_expr(d.adbin, d.adrelid), co.collname, a.attacl::text,
+                                                   a.attstorage::text, a.attstattarget,
+                                                   md5(col_description(c.oid, a.attnum))), ',' ORDER BY a.attnum)
+                       FROM pg_catalog.pg_attribute a
+                       LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                       LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '') AS x
+        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+       WHERE c.relkind IN ('r', 'p', 'v', 'm', 'i', 'I', 'S', 'f', 'c') AND {user_ns}
+      UNION ALL
+      SELECT 'constraint ' || k.conrelid::regclass::text || ' ' || k.contypid::regtype::text || ' ' || k.conname
+             || ' ' || pg_get_constraintdef(k.oid) || ' ' || coalesce(md5(obj_description(k.oid, 'pg_constraint')), '')
+        FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_namespace n ON n.oid = k.connamespace
+       WHERE {user_ns}
+      UNION ALL
+      SELECT 'function ' || p.oid::regprocedure::text || ' ' || pg_get_userbyid(p.proowner) || ' '
+             || coalesce(p.proacl::text, '') || ' '
+             || CASE WHEN p.prokind = 'a' THEN md5(p.prosrc) ELSE md5(pg_get_functiondef(p.oid)) END || ' '
+             || coalesce(md5(obj_description(p.oid, 'pg_proc')), '')
+        FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+       WHERE {user_ns}
+      UNION ALL
+      SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text
+        FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+       WHERE NOT t.tgisinternal AND {user_ns}
+      UNION ALL
+      SELECT 'policy ' || o.polrelid::regclass::text || ' ' || o.polname || ' ' || o.polcmd::text
+             || o.polpermissive::text || ' ' || o.polroles::text || ' '
+             || coalesce(pg_get_expr(o.polqual, o.polrelid), '') || ' '
+             || coalesce(pg_get_expr(o.polwithcheck, o.polrelid), '')
+        FROM pg_catalog.pg_policy o JOIN pg_catalog.pg_class c ON c.oid = o.polrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+       WHERE {user_ns}
+      UNION ALL
+      SELECT 'rule ' || pg_get_ruledef(r.oid) || ' ' || r.ev_enabled::text
+        FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+       WHERE r.rulename <> '_RETURN' AND {user_ns}
+      UNION ALL
+      SELECT 'schema ' || n.nspname || ' ' || pg_get_userbyid(n.nspowner) || ' ' || coalesce(n.nspacl::text, '')
+             || ' ' || coalesce(md5(obj_description(n.oid, 'pg_namespace')), '')
+        FROM pg_catalog.pg_namespace n
+       WHERE {user_ns}
+      UNION ALL
+      SELECT 'type ' || t.oid::regtype::text || ' ' || t.typtype::text || ' ' || pg_get_userbyid(t.typowner) || ' '
+             || coalesce(t.typacl::text, '') || ' ' || coalesce(md5(obj_description(t.oid, 'pg_type')), '') || ' '
+             || CASE t.typtype
+                  WHEN 'd' THEN concat_ws(' ', format_type(t.typbasetype, t.typtypmod), t.typnotnull, t.typdefault)
+                  WHEN 'e' THEN coalesce((SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+                                            FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid), '')
+                  ELSE '' END
+        FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+       WHERE t.typrelid = 0 AND {user_ns}
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type el WHERE el.typarray = t.oid)
+      UNION ALL
+      SELECT 'extension ' || x.extname || ' ' || x.extversion || ' ' || n.nspname
+        FROM pg_catalog.pg_extension x JOIN pg_catalog.pg_namespace n ON n.oid = x.extnamespace
+    ) s
+    """
+
+
+def _fingerprint_v2(excluded: str) -> str:
+    """Version 2, as chains recorded it before version 3 (relations, columns and their types, constraints,
+    function bodies, trigger and policy names)."""
     return f"""
     SELECT 'v2:' || md5(string_agg(x, E'\\n' ORDER BY x)) FROM (
       SELECT n.nspname || '.' || c.relname || ':' || c.relkind::text || ':' ||
@@ -78,9 +184,6 @@ def fingerprint_query(exclude_schemas: tuple[str, ...] | list[str] = ()) -> str:
       SELECT 'policy ' || polrelid::regclass::text || ' ' || polname FROM pg_catalog.pg_policy
     ) s
     """
-
-
-FINGERPRINT_VERSION = "v2:"
 
 
 def _install_sql(exclude_schemas: tuple[str, ...]) -> str:

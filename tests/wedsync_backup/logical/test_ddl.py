@@ -7,6 +7,7 @@ compares restores with ``CREATE DATABASE ... TEMPLATE`` clones of the source tak
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import uuid
@@ -23,6 +24,7 @@ from wedsync_backup.logical.ddl import (
     CAPTURE_SCHEMA,
     Ddl,
     capture_state,
+    fingerprint_query,
     install_ddl_capture,
     remove_ddl_capture,
 )
@@ -247,6 +249,81 @@ def test_a_change_that_bypassed_the_capture_ends_the_chain_before_it(
         assert_restores_as(c, clone_before, before, None)
     finally:
         c.close()
+
+
+# Changes a restore brings back that write no row and that version 2 of the fingerprint did not see.
+ROWLESS_CHANGES = [
+    "GRANT SELECT ON guests TO PUBLIC",
+    "COMMENT ON TABLE guests IS 'the guest list'",
+    "CREATE TYPE mood AS ENUM ('happy')",
+    "CREATE SCHEMA extra",
+]
+
+
+def test_rowless_changes_travel_in_the_chain(pg_cluster: Cluster, source: str, tmp_path: Path) -> None:
+    """With the capture, grants, comments, types, schemas and defaults replay at their position."""
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        write(c.cluster, c.db, "INSERT INTO guests (name, seat) VALUES ('a0', 1)")
+        before, clone_before = mark(c)
+        for ddl in [*ROWLESS_CHANGES, "ALTER TABLE guests ALTER COLUMN seat SET DEFAULT 7"]:
+            write(c.cluster, c.db, ddl)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a1')")
+        m = c.backup()
+        assert m.extra["chain_end"] is None and len(m.extra["schema_changes"]) == 5
+        assert_same(c.cluster, c.restore_to(before), clone_before)
+        assert_same(c.cluster, c.restore_to(None), c.db)
+    finally:
+        c.close()
+
+
+def test_a_chain_started_under_fingerprint_version_2_continues_after_the_upgrade(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """A full backup of the previous version recorded a v2 fingerprint, and its capture emits v2: the chain's
+    captures keep comparing v2 with v2 until the next full backup starts a v3 chain (no chain ends on upgrade)."""
+    c = make_chain(pg_cluster, source, tmp_path)
+    try:
+        assert c.full is not None and c.full.chain_info is not None
+        started = c.full.chain_info
+        v2 = started.fingerprint(2)
+        assert v2 and v2.startswith("v2:") and str(started.schema_fingerprint).startswith("v3:")
+        c.full = dataclasses.replace(c.full, chain=dataclasses.replace(started, schema_fingerprint=v2))
+        with psycopg.connect(c.cluster.dsn(c.db), autocommit=True) as conn:  # the capture as version 2 installed it
+            conn.execute("SET session_replication_role = replica")  # as an install does: not a captured change
+            conn.execute(
+                f"CREATE OR REPLACE FUNCTION {CAPTURE_SCHEMA}.fingerprint() RETURNS text LANGUAGE sql STABLE"
+                f" SET search_path = pg_catalog AS $fp$ {fingerprint_query(version=2)} $fp$".encode()
+            )
+        write(c.cluster, c.db, "INSERT INTO guests (name, seat) VALUES ('a0', 1)")
+        before, clone_before = mark(c)
+        write(c.cluster, c.db, "ALTER TABLE guests ADD COLUMN email text")
+        write(c.cluster, c.db, "INSERT INTO guests (name, email) VALUES ('a1', 'a@example.com')")
+        m = c.backup()
+        assert m.extra["chain_end"] is None and m.extra["schema_fingerprint"].startswith("v2:")
+        assert_restores_as(c, clone_before, before)
+        assert_same(c.cluster, c.restore_to(None), c.db)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("ddl", ROWLESS_CHANGES)
+def test_without_the_capture_a_rowless_change_ends_the_chain_before_it(
+    pg_cluster: Cluster, source: str, tmp_path: Path, ddl: str
+) -> None:
+    """A chain never silently spans an uncaptured change, even one that writes no row and leaves the columns as
+    they were (before fingerprint version 3 these passed unseen: a restore after them came back without them)."""
+    with uncaptured_chain(pg_cluster, source, tmp_path) as c:
+        write(c.cluster, c.db, "INSERT INTO guests (name, seat) VALUES ('a0', 1)")
+        before, clone_before = mark(c)
+        write(c.cluster, c.db, ddl)
+        changed = datetime.now(UTC)
+        write(c.cluster, c.db, "INSERT INTO guests (name, seat) VALUES ('a1', 2)")
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and "not captured" in end["reason"], end
+        assert before < datetime.fromisoformat(end["covered_until"]) < changed
+        assert_restores_as(c, clone_before, before, None)
 
 
 def test_without_the_capture_a_drop_among_writes_cuts_before_the_table_was_last_written(
