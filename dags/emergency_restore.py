@@ -4,7 +4,10 @@ one (scopes wedding-only and selective: commands/partial_restore.py). Manual tri
 Runs as a dry run by default: the plan task checks everything (parameters, confirmation, the backup's
 manifest and key, every object on the chosen target, the target database being empty) and reports what
 would happen, touching nothing. To restore, trigger with dry_run=false and confirm='RESTORE <target_conn_id>'.
-A restore is all or nothing: on any failure the target is put back as it was.
+A restore is all or nothing: on any failure the target is put back as it was. A restore killed outright (SIGKILL,
+out of memory, its node lost) cannot do that itself: its retry clears what it left first, and when its last try
+dies, the put_back task (a fresh task process, run only then) puts the target back as it was, if, and only if, it
+carries the mark of this run's restore. The run still ends failed.
 
 Where bad input is refused: each parameter alone by its JSON schema below (UI form, REST API and CLI, before
 a run exists); the combinations (confirm with dry_run=false, target_time for point_in_time, backup_id for
@@ -20,7 +23,7 @@ from airflow.sdk import DAG, Param, TriggerRule
 from wedsync_airflow.dag_support import retry_delay
 from wedsync_airflow.notifiers import alert_on
 from wedsync_airflow.operators.files import RestoreFilesOperator
-from wedsync_airflow.operators.restore import PlanRestoreOperator, RestoreOperator
+from wedsync_airflow.operators.restore import PlanRestoreOperator, PutBackOperator, RestoreOperator
 from wedsync_airflow.params import from_target_param
 
 PARAMS = {
@@ -187,4 +190,14 @@ with DAG(
         trigger_rule=TriggerRule.NONE_FAILED,  # after the database (restored, skipped as a dry run, or left out)
         **COMMON,
     )
+    # After the restore's last try failed (scope complete): what a killed restore left half-loaded goes. Pulled
+    # by template, not XComArg: when plan failed there is no event_id, and an XComArg would fail this task too.
+    put_back = PutBackOperator(
+        task_id="put_back",
+        plan="{{ ti.xcom_pull(task_ids='plan') }}",
+        event_id="{{ ti.xcom_pull(task_ids='plan', key='event_id') }}",
+        trigger_rule=TriggerRule.ONE_FAILED,
+        **COMMON,
+    )
     plan >> restore >> restore_files
+    restore >> put_back  # the run's state stays restore's: restore_files, a leaf too, is then upstream_failed

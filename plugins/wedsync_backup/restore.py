@@ -399,6 +399,45 @@ def reset_target(target: PgTarget, public_state: PublicState | None) -> None:
         conn.commit()
 
 
+def _public_state_before(mark: dict[str, object]) -> PublicState | None:
+    """Schema public as it was before the marked restore began (its mark keeps it, as JSON lists)."""
+    saved = mark.get("public")
+    if not isinstance(saved, list):
+        return None
+    return saved[0], [(g[0], g[1]) for g in saved[1]], saved[2]
+
+
+@dataclass(frozen=True)
+class PutBack:
+    """What :func:`put_back_interrupted` did to a restore target, and why."""
+
+    put_back: bool
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def put_back_interrupted(target: PgTarget, backup_id: str) -> PutBack:
+    """Put ``target`` back as it was before an interrupted restore of ``backup_id``: only when it carries that
+    restore's mark. A target not marked, or marked by another backup's restore, is not ours to touch."""
+    mark = interrupted_restore(target)
+    if mark is None:
+        return PutBack(
+            False,
+            f"left {target.label} as it is: it carries no restore mark, so the restore of {backup_id} did not "
+            "leave it half-loaded (it put it back itself, finished, or never began)",
+        )
+    if mark.get("backup_id") != backup_id:
+        return PutBack(
+            False,
+            f"left {target.label} as it is: its restore mark is of backup {mark.get('backup_id')}, not of "
+            f"{backup_id}, so it is not this restore's work",
+        )
+    reset_target(target, _public_state_before(mark))
+    return PutBack(True, f"put {target.label} back as it was (empty): the restore of {backup_id} was interrupted")
+
+
 def restore_backup(
     manifest: Manifest,
     storage: Storage,
@@ -421,8 +460,7 @@ def restore_backup(
             target.label,
             interrupted.get("backup_id"),
         )
-        saved = interrupted.get("public")
-        public_state: PublicState | None = (saved[0], [tuple(g) for g in saved[1]], saved[2]) if saved else None
+        public_state = _public_state_before(interrupted)
         reset_target(target, public_state)
     else:
         public_state = _public_schema_state(target)

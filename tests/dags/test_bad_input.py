@@ -255,6 +255,7 @@ def assert_refused(stack: Stack, run: RestoreRun, *expected: str) -> dict[str, A
     assert len(run.events) == 1, run.events
     event = run.events[0]
     assert event["status"] == "refused", event
+    assert task_states(stack, "emergency_restore", event["run_id"])["put_back"][0] == "skipped"  # nothing was restored
     for text in expected:
         assert text in (event["error"] or ""), event
     return event
@@ -312,6 +313,7 @@ def test_dry_run_plans_and_touches_nothing(stack: Stack, good_backup: GoodBackup
         "plan": "success",
         "restore": "skipped",
         "restore_files": "skipped",
+        "put_back": "skipped",
     }
     assert is_empty(stack.cluster, run.target_db)
     assert [e["status"] for e in run.events] == ["planned"]
@@ -341,7 +343,10 @@ def test_tampered_copy_fails_all_or_nothing_then_another_target_restores(stack: 
     assert [e["status"] for e in run.events] == ["failed"], run.events
     assert key in run.events[0]["error"], run.events
     # a damaged copy reads the same on a retry: the restore fails at once, pointing to another target
-    assert task_states(stack, "emergency_restore", run.events[0]["run_id"])["restore"] == ("failed", 1)
+    states = task_states(stack, "emergency_restore", run.events[0]["run_id"])
+    assert states["restore"] == ("failed", 1)
+    # the failed restore put the target back itself (no mark left): put_back, run after it, leaves it alone
+    assert states["put_back"][0] == "success" and states["restore_files"][0] == "upstream_failed"
 
     run = run_restore(stack, confirmed(good_backup.backup_id, from_target="secondary"))
     assert run.result.state == "success", run.result.output[-6000:]

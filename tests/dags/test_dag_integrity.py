@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import TriggerRule
 from airflow.sdk.exceptions import ParamValidationError
 from wedsync_backup.policy import load_policy
 
@@ -86,6 +87,21 @@ def test_backup_tasks_retry_with_exponential_backoff(dagbag: DagBag, dag_id: str
             continue  # bookkeeping after a failure: retrying it would only repeat the same write
         assert task.retries >= 2, task.task_id
         assert task.retry_exponential_backoff, task.task_id
+
+
+def test_restore_puts_back_only_after_its_last_try_failed(dagbag: DagBag) -> None:
+    """put_back waits for restore to be done for good (a try that will be retried is not failed) and runs only when
+    it failed; restore_files, the other leaf, is then upstream_failed, so the run still ends failed."""
+    dag = dagbag.dags["emergency_restore"]
+    assert set(dag.task_ids) == {"plan", "restore", "restore_files", "put_back"}
+    put_back, files = dag.get_task("put_back"), dag.get_task("restore_files")
+    assert put_back.trigger_rule == TriggerRule.ONE_FAILED
+    assert put_back.upstream_task_ids == {"restore"} and not put_back.downstream_task_ids
+    assert type(put_back).__name__ == "PutBackOperator"
+    assert files.trigger_rule == TriggerRule.NONE_FAILED and files.upstream_task_ids == {"restore"}
+    assert {t.task_id for t in dag.leaves} == {"restore_files", "put_back"}
+    # pulled by template: when plan failed there is no XCom, and put_back skips instead of failing on it
+    assert "xcom_pull(task_ids='plan'" in put_back.plan and "key='event_id'" in put_back.event_id
 
 
 def _restore_params(dagbag: DagBag, **values: Any) -> Any:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -104,3 +110,36 @@ def tool_processes(marker: str) -> list[int]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def task_process(
+    command: str, key: bytes, db: PgTarget, root: Path, backup_id: str, **options: Any
+) -> subprocess.Popen:
+    """A process of its own running one core command (tests/faults/task_process.py), for a test to kill."""
+    spec = {
+        "command": command,
+        "key": base64.b64encode(key).decode(),
+        "db": dict(db.__dict__),
+        "root": str(root),
+        "backup_id": backup_id,
+        **options,
+    }
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.faults.task_process", json.dumps(spec)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def restore_killed_half_way(key: bytes, db: PgTarget, root: Path, backup_id: str) -> None:
+    """Leave ``db`` as a restore of ``backup_id`` (from the local target at ``root``) leaves it when its process is
+    killed outright once a table's data is in: half-loaded, under the restore's mark, nothing cleaned up."""
+    proc = task_process("restore", key, db, root, backup_id, die_mid_restore=True)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err.decode(errors="replace")[-3000:]

@@ -8,17 +8,12 @@ Each ends with a correct retry or one clear error, and leaves no session or clie
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import gc
-import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -38,13 +33,13 @@ from tests.faults.helpers import (
     commit_everywhere,
     new_backup_id,
     sessions,
+    task_process,
     tool_processes,
     wait_for,
 )
 from tests.faults.tls import PASSWORD, ROLE, TlsCluster, tls_cluster
 from tests.fixtures.airflow import fingerprint
 
-REPO = Path(__file__).resolve().parents[2]
 APP_TLS = f"{APP}-tls"
 
 
@@ -157,24 +152,6 @@ def test_source_restarted_mid_export(tls: TlsCluster, world: FaultWorld, monkeyp
     assert fingerprint(tls.admin_dsn("tls_r5")) == fingerprint(tls.admin_dsn("tls_src"))
 
 
-def _task_process(world: FaultWorld, command: str, db: PgTarget, root: Path, backup_id: str) -> subprocess.Popen:
-    spec = {
-        "command": command,
-        "key": base64.b64encode(world.master_key).decode(),
-        "db": {k: v for k, v in db.__dict__.items()},
-        "root": str(root),
-        "backup_id": backup_id,
-    }
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)])}
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.faults.task_process", json.dumps(spec)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
 def _kill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
@@ -196,7 +173,7 @@ def test_task_killed_mid_export_and_mid_restore(world: FaultWorld) -> None:
     backup_id = new_backup_id()
     locker = _locked(world.cluster.dsn(world.source_db))
     try:
-        task = _task_process(world, "export", source, root, backup_id)
+        task = task_process("export", world.master_key, source, root, backup_id)
         try:
             wait_for(lambda: _waiting_dumps(admin, app) and tool_processes(app), 30, "the task's pg_dump")
         except AssertionError:
@@ -216,7 +193,7 @@ def test_task_killed_mid_export_and_mid_restore(world: FaultWorld) -> None:
     # mid-restore: the schema is in, the data is loading, when the task dies
     target_db = world.new_db("r6")
     target = world.target(target_db, app=app)
-    task = _task_process(world, "restore", target, root, backup_id)
+    task = task_process("restore", world.master_key, target, root, backup_id)
     with psycopg.connect(world.cluster.dsn(target_db), autocommit=True) as watch:
         try:
             wait_for(

@@ -313,6 +313,7 @@ def test_task_process_killed_mid_restore(stack: StackProcess) -> None:
     assert _tables(stack) == left
 
     assert _finished(stack, "emergency_restore", run_id)["state"] == "success", stack.log_tail()
+    assert _task(stack, "emergency_restore", run_id, "put_back")["state"] == "skipped"  # only after a last try fails
     ((_, first, pid), (_, second, _)) = _tries(stack, "emergency_restore", run_id, "restore")
     assert (first, pid, second) == ("failed", runner.pid, "success")
     assert "removing the interrupted attempt of this run" in _attempt_log(

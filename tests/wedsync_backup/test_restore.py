@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import psycopg
 import pytest
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import CryptoError, IntegrityError, RestoreError, WedSyncError
@@ -14,10 +15,18 @@ from wedsync_backup.export import ExportOptions, run_export
 from wedsync_backup.manifest import Manifest, manifest_key
 from wedsync_backup.policy import load_policy
 from wedsync_backup.repository import read_manifest
-from wedsync_backup.restore import plan_restore, restore_backup, target_contents
+from wedsync_backup.restore import (
+    PutBack,
+    interrupted_restore,
+    plan_restore,
+    put_back_interrupted,
+    restore_backup,
+    target_contents,
+)
 from wedsync_backup.storage.local import LocalStorage
 
 from devstack.postgres import Cluster
+from tests.faults.helpers import restore_killed_half_way
 from tests.fixtures.airflow import schema_dump
 from tests.wedsync_backup.test_export import (
     MARKER,
@@ -29,6 +38,7 @@ from tests.wedsync_backup.test_export import (
 )
 
 PROBE_ROLE = "wedsync_restore_probe"
+MASTER_KEY = os.urandom(32)  # the backup's, also for the processes of its own a test starts (and kills)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +49,7 @@ def backup(
 ) -> tuple[Manifest, Path, Keyring]:
     """One backup of the source, committed on a local target; tests that damage it work on a copy."""
     root = tmp_path_factory.mktemp("restore") / "primary"
-    ring = Keyring(os.urandom(32))
+    ring = Keyring(MASTER_KEY)
     opts = ExportOptions(workers=2, priority_of=load_policy(env={}).priority_of)
     m = run_export(pg_target(pg_cluster, source_db), local_store(root), ring, backup_id="full-r", options=opts)
     local_store(root).put_bytes(manifest_key(m.backup_id), m.to_bytes())
@@ -159,3 +169,45 @@ def test_edited_manifest_fails_authentication(
     with pytest.raises(IntegrityError, match="failed authentication"):
         restore_backup(edited, store, ring, target)
     assert schema_dump(pg_cluster, empty_db) == before
+
+
+def table_rows(cluster: Cluster, dbname: str) -> dict[str, int]:
+    """Each user table's row count (a half-loaded database's materialized views cannot be read)."""
+    with psycopg.connect(cluster.dsn(dbname), autocommit=True) as conn:
+        names = conn.execute(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchall()
+        return {n: conn.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for (n,) in names}
+
+
+def test_put_back_undoes_only_this_backups_interrupted_restore(
+    backup: tuple[Manifest, Path, Keyring], pg_cluster: Cluster, empty_db: str
+) -> None:
+    """A restore whose process is killed outright leaves its target half-loaded under its mark. Put back for that
+    backup, the target is as it was (its own schema public included); put back for another backup, or with no
+    mark there, the target is left exactly as it is."""
+    m, root, _ = backup
+    before = dressed_target(pg_cluster, empty_db)
+    target = pg_target(pg_cluster, empty_db, "restore_target")
+    restore_killed_half_way(MASTER_KEY, target, root, m.backup_id)
+    assert (interrupted_restore(target) or {}).get("backup_id") == m.backup_id
+    half = (schema_dump(pg_cluster, empty_db), table_rows(pg_cluster, empty_db))
+    assert 0 < sum(half[1].values()) < m.total_rows, half[1]  # killed half-way
+
+    other = put_back_interrupted(target, "full-20260101T000000Z-other")
+    assert not other.put_back and f"its restore mark is of backup {m.backup_id}" in other.message
+    assert (schema_dump(pg_cluster, empty_db), table_rows(pg_cluster, empty_db)) == half
+
+    done = put_back_interrupted(target, m.backup_id)
+    assert done == PutBack(
+        True, f"put restore_target back as it was (empty): the restore of {m.backup_id} was interrupted"
+    )
+    assert interrupted_restore(target) is None and target_contents(target) == []
+    assert schema_dump(pg_cluster, empty_db) == before
+
+    pg_cluster.psql("-c", "CREATE TABLE public.not_a_restore (id int)", dbname=empty_db)
+    unmarked = schema_dump(pg_cluster, empty_db)
+    again = put_back_interrupted(target, m.backup_id)
+    assert not again.put_back and "carries no restore mark" in again.message
+    assert schema_dump(pg_cluster, empty_db) == unmarked

@@ -1,9 +1,10 @@
-"""Adapters for emergency restore over ``wedsync_backup.commands.restore``: plan -> restore."""
+"""Adapters for emergency restore over ``wedsync_backup.commands.restore``: plan -> restore -> put_back."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowSkipException
 from wedsync_backup.commands import restore as cmd
 from wedsync_backup.commands.files_restore import left_out
 from wedsync_backup.commands.restore import RESTORE_FATAL, RestoreRequest
@@ -106,31 +107,55 @@ class PlanRestoreOperator(_RestoreParams):
         return planned.plan
 
 
-class RestoreOperator(_RestoreParams):
-    """Restore the planned backup; on a dry run, stop here (skipped) having touched nothing."""
+class _AfterPlan(_RestoreParams):
+    """The tasks after plan: they read its plan and its event id (both None when plan did not finish)."""
 
     template_fields = (*_RestoreParams.template_fields, "plan", "event_id")
 
-    def __init__(self, *, plan: dict[str, Any] | str, event_id: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, plan: dict[str, Any] | str | None, event_id: int | str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.plan = plan
         self.event_id = event_id
+
+    def planned(self) -> dict[str, Any]:
+        return self.plan if isinstance(self.plan, dict) else {}
+
+    def event(self) -> int | None:
+        return int(self.event_id) if self.event_id not in (None, "", "None") else None
+
+
+class RestoreOperator(_AfterPlan):
+    """Restore the planned backup; on a dry run, stop here (skipped) having touched nothing."""
 
     def execute(self, context: Any) -> dict[str, Any]:
         left_out = self.database_left_out()
         if left_out:
             self.log.info(left_out)
             return {"database": left_out}
-        event_id = int(self.event_id) if self.event_id not in (None, "", "None") else None
-        planned = self.plan if isinstance(self.plan, dict) else {}
         return self.call(
             lambda: cmd.restore(
                 self.build_resources(),
                 self.request(),
-                planned,
+                self.planned(),
                 self.run_of(context),
-                event_id=event_id,
+                event_id=self.event(),
                 retry=context["ti"].try_number > 1,
             ),
             fatal=RESTORE_FATAL,
+        )
+
+
+class PutBackOperator(_AfterPlan):
+    """After the restore's last try failed: put the destination back as it was, if this run's restore left it
+    half-loaded (killed outright). Skipped for a dry run, a partial scope, or a run without the database."""
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        left_out = self.database_left_out()
+        if left_out:
+            self.log.info(left_out)
+            raise AirflowSkipException(left_out)
+        return self.call(
+            lambda: cmd.put_back(
+                self.build_resources(), self.request(), self.planned(), self.run_of(context), event_id=self.event()
+            )
         )

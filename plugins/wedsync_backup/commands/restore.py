@@ -1,4 +1,5 @@
-"""The restore command: plan (every check, nothing touched) -> restore (all or nothing).
+"""The restore command: plan (every check, nothing touched) -> restore (all or nothing) -> put_back (only
+after the restore's last try failed: what a killed restore could not undo itself).
 
 The *destination* is the empty database a restore writes into (named by the ``target_conn_id`` param);
 a *target* is always a storage copy of the backups (``from_target``).
@@ -26,8 +27,10 @@ from wedsync_backup.policy import Policy
 from wedsync_backup.repository import committed_manifests, read_manifest
 from wedsync_backup.restore import (
     FRESH_PUBLIC,
+    PutBack,
     check_objects_present,
     plan_restore,
+    put_back_interrupted,
     reset_target,
     restore_backup,
     target_contents,
@@ -336,6 +339,54 @@ def _restore(res: Resources, req: RestoreRequest, planned: dict[str, Any], retry
     result["consistent_time"] = manifest.point.time
     log.info("Restore complete: %s", result)
     return result
+
+
+# What the event says when the restore's last try ended without a word: its process was gone before it could.
+DIED_UNREPORTED = "the restore's task process ended without reporting (killed, out of memory, or its node lost)"
+
+
+def put_back(
+    res: Resources, req: RestoreRequest, planned: dict[str, Any] | None, run: RunRef, *, event_id: int | None
+) -> dict[str, Any]:
+    """After the restore's last try failed: put the destination back as it was, when this run's restore left it
+    half-loaded. A killed restore cannot clean up after itself and no retry is left to do it; this runs in a
+    task process of its own. A destination not marked by this run's backup is left alone."""
+    if req.is_dry_run:
+        raise NothingToDo("Dry run: nothing was restored, so there is nothing to put back")
+    if req.is_partial:
+        raise NothingToDo(f"Scope {req.scope} restores in one transaction: a failure leaves nothing half-applied")
+    backup_id = (planned or {}).get("backup_id")
+    if not backup_id:
+        raise NothingToDo("The plan did not finish: nothing was restored, so there is nothing to put back")
+    done = put_back_interrupted(req.destination(res), str(backup_id))
+    if done.put_back:
+        log.warning("%s", done.message)
+    else:
+        log.info("%s", done.message)
+    _record_put_back(try_catalog(res), event_id, done, str(backup_id), req, run)
+    return done.as_dict()
+
+
+def _record_put_back(
+    cat: Catalog | None, event_id: int | None, done: PutBack, backup_id: str, req: RestoreRequest, run: RunRef
+) -> None:
+    """The event says what became of the destination; its error stays the restore's own when it gave one."""
+    if cat is None or event_id is None:
+        return
+    event = cat.get_recovery_event(event_id)
+    if event is None or event["status"] == "completed":
+        return  # this run's restore finished after all (its task died reporting it): the row already says so
+    cat.finish_recovery_event(
+        event_id, status="failed", result={"put_back": done.as_dict()}, error=event["error"] or DIED_UNREPORTED
+    )
+    if done.put_back:
+        cat.audit(
+            "restore_put_back",
+            actor=run.triggered_by or run.actor,
+            backup_id=backup_id,
+            details={"target_conn_id": req.target_conn_id, "message": done.message},
+            key=f"restore_put_back:{run.dag_id}:{run.run_id}",
+        )
 
 
 def _data_loss_minutes(chain: ChainPlan) -> float | None:
