@@ -492,19 +492,28 @@ def restore_to_point(
     on_table_loaded: Callable[[TableEntry], None] | None = None,
 ) -> dict[str, object]:
     """Restore ``plan``'s full backup, replay its increments up to ``plan.until``: all or nothing."""
-    from wedsync_backup.restore import _public_schema_state, reset_target, restore_backup, verify_manifest_mac
+    from wedsync_backup.restore import (
+        _public_schema_state,
+        _unmark_restore,
+        reset_target,
+        restore_backup,
+        verify_manifest_mac,
+    )
 
     for m in plan.increments:  # authenticate every manifest before the target is touched
         verify_manifest_mac(m, keyring)
 
     public_state = _public_schema_state(target)
-    full = restore_backup(plan.full, storage, keyring, target, workers=workers, on_table_loaded=on_table_loaded)
+    full = restore_backup(
+        plan.full, storage, keyring, target, workers=workers, on_table_loaded=on_table_loaded, keep_mark=True
+    )
     try:
         applied = apply_chain(target, [(m, storage) for m in plan.increments], keyring, until=plan.until)
         replayed = [m for m in plan.increments if m.backup_id in applied.per_backup]
         # a capture's recorded values are only safe to use when the replay went all the way through it
         recorded = replayed[-1].extra.get("sequences") if replayed and applied.stopped_at is None else None
         bumped = bump_sequences(target, recorded)
+        _unmark_restore(target)  # only now is the restore whole
     except BaseException:
         reset_target(target, public_state)
         raise

@@ -446,10 +446,13 @@ def restore_backup(
     *,
     workers: int = 2,
     on_table_loaded: Callable[[TableEntry], None] | None = None,
+    keep_mark: bool = False,
 ) -> RestoreResult:
     """Restore ``manifest``'s backup from ``storage`` into the empty database ``target``; all or nothing.
 
     ``on_table_loaded`` is told as soon as each table's data is in (restore drills time priority groups).
+    ``keep_mark``: the target stays marked as an interrupted restore for the caller to finish and unmark (a
+    point-in-time restore replays its chain first: killed in the replay, it is still known half-done).
     """
     started = time.monotonic()
     plan_restore(manifest, storage, keyring, target)
@@ -495,7 +498,8 @@ def restore_backup(
             _run_pg_restore(manifest, archive, builder, ["--single-transaction"], toc_list="\n".join(rest) + "\n")
         clock.finish()  # a group none of whose tables had rows to load is usable now
         _set_sequences(manifest, target)
-        _unmark_restore(target)
+        if not keep_mark:
+            _unmark_restore(target)
     except BaseException as e:
         log.error("Restore of %s failed, putting %s back as it was: %s", manifest.backup_id, target.label, e)
         try:

@@ -211,3 +211,15 @@ def test_put_back_undoes_only_this_backups_interrupted_restore(
     again = put_back_interrupted(target, m.backup_id)
     assert not again.put_back and "carries no restore mark" in again.message
     assert schema_dump(pg_cluster, empty_db) == unmarked
+
+
+def test_a_restore_that_goes_on_replaying_keeps_its_mark_until_it_is_whole(
+    backup: tuple[Manifest, Path, Keyring], pg_cluster: Cluster, empty_db: str
+) -> None:
+    """A point-in-time restore loads the full backup with ``keep_mark`` and replays its chain before unmarking:
+    killed in the replay, the target is still known as an interrupted restore (the retry and put_back clear it)."""
+    m, root, ring = backup
+    target = pg_target(pg_cluster, empty_db, "restore_target")
+    restore_backup(m, local_store(root), ring, target, keep_mark=True)
+    assert (interrupted_restore(target) or {}).get("backup_id") == m.backup_id
+    assert put_back_interrupted(target, m.backup_id).put_back and target_contents(target) == []
