@@ -79,6 +79,35 @@ class _Tally:
     problems: list[str] = field(default_factory=list)
 
 
+PROGRESS_EVERY_S = 30.0  # a long capture (thousands of photos) says how far it is at this pace
+
+
+@dataclass
+class _Progress:
+    """The capture's progress line in the task log: objects checked, bytes, new ones stored, elapsed, rate."""
+
+    started: float = field(default_factory=time.monotonic)
+    last: float = field(default_factory=time.monotonic)
+
+    def tick(self, tally: _Tally) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-6)
+        log.info(
+            "Files: %d objects checked (%.1f MB), %d new stored on every target (%.1f MB), %d problems, "
+            "%.0f s elapsed, %.1f MB/s",
+            tally.objects,
+            tally.bytes / 2**20,
+            len(tally.uploaded),
+            sum(o.plain_bytes for o in tally.uploaded) / 2**20,
+            len(tally.problems),
+            elapsed,
+            tally.bytes / 2**20 / elapsed,
+        )
+
+
 class Capture:
     def __init__(self, world: FilesWorld, previous: dict[str, FileEntry]) -> None:
         self.w = world
@@ -239,12 +268,14 @@ class Capture:
     def entries(self, delta: bool) -> Iterator[FileEntry]:
         """The state lines: every file (a full capture) or what changed since the previous one (a delta)."""
         seen: set[str] = set()
+        progress = _Progress()
         rows = file_rows(self.w.source_db, self.w.files, self.w.wedding_ids, snapshot=self.w.snapshot)
         for row, entry in self._in_order(self._with_objects(rows)):
             seen.add(row.path)
             if entry.restorable:
                 self.tally.objects += 1
                 self.tally.bytes += int(entry.size or 0)
+            progress.tick(self.tally)
             prev = self.previous.get(row.path)
             differs = prev is None or prev.line() != entry.line()
             self.tally.changed += int(differs)

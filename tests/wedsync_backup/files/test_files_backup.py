@@ -3,6 +3,7 @@ targets, then restores back into the bucket. Uploads are counted by listing the 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import replace
@@ -20,6 +21,7 @@ from wedsync_backup.commands.resources import NothingToDo
 from wedsync_backup.commands.restore import RestoreRequest
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import ConfigError
+from wedsync_backup.files import capture
 from wedsync_backup.files.capture import capture_lock
 from wedsync_backup.files.restore import write_objects
 from wedsync_backup.repository import read_manifest
@@ -75,10 +77,15 @@ def test_round_trip_brings_back_deleted_and_corrupted_objects(files_world: Files
     assert done.written == 1 and fw.get(paths[0]) == originals[paths[0]]
 
 
-def test_second_backup_uploads_only_new_objects(files_world: FilesWorld) -> None:
+def test_second_backup_uploads_only_new_objects(
+    files_world: FilesWorld, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     fw = files_world
     fw.seed(9)
-    fw.backup()
+    monkeypatch.setattr(capture, "PROGRESS_EVERY_S", 0.0)  # a progress line after every object, not every 30 s
+    with caplog.at_level(logging.INFO, logger=capture.__name__):
+        fw.backup()
+    assert "Files: 9 objects checked" in caplog.text and "9 new stored on every target" in caplog.text
     before = {name: fw.contents(name) for name in fw.world.storages}
     assert set(before.values()) == {9}
 
