@@ -3,12 +3,13 @@
     .venv/bin/python -m bench.user_view --scale 60            # ~600 MB demo database, ~10 min on 2 CPUs
 
 Starts the local stack (``./scripts/run.sh`` on free ports in a throwaway state directory, LocalExecutor,
-``--no-backup``) with the demo database seeded at ``--scale``, pauses every DAG but the two it times, then in
-one run: ``pg_dump -Fc`` of the source and a ``backup_daily_full`` run; then ``--restores`` times each of
-``pg_restore -j2`` (from that ``-Fc`` file) and an ``emergency_restore`` run (mode latest, from the primary),
-interleaved, each into a new empty database. A DAG run's time is its first task's start to its last task's
-end (the task instances' own times, as the UI shows them); the catalog window is the backup row's
-``started_at`` to ``completed_at``. Each figure is written with the 1-minute load average at its end.
+``--no-backup --no-files``: the database alone, as ``pg_dump`` sees it) with the demo database seeded at
+``--scale``, pauses every DAG but the two it times, then in one run: ``pg_dump -Fc`` of the source and a
+``backup_daily_full`` run; then ``--restores`` times each of ``pg_restore -j2`` (from that ``-Fc`` file) and an
+``emergency_restore`` run (mode latest, from the primary), interleaved, each into a new empty database. A DAG
+run's time is its first task's start to its last task's end (the task instances' own times, as the UI shows
+them); the catalog window is the backup row's ``started_at`` to ``completed_at``. Each figure is written with
+the 1-minute load average at its end.
 The section "As the user gets it" of ``--results`` (bench/RESULTS.md) is replaced; the stack is stopped
 and its state directory removed at the end unless ``--keep``.
 """
@@ -82,9 +83,12 @@ def run_times(tis: list[dict[str, Any]]) -> DagRunTimes:
 
 
 class UserBench:
+    # the database against pg_dump / pg_restore: no files bucket (pg_dump has no photos to copy)
+    stack_args: tuple[str, ...] = ("--no-backup", "--no-files")
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.stack = StackProcess(new_state_dir("wedsync-bench-"), scale=args.scale, extra_args=("--no-backup",))
+        self.stack = StackProcess(new_state_dir("wedsync-bench-"), scale=args.scale, extra_args=self.stack_args)
         self.work = Path(tempfile.mkdtemp(prefix="wedsync-bench-dumps-"))
         self.cluster: Cluster | None = None
 

@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         "--scale", type=float, default=DEFAULT_SCALE, help="demo data scale (1 = 80 weddings, a 21 MB database)"
     )
     p.add_argument("--no-backup", action="store_true", help="do not trigger the first full backup")
+    p.add_argument(
+        "--no-files", action="store_true", help="no files bucket: the database alone (the files component off)"
+    )
     p.add_argument("--fresh", action="store_true", help="throw away the state directory first")
     p.add_argument(
         "--state-dir",
@@ -296,7 +299,7 @@ class Launcher:
             master_key=_master_key(self.state_dir),
             executor="CeleryExecutor" if executor == "celery" else "LocalExecutor",
             broker_url=redis.url if redis else None,
-            files_bucket=FILES_BUCKET,
+            files_bucket=None if args.no_files else FILES_BUCKET,
         )
         config.create_databases()
         config.create_buckets()
@@ -307,7 +310,9 @@ class Launcher:
             _say(f"seeding the demo wedding database (scale {args.scale}) ...")
             create_demo_schema(source_dsn)
             seed_demo(source_dsn, args.scale)
-        if not config.s3.client().list_objects_v2(Bucket=FILES_BUCKET, MaxKeys=1).get("Contents"):
+        if config.files_bucket and not config.s3.client().list_objects_v2(Bucket=FILES_BUCKET, MaxKeys=1).get(
+            "Contents"
+        ):
             _say(f"seeding the files bucket {FILES_BUCKET} (a small JPEG, PNG or PDF per files row) ...")
             _say(f"  {seed_files(source_dsn, config.s3.client(), FILES_BUCKET)} objects")
         compile_project()
