@@ -32,7 +32,7 @@ if str(REPO_ROOT / "plugins") not in sys.path:
 
 import psycopg  # noqa: E402
 
-from bench.user_view import UserBench, load, write_section  # noqa: E402
+from bench.user_view import UserBench, write_section  # noqa: E402
 from devstack.run import FILES_BUCKET  # noqa: E402
 
 START, END = "<!-- files-user-view:start -->", "<!-- files-user-view:end -->"
@@ -72,7 +72,9 @@ class FilesUserBench(UserBench):
 
     def existing_paths(self, n: int) -> list[str]:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            paths = [r[0] for r in conn.execute("SELECT DISTINCT storage_path FROM public.files ORDER BY 1")]
+            paths = [
+                r[0] for r in conn.execute("SELECT DISTINCT storage_path FROM public.files ORDER BY 1 LIMIT %s", (n,))
+            ]
         if len(paths) < n:
             raise SystemExit(f"the stack at scale {self.args.scale} has {len(paths)} files rows: raise --scale")
         return paths[:n]
@@ -132,7 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "RESULTS.md")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
-    args.backups = args.restores = 1
     started = time.monotonic()
     b = FilesUserBench(args)
     try:
@@ -155,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
             "new_bytes": new_bytes,
             "at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "minutes": (time.monotonic() - started) / 60,
-            "load": load(),
         }
     finally:
         b.stop()

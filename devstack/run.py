@@ -310,11 +310,10 @@ class Launcher:
             _say(f"seeding the demo wedding database (scale {args.scale}) ...")
             create_demo_schema(source_dsn)
             seed_demo(source_dsn, args.scale)
-        if config.files_bucket and not config.s3.client().list_objects_v2(Bucket=FILES_BUCKET, MaxKeys=1).get(
-            "Contents"
-        ):
-            _say(f"seeding the files bucket {FILES_BUCKET} (a small JPEG, PNG or PDF per files row) ...")
-            _say(f"  {seed_files(source_dsn, config.s3.client(), FILES_BUCKET)} objects")
+        bucket = config.files_bucket
+        if bucket and not config.s3.client().list_objects_v2(Bucket=bucket, MaxKeys=1).get("Contents"):
+            _say(f"seeding the files bucket {bucket} (a small JPEG, PNG or PDF per files row) ...")
+            _say(f"  {seed_files(source_dsn, config.s3.client(), bucket)} objects")
         compile_project()
         url = f"http://127.0.0.1:{ports['api']}"
         env = config.env()

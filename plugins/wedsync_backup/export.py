@@ -388,16 +388,14 @@ def _export(
             )
             holder.execute("RESET search_path")
             objects = read_schema_objects(holder, options.exclude_schemas).to_json()
+            by_version = {fp.split(":", 1)[0]: fp for fp in earlier}  # {"v2": "v2:..."}
             if chain is not None:
                 chain = replace(
-                    chain,
-                    schema_fingerprint=fingerprint,
-                    schema_objects=objects,
-                    earlier_fingerprints={fp.split(":", 1)[0]: fp for fp in earlier},
+                    chain, schema_fingerprint=fingerprint, schema_objects=objects, earlier_fingerprints=by_version
                 )
             else:
                 extra["schema_fingerprint"], extra["schema_objects"] = fingerprint, objects
-                extra["earlier_fingerprints"] = {fp.split(":", 1)[0]: fp for fp in earlier}
+                extra["earlier_fingerprints"] = by_version
         log.info(
             "Exporting %d tables (%d parts, %d sequences) of %s at LSN %s with %d workers",
             len(tables),

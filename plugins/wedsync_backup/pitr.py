@@ -492,18 +492,11 @@ def restore_to_point(
     on_table_loaded: Callable[[TableEntry], None] | None = None,
 ) -> dict[str, object]:
     """Restore ``plan``'s full backup, replay its increments up to ``plan.until``: all or nothing."""
-    from wedsync_backup.restore import (
-        _public_schema_state,
-        _unmark_restore,
-        reset_target,
-        restore_backup,
-        verify_manifest_mac,
-    )
+    from wedsync_backup.restore import _unmark_restore, put_back_interrupted, restore_backup, verify_manifest_mac
 
     for m in plan.increments:  # authenticate every manifest before the target is touched
         verify_manifest_mac(m, keyring)
 
-    public_state = _public_schema_state(target)
     full = restore_backup(
         plan.full, storage, keyring, target, workers=workers, on_table_loaded=on_table_loaded, keep_mark=True
     )
@@ -515,7 +508,8 @@ def restore_to_point(
         bumped = bump_sequences(target, recorded)
         _unmark_restore(target)  # only now is the restore whole
     except BaseException:
-        reset_target(target, public_state)
+        # the mark (kept through the replay) holds schema public as it was before: the one way back
+        log.error("%s", put_back_interrupted(target, plan.full.backup_id).message)
         raise
     return {
         **full.as_dict(),

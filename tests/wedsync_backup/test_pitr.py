@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 from wedsync_backup.crypto import Keyring
-from wedsync_backup.errors import IntegrityError
+from wedsync_backup.errors import IntegrityError, WedSyncError
 from wedsync_backup.logical.ddl import remove_ddl_capture
 from wedsync_backup.pitr import apply_chain, plan_chain, restore_to_point
 from wedsync_backup.repository import committed_manifests
-from wedsync_backup.restore import restore_backup, target_contents
+from wedsync_backup.restore import interrupted_restore, restore_backup, target_contents
 
 from devstack.postgres import Cluster
 from tests.fixtures.ddl import user_schema_dump
@@ -266,6 +266,23 @@ def test_changes_to_a_table_the_full_lacks_are_refused_naming_it(chain: Chain) -
     assert target_contents(empty) == []
     # as captured, the chain ends before the change: the latest restore is the database before it
     assert "public.seating_plan" not in rows(chain.cluster, chain.restore_to(None))
+
+
+def test_a_replay_that_fails_puts_the_target_back_as_it_was(chain: Chain) -> None:
+    """The full backup is in, the replay of a damaged incremental fails: the target is empty again, its schema
+    public as it was, and no restore mark is left (the mark kept through the replay told how to put it back)."""
+    write(chain.cluster, chain.db, "INSERT INTO guests (name, seat) VALUES ('late', 7)")
+    m = chain.backup()
+    (obj,) = m.objects()
+    data = bytearray(chain.store.get_bytes(obj.key))
+    data[len(data) // 2] ^= 0xFF
+    chain.store.put_bytes(obj.key, bytes(data))
+    target = chain.new_target()
+    before = user_schema_dump(chain.cluster, target.dbname)
+    with pytest.raises(WedSyncError):
+        restore_to_point(plan_chain(committed_manifests(chain.store), None), chain.store, chain.ring, target)
+    assert target_contents(target) == [] and interrupted_restore(target) is None
+    assert user_schema_dump(chain.cluster, target.dbname) == before
 
 
 def test_plan_chain_refuses_moments_outside_the_chain_naming_the_window(chain: Chain) -> None:

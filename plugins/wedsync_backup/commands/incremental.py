@@ -115,6 +115,7 @@ def chain_work(res: Resources) -> ChainWork:
         parent = chain[-1] if chain else full
         newer = fulls[i + 1] if i + 1 < len(fulls) else None
         started = full.chain_info
+        fingerprint = started.schema_fingerprint if started else None
         return ChainWork(
             full=full.backup_id,
             parent=parent.backup_id,
@@ -123,12 +124,10 @@ def chain_work(res: Resources) -> ChainWork:
             retained_wal_bytes=live[slot].retained_wal_bytes,
             closing=newer is not None,
             upto_lsn=newer.point.lsn if newer else None,
-            fingerprint=started.schema_fingerprint if started else None,
+            fingerprint=fingerprint,
             # closing: the newer full's schema, as a fingerprint of this chain's own version
             end_fingerprint=(
-                newer.chain_info.fingerprint(fingerprint_version(started.schema_fingerprint if started else None))
-                if newer and newer.chain_info
-                else None
+                newer.chain_info.fingerprint(fingerprint_version(fingerprint)) if newer and newer.chain_info else None
             ),
         )
     raise NoChainToContinue(
