@@ -1,8 +1,10 @@
 """What a full backup's preflight prepares on the source for the incremental chain it starts.
 
 The DDL capture (``wedsync_backup.logical.ddl``) is installed or refreshed, and that is recorded in the audit
-log (the export records it in the manifest). Large objects are backed up by full backups only: their changes
-between fulls are not decoded, so any large object on the source gets a loud warning on every run.
+log (the export records it in the manifest). Where it cannot be, the warning says whether an uncaptured change's
+chain end will be placed exactly (the WAL readable: ``logical/wal_catalog.py``) or how to make it so. Large
+objects are backed up by full backups only: their changes between fulls are not decoded, so any large object on
+the source gets a loud warning on every run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from wedsync_backup.catalog import Catalog
 from wedsync_backup.logical.ddl import install_ddl_capture
 from wedsync_backup.logical.slot import check_logical_decoding
+from wedsync_backup.logical.wal_catalog import HOW_TO_ENABLE, wal_inspection_available
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.policy import Policy
 
@@ -50,7 +53,14 @@ def prepare_chain_source(
             "ddl_capture_installed", actor=actor, backup_id=backup_id, details=details, key=f"ddl_capture:{backup_id}"
         )
     else:
-        w = f"Schema changes cannot be captured on {source.label}: {state.reason}"
+        with source.connect(autocommit=True) as conn:
+            details["wal_inspection"] = wal_inspection_available(conn)
+        placed = (
+            "each chain end is placed exactly from the WAL (pg_walinspect)"
+            if details["wal_inspection"]
+            else f"a chain end may come before the change itself; {HOW_TO_ENABLE}"
+        )
+        w = f"Schema changes cannot be captured on {source.label}: {state.reason}; {placed}"
         log.warning("!!! %s", w)
         warnings.append(w)
         catalog.audit(

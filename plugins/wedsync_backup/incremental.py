@@ -33,6 +33,7 @@ from wedsync_backup.logical.decoding import Begin, Change, Commit, Message, pars
 from wedsync_backup.logical.guard import CaptureStats, ChangeGuard
 from wedsync_backup.logical.objects import SchemaObjects, object_xids, read_schema_objects
 from wedsync_backup.logical.slot import STABLE_OUTPUT, slot_info
+from wedsync_backup.logical.wal_catalog import HOW_TO_ENABLE, catalog_writers
 from wedsync_backup.manifest import Manifest, Provenance, StoredObject, backup_prefix
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pipeline import decode_from_storage, encode_to_storage
@@ -220,18 +221,32 @@ def capture_incremental(
     ddl_xids, analyze_xids = catalog_xids(source, exclude_schemas)
     with source.connect(autocommit=True) as conn:
         rewrites = object_xids(conn, exclude_schemas)
-    guard = ChangeGuard(
-        started,
-        ddl_xids,
-        {*exclude_schemas, CAPTURE_SCHEMA},
-        analyze_xids,
-        objects_at_end(parent),
-        rewrites,
-    )
     sequences = read_sequence_values(source)
     key = f"{backup_prefix(backup_id)}changes.wsb"
-    result = encode_to_storage(_peek(source, slot, upto_lsn, guard), storage, key, data_key, zstd_level=zstd_level)
-    guard.finish(live_fingerprint, live_objects)
+    writers: set[str] | None = None
+    while True:
+        guard = ChangeGuard(
+            started,
+            ddl_xids,
+            {*exclude_schemas, CAPTURE_SCHEMA},
+            analyze_xids,
+            objects_at_end(parent),
+            rewrites,
+            writers,
+        )
+        result = encode_to_storage(_peek(source, slot, upto_lsn, guard), storage, key, data_key, zstd_level=zstd_level)
+        guard.finish(live_fingerprint, live_objects)
+        if writers is not None or not guard.uncaptured:
+            break
+        # an uncaptured change ends the chain: where the WAL can be read, place it exactly and capture again
+        with source.connect(autocommit=False) as conn:
+            writers = catalog_writers(conn, info.restart_lsn or start_lsn or upto_lsn, upto_lsn)
+        if writers is None:
+            log.warning(
+                "The chain ends at an uncaptured schema change, placed from the stream alone: %s", HOW_TO_ENABLE
+            )
+            break
+        log.warning("An uncaptured schema change ends the chain: capturing again with its place read from the WAL")
     if guard.needs_recount:
         assert guard.cut is not None
         guard.cut.stats = recount(storage, result.stored_object(), keyring, backup_id, guard.cut.transactions)

@@ -12,6 +12,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from wedsync_backup.catalog import Catalog
+from wedsync_backup.logical.wal_catalog import HOW_TO_ENABLE
 from wedsync_backup.manifest import Manifest
 
 
@@ -27,10 +28,13 @@ def outcome(manifest: Manifest) -> tuple[str, dict[str, Any]]:
 
 
 def chain_end_warning(end: dict[str, Any]) -> str:
-    return (
+    text = (
         f"The incremental chain ended here: {end['reason']}. Moments up to {end['covered_until']} are restorable; "
         "later ones only from the next full backup (triggered now)"
     )
+    if end.get("placed") == "bounded":  # placed from the change stream alone: possibly before the change
+        text += f". The chain may end earlier than the change itself: {HOW_TO_ENABLE}"
+    return text
 
 
 def record_outcome(catalog: Catalog, manifest: Manifest, *, actor: str) -> str:

@@ -3,6 +3,7 @@ catalog records what schema changes did to each incremental (migration 0002)."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 
@@ -10,6 +11,7 @@ import pytest
 from wedsync_backup.catalog import Catalog
 from wedsync_backup.chain_source import prepare_chain_source
 from wedsync_backup.logical.ddl import capture_state, remove_ddl_capture
+from wedsync_backup.logical.wal_catalog import FUNCTION
 from wedsync_backup.manifest import Manifest
 from wedsync_backup.policy import load_policy
 from wedsync_backup.schema_changes import record_outcome
@@ -46,6 +48,27 @@ def test_preflight_installs_the_capture_audits_it_and_warns_of_large_objects(
     prepare_chain_source(load_policy(), cat, target, actor="test", backup_id="full-1")  # a retry: one entry
     assert len([e for e in cat.audit_entries("full-1") if e["action"] == "ddl_capture_installed"]) == 1
     remove_ddl_capture(target)
+
+
+def test_preflight_without_superuser_says_whether_a_chain_end_will_be_placed_exactly(
+    pg_cluster: Cluster, cat: Catalog, source: str
+) -> None:
+    role = f"nosuper_{uuid.uuid4().hex[:6]}"
+    pg_cluster.psql("-c", f'CREATE ROLE {role} LOGIN REPLICATION; GRANT ALL ON DATABASE "{source}" TO {role}')
+    weak = dataclasses.replace(pg_target(pg_cluster, source), user=role)
+    try:
+        (_, warning) = prepare_chain_source(load_policy(), cat, weak, actor="test", backup_id="full-1")
+        assert "SUPERUSER" in warning and "CREATE EXTENSION pg_walinspect" in warning
+        pg_cluster.psql(
+            "-c", f"CREATE EXTENSION pg_walinspect; GRANT EXECUTE ON FUNCTION {FUNCTION} TO {role}", dbname=source
+        )
+        (_, warning) = prepare_chain_source(load_policy(), cat, weak, actor="test", backup_id="full-2")
+        assert "placed exactly from the WAL" in warning
+        (entry,) = [e for e in cat.audit_entries("full-2") if e["action"] == "ddl_capture_unavailable"]
+        assert entry["details"]["installed"] is False and entry["details"]["wal_inspection"] is True
+    finally:
+        pg_cluster.psql("-c", f'DROP OWNED BY {role}; REVOKE ALL ON DATABASE "{source}" FROM {role}', dbname=source)
+        pg_cluster.psql("-c", f"DROP ROLE {role}")
 
 
 def incremental(backup_id: str, **extra: object) -> Manifest:

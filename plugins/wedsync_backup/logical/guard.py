@@ -37,6 +37,11 @@ the incremental:
   Where the objects at the verified point are not known (a chain started before they were recorded, a point
   after a replayed change, a chain being closed), the cut goes back to the verified point. The cut is never
   later than the change itself, so every moment kept is exact; it may be earlier (the gap is reported).
+* where the source lets the WAL be read (``wal_catalog.py``: pg_walinspect), the capture reads the stream a
+  second time knowing every transaction that wrote a catalog row (``catalog_writers``). Those, and only those
+  (not our own, marked ones), are the suspects: the first one since the verified point is where the chain ends,
+  exactly before the change (or before a TRUNCATE or a temporary table that came first), and no DROP or rewrite
+  needs to be bounded from the stream.
 
 When the chain ends, the incremental records how many of its transactions to replay and the moment from which
 it no longer knows the database exactly (``covered_until``); everything up to there stays restorable.
@@ -126,9 +131,11 @@ class ChangeGuard:
         analyze_xids: set[str] | None = None,
         objects: SchemaObjects | None = None,
         object_xids: dict[str, dict[str, set[str]]] | None = None,
+        catalog_writers: set[str] | None = None,
     ) -> None:
         self.expected = expected_fingerprint  # the schema as the stream so far accounts for it
-        self.ddl_xids = ddl_xids
+        self.writers = catalog_writers  # every transaction that wrote a catalog row, from the WAL (None: unknown)
+        self.ddl_xids = ddl_xids if catalog_writers is None else set()
         self.analyze_xids = analyze_xids or set()  # transactions that only gathered statistics
         self.skip_schemas = skip_schemas
         self.stats = CaptureStats()
@@ -139,6 +146,7 @@ class ChangeGuard:
         self._held: tuple[str, str, str] | None = None  # a BEGIN not yet written (empty transactions are not)
         self._tx_has_content = False
         self._tx_explained = False  # a verified capture message in it
+        self._tx_marked = False  # a message of ours (a marker, a captured change's fence) in it
         self._tx_suspect = False
         self._verified = _Point(0, CaptureStats(), "the last point the schema fingerprint was verified")
         self._suspect: _Point | None = None  # first transaction since then that may have changed the schema
@@ -166,7 +174,7 @@ class ChangeGuard:
             return []
         if data.startswith("BEGIN "):
             self._held = (lsn, xid, data)
-            self._tx_has_content = self._tx_explained = False
+            self._tx_has_content = self._tx_explained = self._tx_marked = False
             self._tx_suspect = xid in self.ddl_xids
             self._tx_tables, self._tx_shaped, self._tx_checked = set(), set(), set()
             self._rewritten_by(xid)
@@ -188,7 +196,7 @@ class ChangeGuard:
         if found and found[0] == MESSAGE_PREFIX:
             return self._ddl_message(lsn, xid, DdlMessage.parse(found[1]))
         if found and found[0] in (FENCE_PREFIX, MARKER_PREFIX):
-            self._tx_explained = True
+            self._tx_explained = self._tx_marked = True
             return []
         return self._content((lsn, xid, data))
 
@@ -208,10 +216,20 @@ class ChangeGuard:
             # the schema looks unchanged, yet rows were rewritten: a change undone by a later one looks the same
             # (an index's or a sequence's pg_class row alone does not tell: TRUNCATE and REINDEX rewrite it)
             self._end_at_suspect(f"catalog rows of {telling[0]} were rewritten and nothing captured the change")
-        if self._uncaptured:
+        if self._uncaptured and self.writers is None:  # known from the WAL, every change is a suspect already
             self._before_drops(*gone, known=self._objects is not None and live_objects is not None)
             self._before_rewrites(rewritten, live_objects)
         self.done = True
+
+    @property
+    def uncaptured(self) -> bool:
+        """The chain ends at a change nothing captured."""
+        return self.cut is not None and self._uncaptured
+
+    @property
+    def exact(self) -> bool:
+        """Every catalog write was known (from the WAL): the cut is right before the first possible change."""
+        return self.writers is not None
 
     @property
     def needs_recount(self) -> bool:
@@ -236,6 +254,8 @@ class ChangeGuard:
             covered = (nxt - timedelta(microseconds=1)).isoformat()
         return {
             "reason": self.cut.why,
+            # where an uncaptured change was placed: exactly (from the WAL) or no later than it (from the stream)
+            "placed": None if not self._uncaptured else "exact" if self.exact else "bounded",
             "replay_transactions": self.cut.transactions,
             "covered_until": covered,
             "next_commit": self.cut.next_commit,
@@ -257,6 +277,8 @@ class ChangeGuard:
         at = parse_line(data)
         assert isinstance(at, Commit)
         when = at.at.astimezone(UTC).isoformat()
+        if self.writers is not None and xid in self.writers and not self._tx_marked and self.cut is None:
+            self._suspect_here(f"transaction {xid} wrote catalog rows (read from the WAL)")
         for p in (self.cut, self._suspect, self._verified):
             if p is not None and p.next_commit is None and p.transactions == self._written:
                 p.next_commit = when
@@ -266,7 +288,12 @@ class ChangeGuard:
             self._first_commit_since_write = when  # the next commit after the last written transaction
         if not self._tx_has_content:
             self._held = None
-            if not self._tx_explained and not self._tx_suspect and xid not in self.analyze_xids:
+            if (
+                self.writers is None
+                and not self._tx_explained
+                and not self._tx_suspect
+                and xid not in self.analyze_xids
+            ):
                 self._suspect_here(f"transaction {xid} wrote no rows (a schema-only change looks like that)")
                 if self._suspect is not None and self._suspect.next_commit is None:
                     self._suspect.next_commit = when

@@ -375,6 +375,7 @@ def test_without_the_capture_objects_dropped_and_recreated_end_the_chain_at_the_
         end = m.extra["chain_end"]
         assert end and "objects were dropped and the drop was not captured" in end["reason"], end
         assert "were dropped, and a DROP leaves no trace" in end["reason"]
+        assert end["placed"] == "bounded" and "CREATE EXTENSION pg_walinspect" in m.extra["warnings"][0]
         assert end["replay_transactions"] == 0 and m.extra["transactions"] == 0
         assert_restores_as(c, clone_start, None)
 
@@ -514,6 +515,73 @@ def test_without_the_capture_a_function_replaced_twice_cuts_at_the_verified_poin
         assert end and "were rewritten, which may hide a change" in end["reason"], end
         assert end["replay_transactions"] == 0 and m.extra["transactions"] == 0
         assert_restores_as(c, clone_start, None)
+
+
+# --- the same, where the WAL can be read (pg_walinspect): the cut right before the change ----------------------
+
+
+def test_with_the_wal_readable_objects_dropped_and_recreated_end_the_chain_right_before_them(
+    pg_cluster: Cluster, source: str, tmp_path: Path
+) -> None:
+    """The case above, where the stream alone cuts back to the verified point: the WAL places the drops, and
+    every moment before them stays restorable. The removal of the capture (ours, marked) is no suspect."""
+    write(pg_cluster, source, "CREATE EXTENSION pg_walinspect; CREATE INDEX guests_seat ON guests (seat)")
+    with uncaptured_chain(pg_cluster, source, tmp_path) as c:
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a1')")
+        before, clone_before = mark(c)
+        write(
+            c.cluster,
+            c.db,
+            "INSERT INTO guests (name) VALUES ('b1'); DROP INDEX guests_seat;"
+            " CREATE INDEX guests_seat ON guests (seat); DROP TABLE notes; CREATE TABLE notes (body text, n int)",
+        )
+        changed = datetime.now(UTC)
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('b2')")
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and end["placed"] == "exact" and "(read from the WAL)" in end["reason"], end
+        assert end["replay_transactions"] == 1 and m.extra["transactions"] == 1
+        assert before < datetime.fromisoformat(end["covered_until"]) < changed
+        assert_restores_as(c, clone_before, before, None)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "CREATE OR REPLACE FUNCTION seat_of(int) RETURNS int LANGUAGE sql AS 'SELECT $1 + 1'",
+        # a DROP in a subtransaction: the WAL names the subtransaction, its commit the transaction decoded
+        "DO $$ BEGIN BEGIN DROP VIEW seats; EXCEPTION WHEN others THEN NULL; END; END $$",
+        "ALTER TABLE notes ALTER COLUMN code TYPE varchar(9)",
+    ],
+)
+def test_with_the_wal_readable_a_change_a_later_one_rewrote_ends_the_chain_right_before_it(
+    pg_cluster: Cluster, source: str, tmp_path: Path, change: str
+) -> None:
+    """Changes the stream cannot place (a function replaced twice, a view dropped, a type modifier changed and
+    then its column renamed) end the chain right before themselves, not at the verified point."""
+    write(
+        pg_cluster,
+        source,
+        "CREATE EXTENSION pg_walinspect; ALTER TABLE notes ADD COLUMN code varchar(5);"
+        " CREATE FUNCTION seat_of(int) RETURNS int LANGUAGE sql AS 'SELECT $1';"
+        " CREATE VIEW seats AS SELECT seat FROM guests",
+    )
+    with uncaptured_chain(pg_cluster, source, tmp_path) as c:
+        assert c.full is not None and c.full.chain_info is not None
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('a0')")
+        write(c.cluster, c.db, "INSERT INTO notes VALUES ('a note', 1, 'abc')")
+        before, clone_before = mark(c)
+        write(c.cluster, c.db, f"{change}; INSERT INTO guests (name) VALUES ('b1')")
+        changed = datetime.now(UTC)
+        write(c.cluster, c.db, "CREATE OR REPLACE FUNCTION seat_of(int) RETURNS int LANGUAGE sql AS 'SELECT $1 + 2'")
+        write(c.cluster, c.db, "ALTER TABLE notes RENAME COLUMN code TO code2")
+        write(c.cluster, c.db, "INSERT INTO guests (name) VALUES ('b2')")
+        m = c.backup()
+        end = m.extra["chain_end"]
+        assert end and end["placed"] == "exact", end
+        assert end["replay_transactions"] == 2 and m.extra["transactions"] == 2
+        assert before < datetime.fromisoformat(end["covered_until"]) < changed
+        assert_restores_as(c, clone_before, before, None)
 
 
 def test_install_status_and_remove(pg_cluster: Cluster, source: str) -> None:
