@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.logical.ddl import (
@@ -35,7 +37,7 @@ from wedsync_backup.logical.objects import SchemaObjects, object_xids, read_sche
 from wedsync_backup.logical.slot import STABLE_OUTPUT, slot_info
 from wedsync_backup.logical.wal_catalog import HOW_TO_ENABLE, catalog_writers
 from wedsync_backup.manifest import Manifest, Provenance, StoredObject, backup_prefix
-from wedsync_backup.pg import PgTarget
+from wedsync_backup.pg import PgTarget, pg_error_is_transient
 from wedsync_backup.pipeline import decode_from_storage, encode_to_storage
 from wedsync_backup.repository import begin_attempt, seal_pending
 from wedsync_backup.schema_changes import chain_end_warning
@@ -124,6 +126,19 @@ def catalog_xids(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) -> tup
         rows = conn.execute(CATALOG_XIDS, ([*exclude_schemas, CAPTURE_SCHEMA],)).fetchall()
         analyzed = conn.execute("SELECT DISTINCT xmin::text FROM pg_statistic").fetchall()
     return {r[0] for r in rows}, {r[0] for r in analyzed}
+
+
+def _catalog_writers(source: PgTarget, start_lsn: str, end_lsn: str) -> set[str] | None:
+    """``wal_catalog.catalog_writers``, or None when the WAL cannot be read now: the chain end is then placed
+    from the stream alone (never later than the change), rather than failing the capture."""
+    try:
+        with source.connect(autocommit=False) as conn:
+            return catalog_writers(conn, start_lsn, end_lsn)
+    except psycopg.Error as e:
+        if pg_error_is_transient(e):
+            raise source.connect_error(e) from e  # the connection dropped: the task is retried
+        log.warning("Could not read the WAL from %s to %s with pg_walinspect: %s", start_lsn, end_lsn, e)
+        return None
 
 
 def _peek(source: PgTarget, slot: str, upto_lsn: str, guard: ChangeGuard) -> Iterator[bytes]:
@@ -239,8 +254,7 @@ def capture_incremental(
         if writers is not None or not guard.uncaptured:
             break
         # an uncaptured change ends the chain: where the WAL can be read, place it exactly and capture again
-        with source.connect(autocommit=False) as conn:
-            writers = catalog_writers(conn, info.restart_lsn or start_lsn or upto_lsn, upto_lsn)
+        writers = _catalog_writers(source, info.restart_lsn or start_lsn or upto_lsn, upto_lsn)
         if writers is None:
             log.warning(
                 "The chain ends at an uncaptured schema change, placed from the stream alone: %s", HOW_TO_ENABLE

@@ -61,7 +61,7 @@ SELECT d.oid::text, string_agg(pg_catalog.pg_relation_filenode(c.oid)::text, '|'
 
 _RECORDS = """
 SELECT r.xid::text, r.resource_manager, r.description
-  FROM {schema}.pg_get_wal_records_info(%s::pg_lsn, LEAST(%s::pg_lsn, pg_catalog.pg_current_wal_flush_lsn())) r
+  FROM {schema}.pg_get_wal_records_info(%s::pg_lsn, %s::pg_lsn) r
  WHERE r.xid::text <> '0'
    AND ((r.resource_manager IN ('Heap', 'Heap2') AND r.record_type = ANY(%s) AND r.block_ref ~ %s)
         OR (r.resource_manager = 'Transaction' AND r.description LIKE '%%subxacts:%%'))
@@ -86,6 +86,13 @@ def catalog_writers(conn: psycopg.Connection, start_lsn: str, end_lsn: str) -> s
         "SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace"
         " WHERE e.extname = 'pg_walinspect'"
     ).fetchone()[0]
+    # the WAL can be read up to what is flushed, and a range must not be empty
+    end_lsn, empty = conn.execute(
+        "SELECT e::text, %s::pg_lsn >= e FROM LEAST(%s::pg_lsn, pg_catalog.pg_current_wal_flush_lsn()) e",
+        (start_lsn, end_lsn),
+    ).fetchone()
+    if empty:
+        return set()
     db, files = conn.execute(_CATALOG_FILES, (list(NOT_SCHEMA),)).fetchone()
     pattern = rf"rel \d+/{db}/({files}) fork main"
     writers: set[str] = set()

@@ -7,9 +7,11 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from wedsync_backup.incremental import _catalog_writers
 from wedsync_backup.logical.wal_catalog import FUNCTION, catalog_writers, wal_inspection_available
 
 from devstack.postgres import Cluster
+from tests.wedsync_backup.test_export import pg_target
 from tests.wedsync_backup.test_incremental import SCHEMA, drop_db, new_db, write
 
 
@@ -82,3 +84,14 @@ def test_a_role_without_superuser_reads_it_once_granted_the_function(pg_cluster:
     finally:
         write(pg_cluster, source, "DROP EXTENSION IF EXISTS pg_walinspect")
         pg_cluster.psql("-c", f'REVOKE ALL ON DATABASE "{source}" FROM {role}; DROP ROLE {role}')
+
+
+def test_a_wal_that_cannot_be_read_leaves_the_placement_to_the_stream(pg_cluster: Cluster, source: str) -> None:
+    """An error reading the WAL (here WAL long recycled) must not fail the capture: the chain end is then placed
+    from the stream alone, as without pg_walinspect. An empty range is no error."""
+    write(pg_cluster, source, "CREATE EXTENSION pg_walinspect")
+    target = pg_target(pg_cluster, source)
+    with psycopg.connect(pg_cluster.dsn(source), autocommit=True, options=SYNC) as conn:
+        now = lsn(conn)
+    assert _catalog_writers(target, now, now) == set()
+    assert _catalog_writers(target, "0/10", now) is None
