@@ -75,7 +75,7 @@ WHEN = st.datetimes(datetime(1990, 1, 1), datetime(2100, 1, 1), timezones=st.jus
 NOPK_INSERT = (
     "INSERT INTO nopk SELECT %(a)s, %(b)s, %(f)s, %(j)s, %(ts)s, %(by)s, %(arr)s FROM generate_series(1, %(copies)s)"
 )
-WRITES = st.one_of(
+ROW_WRITES = st.one_of(  # writes that change rows only (no TRUNCATE: it writes a catalog row too)
     w("INSERT INTO pk (v, n) VALUES (%(v)s, %(n)s)", v=TEXT, n=st.integers(0, 9)),
     w(f"UPDATE pk SET v = %(v)s WHERE id = {nth('pk', 'id')}", r=R, v=TEXT),
     w(f"UPDATE pk SET id = id + 100000 WHERE id = {nth('pk', 'id')}", r=R),  # a new key: old-key is sent
@@ -103,6 +103,9 @@ WRITES = st.one_of(
     w(f"UPDATE part SET k = %(k)s WHERE (id, k) = {nth('part', 'id, k')}", r=R, k=st.integers(0, 199)),  # moves
     w(f"UPDATE part SET v = %(v)s WHERE (id, k) = {nth('part', 'id, k')}", r=R, v=TEXT),
     w(f"DELETE FROM part WHERE (id, k) = {nth('part', 'id, k')}", r=R),
+)
+WRITES = st.one_of(
+    ROW_WRITES,
     st.builds(
         lambda tables, restart: (f"TRUNCATE {', '.join(sorted(tables))}{' RESTART IDENTITY' if restart else ''}", {}),
         st.sets(st.sampled_from(["pk", "nopk", "toast", "part"]), min_size=1, max_size=3),

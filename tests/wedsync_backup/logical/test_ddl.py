@@ -14,9 +14,12 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from wedsync_backup.crypto import Keyring
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.incremental import read_changes, schema_fingerprint
@@ -37,6 +40,7 @@ from devstack.postgres import Cluster
 from tests.fixtures.ddl import user_schema_dump
 from tests.wedsync_backup.test_export import local_store, pg_target
 from tests.wedsync_backup.test_incremental import SCHEMA, Chain, drop_db, new_db, rows, write
+from tests.wedsync_backup.test_pitr import PITR_SCHEMA, ROW_WRITES, SCHEMA_MISFITS
 
 # --- statements (no database) ------------------------------------------------------------------------------
 
@@ -582,6 +586,106 @@ def test_with_the_wal_readable_a_change_a_later_one_rewrote_ends_the_chain_right
         assert end["replay_transactions"] == 2 and m.extra["transactions"] == 2
         assert before < datetime.fromisoformat(end["covered_until"]) < changed
         assert_restores_as(c, clone_before, before, None)
+
+
+# Uncaptured changes, those the stream alone can place and those it cannot (a DROP of an index or a view that
+# existed at the verified point, a function replaced, a column renamed and renamed back, a type modifier), each in
+# a transaction among row writes. Each is made with the step's number ``n``, so that none is a no-op.
+UNCAPTURED = st.sampled_from(
+    [
+        lambda n: [f"DROP INDEX pk_i{n}"],
+        lambda n: [f"CREATE INDEX pk_new{n} ON pk (v)"],
+        lambda n: [f"CREATE OR REPLACE VIEW pk_v AS SELECT id, {n} AS k FROM pk"],
+        lambda n: [f"DROP VIEW pk_v{n}"],
+        lambda n: [f"CREATE OR REPLACE FUNCTION n_of(int) RETURNS int LANGUAGE sql AS 'SELECT $1 + {n}'"],
+        lambda n: [f"ALTER TABLE pk ALTER COLUMN v TYPE varchar({400 + n})"],
+        lambda n: ["ALTER TABLE pk RENAME COLUMN n TO n2", "ALTER TABLE pk RENAME COLUMN n2 TO n"],
+        lambda n: [f"COMMENT ON TABLE nopk IS 'comment {n}'"],
+        lambda n: [f"ALTER TABLE pk ADD COLUMN extra{n} text"],
+    ]
+)
+MAX_STEPS = 14
+UNCAPTURED_SCHEMA = (
+    PITR_SCHEMA
+    + "CREATE FUNCTION n_of(int) RETURNS int LANGUAGE sql AS 'SELECT $1';"
+    + "CREATE VIEW pk_v AS SELECT id, 0 AS k FROM pk;"
+    + "".join(f"CREATE INDEX pk_i{n} ON pk (n); CREATE VIEW pk_v{n} AS SELECT n FROM pk;" for n in range(MAX_STEPS))
+)
+WAL_STEP = st.tuples(
+    st.integers(0, 9), st.lists(ROW_WRITES, min_size=1, max_size=3), UNCAPTURED, st.lists(ROW_WRITES, max_size=2)
+).map(lambda p: ("tx", p[1]) if p[0] < 6 else ("change", (p[3], p[2], p[1][:1])) if p[0] < 8 else ("mark", None))
+
+
+def committed(conn: psycopg.Connection, writes: list[tuple[str, dict[str, Any]]]) -> bool:
+    try:
+        with conn.transaction():
+            for stmt, params in writes:
+                conn.execute(stmt, params)
+        return True
+    except SCHEMA_MISFITS:
+        return False
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: seconds per example, minutes to shrink
+)
+@given(steps=st.lists(WAL_STEP, min_size=4, max_size=MAX_STEPS), data=st.data())
+@pytest.mark.parametrize("wal", [True, False], ids=["wal-readable", "stream-only"])
+def test_any_uncaptured_change_ends_the_chain_never_after_it_and_right_before_it_where_the_wal_is_readable(
+    pg_cluster: Cluster,
+    tmp_path_factory: pytest.TempPathFactory,
+    wal: bool,
+    steps: list[tuple[str, Any]],
+    data: st.DataObject,
+) -> None:
+    """Random row writes, uncaptured schema changes among them, marks; one capture at the end. The chain ends
+    before the first change's transaction, never after it, and every mark up to the end restores exactly. With
+    the WAL readable it ends right before it (covered up to its start, not up to its commit), and latest is the
+    source just before it."""
+    db = new_db(pg_cluster, UNCAPTURED_SCHEMA + ("CREATE EXTENSION pg_walinspect;" if wal else ""))
+    try:
+        with uncaptured_chain(pg_cluster, db, tmp_path_factory.mktemp("wal")) as c:
+            clones: list[tuple[datetime, str]] = []
+            change: tuple[datetime, datetime] | None = None  # the first committed change: began, committed
+            for n, (kind, writes) in enumerate(steps):
+                if kind == "change":
+                    before_it, make, after_it = writes
+                    writes = [*before_it, *((stmt, {}) for stmt in make(n)), *after_it]
+                if kind == "mark":
+                    clones.append(mark(c))
+                    continue
+                if kind == "change" and change is None:
+                    just_before = mark(c)
+                    began = datetime.now(UTC)
+                with psycopg.connect(pg_cluster.dsn(db), autocommit=True, options="-c synchronous_commit=on") as conn:
+                    done = committed(conn, writes)
+                if kind == "change" and change is None and done:
+                    change = (began, datetime.now(UTC))
+                    clones.append(just_before)
+                    at_change = just_before[1]
+            m = c.backup()
+            end = m.extra["chain_end"]
+            if change is None:
+                assert end is None
+                assert_same(c.cluster, c.restore_to(None), c.db)
+            else:
+                assert end and end["placed"] == ("exact" if wal else "bounded"), end
+                covered = datetime.fromisoformat(end["covered_until"])
+                assert covered < change[1]
+                if wal:
+                    assert change[0] <= covered
+                    assert_same(c.cluster, c.restore_to(None), at_change)  # the source just before the change
+                kept = [(at, clone) for at, clone in clones if at <= covered]
+                if kept:
+                    at, clone = data.draw(st.sampled_from(kept), label="restore to mark")
+                    assert_same(c.cluster, c.restore_to(at), clone)
+                with pytest.raises(IntegrityError, match="No backup covers"):
+                    plan_chain(committed_manifests(c.store), change[1])
+    finally:
+        drop_db(pg_cluster, db)
 
 
 def test_install_status_and_remove(pg_cluster: Cluster, source: str) -> None:
