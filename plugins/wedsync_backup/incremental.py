@@ -49,6 +49,8 @@ FETCH = 2000
 PEEK_OPTIONS = ("include-xids", "1", "include-timestamp", "1", "skip-empty-xacts", "0")
 __all__ = ["CaptureStats", "capture_incremental", "read_changes", "schema_fingerprint"]
 COMMIT_STAMP_MARGIN_S = 1.0
+COMMIT_FINISH_WAIT_S = 0.2  # a commit record written, the transaction visible: milliseconds
+STOPPING_POINT_ATTEMPTS = 20  # each a few milliseconds: a migration of many statements passes in between
 
 
 def schema_fingerprint(
@@ -65,14 +67,24 @@ def schema_state(
 ) -> tuple[str, SchemaObjects]:
     """The schema fingerprint (of ``version``: a chain compares like with like) and the objects it covers
     (``logical/objects.py``), read in one snapshot."""
-    with source.connect(autocommit=False) as conn:
+    with source.connect(autocommit=True) as conn:
+        fingerprint, objects = _schema_state_on(conn, exclude_schemas, version)
+    assert objects is not None
+    return fingerprint, objects
+
+
+def _schema_state_on(
+    conn: psycopg.Connection, exclude_schemas: tuple[str, ...], version: int, *, objects: bool = True
+) -> tuple[str, SchemaObjects | None]:
+    """``schema_state`` on an open autocommit connection, in a transaction of its own (rolled back); without
+    ``objects``, the fingerprint alone."""
+    with conn.transaction(force_rollback=True):
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         conn.execute("SET LOCAL search_path = pg_catalog")
         row = conn.execute(fingerprint_query(exclude_schemas, version).encode()).fetchone()
         conn.execute("RESET search_path")  # types print as the decoder prints them: under the role's search_path
-        objects = read_schema_objects(conn, exclude_schemas)
-        conn.rollback()
-    return row[0] or "", objects
+        found = read_schema_objects(conn, exclude_schemas) if objects else None
+    return row[0] or "", found
 
 
 def schema_at_end(parent: Manifest) -> str | None:
@@ -126,6 +138,42 @@ def catalog_xids(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) -> tup
         rows = conn.execute(CATALOG_XIDS, ([*exclude_schemas, CAPTURE_SCHEMA],)).fetchall()
         analyzed = conn.execute("SELECT DISTINCT xmin::text FROM pg_statistic").fetchall()
     return {r[0] for r in rows}, {r[0] for r in analyzed}
+
+
+def _stopping_point(
+    source: PgTarget, conn: psycopg.Connection, exclude_schemas: tuple[str, ...], version: int
+) -> tuple[str, str, SchemaObjects]:
+    """(LSN, fingerprint, objects): where the capture stops, and the schema there: that of exactly the
+    transactions committed below the LSN, those the stream holds.
+
+    Read once, the schema can miss a change that is in the stream (its commit record is written, and it becomes
+    visible a moment later) or hold one that is not (committed after the LSN was read); either would be taken
+    for an uncaptured change, and the chain would end at its last verified point. So the fingerprint is read
+    before the LSN (what is visible then is below it: the marker's synchronous commit flushes it) and after it,
+    once every transaction still in progress at the LSN has finished or a short wait has passed (those below
+    it are finishing their commit). Equal, no change happened in between and the reads enclose the stream's
+    transactions; different, the point is chosen again.
+    """
+    for attempt in range(1, STOPPING_POINT_ATTEMPTS + 1):
+        before, _ = _schema_state_on(conn, exclude_schemas, version, objects=False)
+        with conn.transaction():
+            emit_marker(conn, "capture flush")  # a transaction of ours, not a schema change
+        lsn = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]
+        running = conn.execute("SELECT array_agg(x::text) FROM pg_snapshot_xip(pg_current_snapshot()) x").fetchone()[0]
+        deadline = time.monotonic() + COMMIT_FINISH_WAIT_S
+        while running and time.monotonic() < deadline:
+            running = conn.execute(
+                "SELECT array_agg(x::text) FROM pg_snapshot_xip(pg_current_snapshot()) x WHERE x::text = ANY(%s)",
+                (running,),
+            ).fetchone()[0]
+            if running:
+                time.sleep(0.002)
+        fingerprint, objects = _schema_state_on(conn, exclude_schemas, version)
+        assert objects is not None
+        if fingerprint == before:
+            break
+        log.info("The schema changed while the capture chose where to stop (attempt %d): choosing again", attempt)
+    return lsn, fingerprint, objects
 
 
 def _catalog_writers(source: PgTarget, start_lsn: str, end_lsn: str) -> set[str] | None:
@@ -205,6 +253,9 @@ def capture_incremental(
         )
     start_lsn = info.confirmed_flush_lsn
     expected = parent.extra.get("end_lsn") or parent.consistent_point.get("lsn")
+    closing = upto_lsn is not None
+    started = schema_at_end(parent)
+    version = fingerprint_version(started) or FINGERPRINT_VERSION
     with source.connect(autocommit=True) as conn:
         now = conn.execute("SELECT clock_timestamp()").fetchone()[0]
         # A commit is stamped just before its WAL record is written: wait out that window, so every
@@ -213,11 +264,6 @@ def capture_incremental(
         # Decoding only sees WAL flushed to disk; with synchronous_commit=off recent commits may not be:
         # a synchronous (empty) commit flushes everything before it.
         conn.execute("SET synchronous_commit = on")
-        with conn.transaction():
-            emit_marker(conn, "capture flush")  # a transaction of ours, not a schema change
-        current = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]
-        closing = upto_lsn is not None
-        upto_lsn = upto_lsn or current
         if (
             start_lsn
             and expected
@@ -225,13 +271,14 @@ def capture_incremental(
         ):
             # The slot was never advanced past the parent: the parent's capture was not committed
             log.warning("Slot %s is at %s, behind the parent's end %s", slot, start_lsn, expected)
-    # the schema at the stopping point: read after it (or, closing a chain, the next full backup's)
-    # (closing, the objects at upto_lsn are not known: an uncaptured change then cuts at the verified point)
-    started = schema_at_end(parent)
-    version = fingerprint_version(started) or FINGERPRINT_VERSION
-    live_fingerprint, live_objects = (
-        (end_fingerprint, None) if closing else schema_state(source, exclude_schemas, version)
-    )
+        if closing:  # the schema at the stopping point is the next full backup's; the objects are not known
+            # (an uncaptured change then cuts at the verified point)
+            assert upto_lsn is not None
+            live_fingerprint, live_objects = end_fingerprint, None
+            with conn.transaction():
+                emit_marker(conn, "capture flush")  # a transaction of ours, not a schema change
+        else:
+            upto_lsn, live_fingerprint, live_objects = _stopping_point(source, conn, exclude_schemas, version)
     data_key = keyring.new_data_key(backup_id)
     ddl_xids, analyze_xids = catalog_xids(source, exclude_schemas)
     with source.connect(autocommit=True) as conn:
