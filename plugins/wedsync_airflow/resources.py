@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +16,8 @@ from wedsync_backup.storage.base import Storage
 
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.targets import build_storage
+
+log = logging.getLogger(__name__)
 
 
 def airflow_resources(policy: Policy) -> Resources:
@@ -50,15 +55,18 @@ def run_ref(context: Any) -> RunRef:
     return RunRef(context["ti"].dag_id, str(dag_run.run_id), at, triggered_by=str(triggered_by))
 
 
-def build_storages_in_background(res: Resources) -> threading.Thread:
-    """Build every target's storage in a thread while the caller does other work: the provider hooks' imports
-    and clients cost most of a second of CPU, which the caller's database work (waiting on PostgreSQL) leaves
-    free. A target that cannot be built is left for the phase that needs it, to fail there as it would have."""
+def build_storages_in_background(res: Resources, *more: Callable[[], object]) -> threading.Thread:
+    """Build every target's storage (then ``more``: other storages of ``res``) in a thread while the caller does
+    other work: the provider hooks' imports and clients cost most of a second of CPU, which the caller's database
+    work (waiting on PostgreSQL) leaves free. A storage that cannot be built is left for the phase that needs it,
+    to fail there as it would have."""
 
     def build() -> None:
-        for target in res.policy.targets:
+        began = time.monotonic()
+        for make in [*(lambda t=t: res.open_storage(t) for t in res.policy.targets), *more]:
             with contextlib.suppress(Exception):
-                res.open_storage(target)
+                make()
+        log.info("Storages built in the background in %.2f s", time.monotonic() - began)
 
     thread = threading.Thread(target=build, name="build-storages", daemon=True)
     thread.start()

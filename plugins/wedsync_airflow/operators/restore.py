@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from airflow.sdk import SkipMixin
 from airflow.sdk.exceptions import AirflowSkipException
 from wedsync_backup.commands import restore as cmd
-from wedsync_backup.commands.files_restore import left_out, restore_files_for
+from wedsync_backup.commands.files_restore import left_out, restore_files_for, target_bucket
 from wedsync_backup.commands.resources import NothingToDo, Resources
 from wedsync_backup.commands.restore import RESTORE_FATAL, RestoreRequest
 from wedsync_backup.partial.request import WEDDING_ONLY
@@ -161,7 +162,8 @@ class RestoreOperator(_AfterPlan, SkipMixin):
         res = self.build_resources()
         req = self.request()
         if req.is_partial and not req.is_dry_run:  # its safety snapshot goes to every target: built meanwhile
-            build_storages_in_background(res)
+            files = [self.files_target(res)] if self.scope == WEDDING_ONLY and self.files_tasks() else []
+            build_storages_in_background(res, *files)
         result = self.call(
             lambda: cmd.restore(
                 res,
@@ -185,6 +187,10 @@ class RestoreOperator(_AfterPlan, SkipMixin):
         from wedsync_airflow.operators.files import RestoreFilesOperator
 
         return [t for t in self.downstream_list if isinstance(t, RestoreFilesOperator)]
+
+    def files_target(self, res: Resources) -> Callable[[], object]:
+        """The bucket the weddings' files go back to (built ahead: see ``files_here``)."""
+        return lambda: target_bucket(res, self.target_files_conn_id, self.target_files_bucket)
 
     def files_here(self, res: Resources, result: dict[str, Any]) -> bool:
         """The weddings' files, into ``result['files']``; False (the files task does them) when that failed."""
