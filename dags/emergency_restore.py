@@ -9,6 +9,10 @@ out of memory, its node lost) cannot do that itself: its retry clears what it le
 dies, the put_back task (a fresh task process, run only then) puts the target back as it was, if, and only if, it
 carries the mark of this run's restore. The run still ends failed.
 
+The files (components files): restore_files writes them back after the database. For scope wedding-only the
+restore task brings the weddings' few files back itself, right after their rows, and skips restore_files (its log
+and result say what was written or found in place); restore_files runs only if that step failed.
+
 Where bad input is refused: each parameter alone by its JSON schema below (UI form, REST API and CLI, before
 a run exists); the combinations (confirm with dry_run=false, target_time for point_in_time, backup_id for
 backup_id) by the api-server (plugins/wedsync_restore_guard.py: UI form and REST API, before a run exists)
@@ -159,6 +163,10 @@ COMMON = {
     "into_schema": "{{ params.into_schema }}",
     "components": "{{ params.components }}",
 }
+FILES_TARGET = {
+    "target_files_conn_id": "{{ params.target_files_conn_id }}",
+    "target_files_bucket": "{{ params.target_files_bucket }}",
+}
 
 with DAG(
     dag_id="emergency_restore",
@@ -181,12 +189,12 @@ with DAG(
         on_execute_callback=alert_on("restore_started"),
         on_success_callback=alert_on("restore_finished"),
         on_failure_callback=alert_on("restore_failed"),
+        **FILES_TARGET,  # wedding-only: the weddings' files are restored here too, and restore_files skipped
         **COMMON,
     )
     restore_files = RestoreFilesOperator(
         task_id="restore_files",
-        target_files_conn_id="{{ params.target_files_conn_id }}",
-        target_files_bucket="{{ params.target_files_bucket }}",
+        **FILES_TARGET,
         trigger_rule=TriggerRule.NONE_FAILED,  # after the database (restored, skipped as a dry run, or left out)
         **COMMON,
     )

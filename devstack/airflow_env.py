@@ -18,6 +18,11 @@ from devstack.services import GcsEmulator, MotoServer
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_USER = "admin"
 RESTORE_TARGET = "restore_target"  # the empty database (and its connection id) the README's restore example uses
+# How long the scheduler sleeps after a loop that found nothing to do (Airflow's default: 1 s). A task whose
+# upstream has just finished waits for the next loop, so each dependent task started up to 1 s late; at 0.25 s
+# a one-wedding restore (plan -> restore) is about 0.6 s shorter. Cost measured on 2 CPUs, idle stack:
+# the scheduler 2.0% -> 6.0% of a core, PostgreSQL 1.4% -> 2.8% (0.1 s: 14% and 5.6%).
+SCHEDULER_IDLE_SLEEP_TIME = "0.25"
 
 
 def sizing(cores: int | None = None, parallelism: int | None = None) -> dict[str, str]:
@@ -103,6 +108,7 @@ class StackConfig:
             AIRFLOW__CORE__FERNET_KEY="",
             AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
             AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK="False",
+            AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=SCHEDULER_IDLE_SLEEP_TIME,
             WEDSYNC_BACKUP_S3_BUCKET=self.s3_bucket,
             WEDSYNC_BACKUP_GCS_BUCKET=self.gcs_bucket,
             WEDSYNC_PG_BINDIR=str(self.cluster.bindir),

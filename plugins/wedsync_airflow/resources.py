@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,18 +17,26 @@ from wedsync_backup.storage.base import Storage
 from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.targets import build_storage
 
+log = logging.getLogger(__name__)
+
 
 def airflow_resources(policy: Policy) -> Resources:
     """Storages through the provider hooks, databases and keys from connections; each built when needed.
 
     A storage is built once per task (its connection read, its client made) and reused by every phase the
-    task runs: building one costs up to a second on a busy machine."""
+    task runs: building one costs up to a second on a busy machine. Safe to call from several threads (see
+    ``build_storages_in_background``): each target is built once, and one being built does not hold up another."""
     storages: dict[str, Storage] = {}
+    locks: dict[str, threading.Lock] = {}
+    guard = threading.Lock()
 
     def open_storage(target: TargetPolicy) -> Storage:
-        if target.name not in storages:
-            storages[target.name] = build_storage(target)
-        return storages[target.name]
+        with guard:
+            lock = locks.setdefault(target.name, threading.Lock())
+        with lock:
+            if target.name not in storages:
+                storages[target.name] = build_storage(target)
+            return storages[target.name]
 
     return Resources(
         policy=policy,
@@ -40,3 +53,21 @@ def run_ref(context: Any) -> RunRef:
     at = getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None) or datetime.now(UTC)
     triggered_by = getattr(dag_run, "triggering_user_name", None) or getattr(dag_run, "run_type", "") or "unknown"
     return RunRef(context["ti"].dag_id, str(dag_run.run_id), at, triggered_by=str(triggered_by))
+
+
+def build_storages_in_background(res: Resources, *more: Callable[[], object]) -> threading.Thread:
+    """Build every target's storage (then ``more``: other storages of ``res``) in a thread while the caller does
+    other work: the provider hooks' imports and clients cost most of a second of CPU, which the caller's database
+    work (waiting on PostgreSQL) leaves free. A storage that cannot be built is left for the phase that needs it,
+    to fail there as it would have."""
+
+    def build() -> None:
+        began = time.monotonic()
+        for make in [*(lambda t=t: res.open_storage(t) for t in res.policy.targets), *more]:
+            with contextlib.suppress(Exception):
+                make()
+        log.info("Storages built in the background in %.2f s", time.monotonic() - began)
+
+    thread = threading.Thread(target=build, name="build-storages", daemon=True)
+    thread.start()
+    return thread

@@ -138,6 +138,8 @@ def test_emergency_restore_brings_one_wedding_back_into_the_live_database(
     result = stack.run_dag("emergency_restore", conf, env=stack.env(WEDSYNC_SOURCE=stack.conn_json(live)))
     assert result.state == "success", result.output[-6000:]
     assert_same_database(stack.cluster, source, live)
+    # the files (components default to database and files) are the restore task's too: restore_files is skipped
+    assert "Files: " in result.output and "Skipping restore_files: this task did its work" in result.output
     with stack.catalog() as cat:
         event = cat.execute(
             "SELECT status, recovery_type, recovery_environment, affected_wedding_ids, safety_snapshot_id, "

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from wedsync_backup import alerts
-from wedsync_backup.commands.files_restore import restore_files_for
 
 from wedsync_airflow.operators.restore import _RestoreParams
 
@@ -14,25 +13,8 @@ class RestoreFilesOperator(_RestoreParams):
     """Write the files (photos, documents) as they were at the restored point back to a bucket; a dry run
     reports how many objects and bytes would be written. Skipped when ``components`` leaves files out."""
 
-    template_fields = (*_RestoreParams.template_fields, "target_files_conn_id", "target_files_bucket")
-
-    def __init__(
-        self, *, target_files_conn_id: str | None = None, target_files_bucket: str | None = None, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self.target_files_conn_id = target_files_conn_id
-        self.target_files_bucket = target_files_bucket
-
     def execute(self, context: Any) -> dict[str, Any]:
-        return self.call(
-            lambda: restore_files_for(
-                self.build_resources(),
-                self.request(),
-                self.components,
-                target_files_conn_id=self.target_files_conn_id,
-                target_files_bucket=self.target_files_bucket,
-            )
-        )
+        return self.call(lambda: self.restore_files(self.build_resources()))
 
 
 def alert_files_problems(backup_id: str, problems: list[str], context: Any) -> None:

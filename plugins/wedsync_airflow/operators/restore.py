@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from airflow.sdk import SkipMixin
 from airflow.sdk.exceptions import AirflowSkipException
 from wedsync_backup.commands import restore as cmd
-from wedsync_backup.commands.files_restore import left_out
+from wedsync_backup.commands.files_restore import left_out, restore_files_for, target_bucket
+from wedsync_backup.commands.resources import NothingToDo, Resources
 from wedsync_backup.commands.restore import RESTORE_FATAL, RestoreRequest
+from wedsync_backup.partial.request import WEDDING_ONLY
 
+from wedsync_airflow.operators.base import peak_memory
 from wedsync_airflow.operators.command import CommandOperator
+from wedsync_airflow.resources import build_storages_in_background
 
 
 class _RestoreParams(CommandOperator):
@@ -30,6 +36,8 @@ class _RestoreParams(CommandOperator):
         "tables",
         "into_schema",
         "components",
+        "target_files_conn_id",
+        "target_files_bucket",
     )
 
     def __init__(
@@ -50,9 +58,13 @@ class _RestoreParams(CommandOperator):
         tables: list[str] | str | None = None,
         into_schema: str | None = None,
         components: list[str] | str | None = None,
+        target_files_conn_id: str | None = None,
+        target_files_bucket: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.target_files_conn_id = target_files_conn_id
+        self.target_files_bucket = target_files_bucket
         self.wedding_ids = wedding_ids
         self.data_types = data_types
         self.tables = tables
@@ -72,6 +84,16 @@ class _RestoreParams(CommandOperator):
     def database_left_out(self) -> str | None:
         """Why this run does not restore the database (components without it), or None."""
         return self.call(lambda: left_out(self.components, "database"))
+
+    def restore_files(self, res: Resources) -> dict[str, Any]:
+        """The files component as this run asks for it (NothingToDo when it holds no files)."""
+        return restore_files_for(
+            res,
+            self.request(),
+            self.components,
+            target_files_conn_id=self.target_files_conn_id,
+            target_files_bucket=self.target_files_bucket,
+        )
 
     def request(self) -> RestoreRequest:
         """The params as rendered for this run."""
@@ -124,18 +146,28 @@ class _AfterPlan(_RestoreParams):
         return int(self.event_id) if self.event_id not in (None, "", "None") else None
 
 
-class RestoreOperator(_AfterPlan):
-    """Restore the planned backup; on a dry run, stop here (skipped) having touched nothing."""
+class RestoreOperator(_AfterPlan, SkipMixin):
+    """Restore the planned backup; on a dry run, stop here (skipped) having touched nothing.
+
+    Scope wedding-only: the weddings' own files (a few objects) are brought back here too, right after their rows,
+    and the files task downstream is skipped: it would only do the same again in a task process of its own. The
+    result and the log say what the files step did. Should that step fail, the files task is left to run and
+    does it (with its own retries), as for every other scope."""
 
     def execute(self, context: Any) -> dict[str, Any]:
         left_out = self.database_left_out()
         if left_out:
             self.log.info(left_out)
             return {"database": left_out}
-        return self.call(
+        res = self.build_resources()
+        req = self.request()
+        if req.is_partial and not req.is_dry_run:  # its safety snapshot goes to every target: built meanwhile
+            files = [self.files_target(res)] if self.scope == WEDDING_ONLY and self.files_tasks() else []
+            build_storages_in_background(res, *files)
+        result = self.call(
             lambda: cmd.restore(
-                self.build_resources(),
-                self.request(),
+                res,
+                req,
                 self.planned(),
                 self.run_of(context),
                 event_id=self.event(),
@@ -143,6 +175,37 @@ class RestoreOperator(_AfterPlan):
             ),
             fatal=RESTORE_FATAL,
         )
+        files_tasks = self.files_tasks()
+        if self.scope == WEDDING_ONLY and files_tasks and self.files_here(res, result):
+            context["ti"].xcom_push(key="return_value", value=result)  # skipping ends execute before Airflow does
+            self.log.info("Peak memory: %s", peak_memory())  # (nor does post_execute run)
+            self.log.info("Skipping %s: this task did its work", ", ".join(t.task_id for t in files_tasks))
+            self.skip(context["ti"], files_tasks)
+        return result
+
+    def files_tasks(self) -> list[Any]:
+        from wedsync_airflow.operators.files import RestoreFilesOperator
+
+        return [t for t in self.downstream_list if isinstance(t, RestoreFilesOperator)]
+
+    def files_target(self, res: Resources) -> Callable[[], object]:
+        """The bucket the weddings' files go back to (built ahead: see ``files_here``)."""
+        return lambda: target_bucket(res, self.target_files_conn_id, self.target_files_bucket)
+
+    def files_here(self, res: Resources, result: dict[str, Any]) -> bool:
+        """The weddings' files, into ``result['files']``; False (the files task does them) when that failed."""
+        try:
+            files: dict[str, Any] = dict(self.restore_files(res))
+            weddings = ", ".join(map(str, result.get("weddings") or []))
+            self.log.info("Files of wedding(s) %s restored: %s", weddings, files)
+        except NothingToDo as e:
+            files = {"restored": False, "why": str(e)}
+            self.log.info("Files: %s", e)
+        except Exception as e:  # the database part is done and committed: the files task tries again
+            self.log.warning("Files not restored by this task (%s: %s): the files task does it", type(e).__name__, e)
+            return False
+        result["files"] = files
+        return True
 
 
 class PutBackOperator(_AfterPlan):

@@ -39,7 +39,7 @@ def parse_components(value: object) -> tuple[str, ...]:
 def target_bucket(res: Resources, conn_id: str | None, bucket: str | None) -> Storage:
     """The bucket files are written back to: an aws connection and a bucket (default: the policy's)."""
     files = res.policy.files
-    conn_id, bucket = conn_id or files.conn_id, bucket or files.bucket
+    conn_id, bucket = _set(conn_id) or files.conn_id, _set(bucket) or files.bucket
     if not bucket:
         raise ConfigError(
             "No bucket to restore the files into",
@@ -176,7 +176,7 @@ def restore_files_for(
     req.validate(res.policy)
     until = req.until()
     wedding_ids = files_in_scope(res, req)
-    target = target_bucket(res, _set(target_files_conn_id), _set(target_files_bucket))
+    target = target_bucket(res, target_files_conn_id, target_files_bucket)
     return restore_files(
         res,
         target,
