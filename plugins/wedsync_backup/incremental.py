@@ -68,23 +68,26 @@ def schema_state(
     """The schema fingerprint (of ``version``: a chain compares like with like) and the objects it covers
     (``logical/objects.py``), read in one snapshot."""
     with source.connect(autocommit=True) as conn:
-        fingerprint, objects = _schema_state_on(conn, exclude_schemas, version)
-    assert objects is not None
-    return fingerprint, objects
+        return _schema_state_on(conn, exclude_schemas, version)
 
 
 def _schema_state_on(
-    conn: psycopg.Connection, exclude_schemas: tuple[str, ...], version: int, *, objects: bool = True
-) -> tuple[str, SchemaObjects | None]:
-    """``schema_state`` on an open autocommit connection, in a transaction of its own (rolled back); without
-    ``objects``, the fingerprint alone."""
+    conn: psycopg.Connection, exclude_schemas: tuple[str, ...], version: int
+) -> tuple[str, SchemaObjects]:
+    """``schema_state`` on an open autocommit connection, in a transaction of its own (rolled back)."""
     with conn.transaction(force_rollback=True):
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        conn.execute("SET LOCAL search_path = pg_catalog")
-        row = conn.execute(fingerprint_query(exclude_schemas, version).encode()).fetchone()
-        conn.execute("RESET search_path")  # types print as the decoder prints them: under the role's search_path
-        found = read_schema_objects(conn, exclude_schemas) if objects else None
-    return row[0] or "", found
+        fingerprint = _fingerprint_in(conn, exclude_schemas, version)
+        return fingerprint, read_schema_objects(conn, exclude_schemas)
+
+
+def _fingerprint_in(conn: psycopg.Connection, exclude_schemas: tuple[str, ...], version: int) -> str:
+    """The fingerprint in the open transaction (it must run with search_path = pg_catalog; put back after, as
+    the objects' types print as the decoder prints them: under the role's search_path)."""
+    conn.execute("SET LOCAL search_path = pg_catalog")
+    row = conn.execute(fingerprint_query(exclude_schemas, version).encode()).fetchone()
+    conn.execute("RESET search_path")
+    return row[0] or ""
 
 
 def schema_at_end(parent: Manifest) -> str | None:
@@ -141,7 +144,7 @@ def catalog_xids(source: PgTarget, exclude_schemas: tuple[str, ...] = ()) -> tup
 
 
 def _stopping_point(
-    source: PgTarget, conn: psycopg.Connection, exclude_schemas: tuple[str, ...], version: int
+    conn: psycopg.Connection, exclude_schemas: tuple[str, ...], version: int
 ) -> tuple[str, str, SchemaObjects]:
     """(LSN, fingerprint, objects): where the capture stops, and the schema there: that of exactly the
     transactions committed below the LSN, those the stream holds.
@@ -155,25 +158,31 @@ def _stopping_point(
     transactions; different, the point is chosen again.
     """
     for attempt in range(1, STOPPING_POINT_ATTEMPTS + 1):
-        before, _ = _schema_state_on(conn, exclude_schemas, version, objects=False)
+        with conn.transaction(force_rollback=True):
+            before = _fingerprint_in(conn, exclude_schemas, version)
         with conn.transaction():
             emit_marker(conn, "capture flush")  # a transaction of ours, not a schema change
         lsn = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]
-        running = conn.execute("SELECT array_agg(x::text) FROM pg_snapshot_xip(pg_current_snapshot()) x").fetchone()[0]
+        running = _in_progress(conn)
         deadline = time.monotonic() + COMMIT_FINISH_WAIT_S
         while running and time.monotonic() < deadline:
-            running = conn.execute(
-                "SELECT array_agg(x::text) FROM pg_snapshot_xip(pg_current_snapshot()) x WHERE x::text = ANY(%s)",
-                (running,),
-            ).fetchone()[0]
-            if running:
-                time.sleep(0.002)
+            time.sleep(0.002)
+            running = _in_progress(conn, among=running)
         fingerprint, objects = _schema_state_on(conn, exclude_schemas, version)
-        assert objects is not None
         if fingerprint == before:
             break
         log.info("The schema changed while the capture chose where to stop (attempt %d): choosing again", attempt)
     return lsn, fingerprint, objects
+
+
+def _in_progress(conn: psycopg.Connection, among: list[str] | None = None) -> list[str]:
+    """The transactions in progress now (of ``among``, when given)."""
+    row = conn.execute(
+        "SELECT array_agg(x::text) FROM pg_snapshot_xip(pg_current_snapshot()) x"
+        " WHERE %(among)s::text[] IS NULL OR x::text = ANY(%(among)s)",
+        {"among": among},
+    ).fetchone()
+    return row[0] or []
 
 
 def _catalog_writers(source: PgTarget, start_lsn: str, end_lsn: str) -> set[str] | None:
@@ -278,7 +287,7 @@ def capture_incremental(
             with conn.transaction():
                 emit_marker(conn, "capture flush")  # a transaction of ours, not a schema change
         else:
-            upto_lsn, live_fingerprint, live_objects = _stopping_point(source, conn, exclude_schemas, version)
+            upto_lsn, live_fingerprint, live_objects = _stopping_point(conn, exclude_schemas, version)
     data_key = keyring.new_data_key(backup_id)
     ddl_xids, analyze_xids = catalog_xids(source, exclude_schemas)
     with source.connect(autocommit=True) as conn:
