@@ -39,6 +39,7 @@ from wedsync_backup.logical.wal_catalog import HOW_TO_ENABLE, catalog_writers
 from wedsync_backup.manifest import Manifest, Provenance, StoredObject, backup_prefix
 from wedsync_backup.pg import PgTarget, pg_error_is_transient
 from wedsync_backup.pipeline import decode_from_storage, encode_to_storage
+from wedsync_backup.policy import DEFAULT_ZSTD_LEVEL
 from wedsync_backup.repository import begin_attempt, seal_pending
 from wedsync_backup.schema_changes import chain_end_warning
 from wedsync_backup.storage.base import Storage
@@ -235,7 +236,7 @@ def capture_incremental(
     parent: Manifest,
     chain: list[str],
     slot: str,
-    zstd_level: int = 3,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
     upto_lsn: str | None = None,
     extra: dict[str, Any] | None = None,
     provenance: Provenance | None = None,

@@ -8,6 +8,7 @@ timeout or kill in the main thread would wait for them too.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -21,12 +22,14 @@ R = TypeVar("R")
 
 
 class Crew:
-    """What the workers share: a stop flag, the first error, and the connections to cancel."""
+    """What the workers share: a stop flag, the first error, and the connections to cancel (and client tools
+    to end)."""
 
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._conns: list[psycopg.Connection] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
         self.error: BaseException | None = None
 
     @property
@@ -43,16 +46,31 @@ class Crew:
                 conn.cancel_safe(timeout=CANCEL_TIMEOUT)
         return conn
 
+    def enlist_process(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        """Register a worker's client tool (psql running a COPY) so that a failure elsewhere ends it at once;
+        the worker that started it reaps it."""
+        with self._lock:
+            self._procs = [p for p in self._procs if p.returncode is None]
+            self._procs.append(proc)
+            stopped = self._stop.is_set()
+        if stopped:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        return proc
+
     def fail(self, error: BaseException) -> None:
         """Record the first error and stop everyone now."""
         with self._lock:
             if self.error is None:
                 self.error = error
-            conns = list(self._conns)
+            conns, procs = list(self._conns), list(self._procs)
             self._stop.set()
         for conn in conns:
             with contextlib.suppress(Exception):
                 conn.cancel_safe(timeout=CANCEL_TIMEOUT)
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
 
 
 def run_crew(workers: int, work: Callable[[Crew], None], name: str) -> None:

@@ -16,6 +16,7 @@ import zstandard
 from wedsync_backup.crypto import DataKey, Keyring, ObjectEncryptor, decrypt_stream
 from wedsync_backup.errors import IntegrityError
 from wedsync_backup.manifest import StoredObject
+from wedsync_backup.policy import DEFAULT_ZSTD_LEVEL
 from wedsync_backup.storage.base import Storage
 
 PLAIN_READ = 1 << 20
@@ -46,7 +47,7 @@ def encode_to_storage(
     key: str,
     data_key: DataKey,
     *,
-    zstd_level: int = 3,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
 ) -> EncodeResult:
     """Compress, encrypt and stream ``chunks`` to ``storage[key]`` atomically; return sizes and checksums."""
     with storage.writer(key) as w:
@@ -93,7 +94,7 @@ class BundleWriter:
     back alone with a ranged read (``decode_from_storage(..., offset=)``). Atomic like any writer: use it as
     a context manager; ``bundle`` describes the whole object once it has committed."""
 
-    def __init__(self, storage: Storage, key: str, data_key: DataKey, *, zstd_level: int = 3) -> None:
+    def __init__(self, storage: Storage, key: str, data_key: DataKey, *, zstd_level: int = DEFAULT_ZSTD_LEVEL) -> None:
         self.key = key
         self._writer = storage.writer(key)
         self._data_key = data_key

@@ -17,6 +17,9 @@ from wedsync_backup.weddings.policy import WeddingsPolicy, parse_weddings_policy
 
 DEFAULT_POLICY_PATH = Path(__file__).resolve().parents[2] / "include" / "config" / "backup_policy.yaml"
 POLICY_ENV = "WEDSYNC_BACKUP_POLICY"
+# zstd level 1 compresses COPY text about twice as fast as level 3 to the same size (bench/RESULTS.md,
+# "Compression level"): the export is CPU-bound, so the faster level makes the whole backup faster.
+DEFAULT_ZSTD_LEVEL = 1
 TARGET_KINDS = ("local", "s3", "gcs")
 # What a target is for. One primary (the export writes there; replicas are copied from it); every other
 # target is a replica, secondary (same site as the source) or offsite (another site). The catalog's
@@ -316,7 +319,7 @@ def load_policy(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
         exclude_schemas=_names(source.get("exclude_schemas"), "source.exclude_schemas"),
         catalog_conn_id=_require(_section(raw, "catalog"), "conn_id", "catalog"),
         encryption_conn_id=_require(_section(raw, "encryption"), "conn_id", "encryption"),
-        zstd_level=_int(_section(raw, "compression"), "zstd_level", "compression", 3),
+        zstd_level=_int(_section(raw, "compression"), "zstd_level", "compression", DEFAULT_ZSTD_LEVEL),
         export_workers=workers,
         priorities=prio,
         targets=tuple(targets),

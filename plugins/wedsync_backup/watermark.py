@@ -20,6 +20,7 @@ from wedsync_backup.export import SYSTEM_SCHEMA_FILTER
 from wedsync_backup.manifest import Manifest, Provenance, backup_prefix
 from wedsync_backup.pg import PgTarget, qualified, quote_ident
 from wedsync_backup.pipeline import encode_to_storage
+from wedsync_backup.policy import DEFAULT_ZSTD_LEVEL
 from wedsync_backup.repository import begin_attempt, seal_pending
 from wedsync_backup.storage.base import Storage
 
@@ -98,7 +99,7 @@ def capture_watermark(
     chain: list[str],
     column: str = "updated_at",
     exclude_schemas: tuple[str, ...] = (),
-    zstd_level: int = 3,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
     extra: dict[str, Any] | None = None,
     provenance: Provenance | None = None,
 ) -> Manifest:

@@ -35,6 +35,7 @@ from wedsync_backup.partial.shape import LiveTable
 from wedsync_backup.partial.stage import bind
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pipeline import encode_to_storage
+from wedsync_backup.policy import DEFAULT_ZSTD_LEVEL
 from wedsync_backup.repository import begin_attempt, seal_pending
 from wedsync_backup.storage.base import Storage
 from wedsync_backup.weddings.export import _copy_rows, _object_chunks, table_label, wedding_object_key
@@ -64,7 +65,7 @@ def export_rows(
     scope: RestoreScope,
     provenance: Provenance,
     wedding_tables: Sequence[SliceTable] = (),
-    zstd_level: int = 3,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
 ) -> Manifest:
     """Export the rows ``tables`` select from ``target`` in one snapshot; leaves the manifest pending.
     Idempotent like every export: a retry clears an earlier attempt, a committed backup is returned."""

@@ -34,6 +34,7 @@ from wedsync_backup.errors import IntegrityError
 from wedsync_backup.manifest import Manifest, StoredObject, WeddingEntry, backup_prefix
 from wedsync_backup.pg import PgTarget
 from wedsync_backup.pipeline import BundleWriter, decode_from_storage
+from wedsync_backup.policy import DEFAULT_ZSTD_LEVEL
 from wedsync_backup.repository import read_manifest
 from wedsync_backup.restore import verify_manifest_mac
 from wedsync_backup.storage.base import Storage
@@ -110,7 +111,7 @@ def export_batch(
     snapshot: str,
     wedding_slice: WeddingSlice,
     weddings: list[BatchWedding],
-    zstd_level: int = 3,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
 ) -> tuple[list[WeddingEntry], StoredObject | None]:
     """Export the batch's weddings in the run's snapshot into one bundle on ``storage``: their entries and
     the bundle (None when no wedding of the batch is left in the snapshot)."""
