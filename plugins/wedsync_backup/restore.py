@@ -222,17 +222,32 @@ def _schema_archive(manifest: Manifest, storage: Storage, keyring: Keyring) -> b
 
 
 def _run_pg_restore(
-    manifest: Manifest, archive: bytes, target: PgTarget, args: list[str], toc_list: str | None = None
+    manifest: Manifest,
+    archive: bytes,
+    target: PgTarget,
+    args: list[str],
+    toc_list: str | None = None,
+    jobs: int = 1,
 ) -> str:
-    """pg_restore with the archive on stdin (and a TOC list on a pipe): nothing is written to disk."""
+    """pg_restore with the archive on stdin (and a TOC list on a pipe): nothing is written to disk.
+
+    ``jobs`` > 1 runs pg_restore's own parallel restore, which needs an archive it can seek and its workers
+    can reopen: the archive is then an in-memory file (memfd), still never on disk.
+    """
     with target.connect(autocommit=True) as conn:
         major = server_major(conn)
     cmd = [str(find_tool("pg_restore", major)), *args]
-    fds: tuple[int, ...] = ()
+    fds: list[int] = []
     list_writer = None
+    memfd: int | None = None
+    if jobs > 1:
+        memfd = os.memfd_create("wedsync-schema-archive")
+        os.write(memfd, archive)
+        fds.append(memfd)
+        cmd += [f"--jobs={jobs}", f"/dev/fd/{memfd}"]
     if toc_list is not None:
         r, w = os.pipe()
-        fds = (r,)
+        fds.append(r)
         cmd += ["-L", f"/dev/fd/{r}", "--exit-on-error"]
 
         def write_list() -> None:
@@ -242,13 +257,17 @@ def _run_pg_restore(
         list_writer = threading.Thread(target=write_list, daemon=True)
     if "-l" not in args:
         cmd.append(f"--dbname={target.tool_dsn()}")
-    proc = spawn_tool(cmd, target, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=fds)
     try:
-        if toc_list is not None:
-            os.close(fds[0])
-            assert list_writer is not None
+        proc = spawn_tool(
+            cmd, target, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=tuple(fds)
+        )
+    finally:
+        for fd in fds:  # the child holds its own copies
+            os.close(fd)
+    try:
+        if list_writer is not None:
             list_writer.start()
-        out, err = proc.communicate(archive)
+        out, err = proc.communicate(None if memfd is not None else archive)
     except BaseException:
         end_process(proc)  # a timeout or kill of the task: pg_restore must not go on writing to the target
         raise
@@ -495,7 +514,9 @@ def restore_backup(
             restore_large_objects(manifest, storage, keyring, conn)
         rest = [line for line in post_data if line not in clock.built]
         if rest:
-            _run_pg_restore(manifest, archive, builder, ["--single-transaction"], toc_list="\n".join(rest) + "\n")
+            # foreign keys, triggers, policies: pg_restore's own scheduler runs them ``workers`` at a time, never two
+            # that lock one table together; each commits alone (a failure still puts the whole target back)
+            _run_pg_restore(manifest, archive, builder, [], toc_list="\n".join(rest) + "\n", jobs=workers)
         clock.finish()  # a group none of whose tables had rows to load is usable now
         _set_sequences(manifest, target)
         if not keep_mark:
