@@ -38,6 +38,7 @@ from wedsync_backup.manifest import (
     Manifest,
     Provenance,
     SequenceEntry,
+    StoredObject,
     TableEntry,
     backup_prefix,
     content_checksum,
@@ -120,6 +121,8 @@ class ExportOptions:
     slot: str | None = None  # start an incremental chain: create this logical slot, export in its snapshot
     # called with the snapshot's name while it is held (another reader imports it: the files capture)
     on_snapshot: Callable[[str], None] | None = None
+    # called (from a worker thread: it must not block) with each table part once every target committed it
+    on_stored: Callable[[StoredObject], None] | None = None
     exclude_schemas: tuple[str, ...] = ()
     priority_of: Callable[[str, str], str] = field(default=lambda schema, table: "standard")
 
@@ -542,6 +545,8 @@ def _export_parts(
             cmd = _copy_command(source, psql, snapshot, _copy_sql(t, part))
             with tool_stream(cmd, source, "psql", f"COPY of {t.qualified}", crew) as chunks:
                 res = encode_to_storage(chunks, storage, part.key, data_key, zstd_level=options.zstd_level)
+            if options.on_stored is not None:
+                options.on_stored(res.stored_object())
             with lock:
                 results[part.key] = res
 

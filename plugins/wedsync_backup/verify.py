@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -82,33 +83,61 @@ def verify_object(
         )
 
 
+def verify_named(
+    storage: Storage,
+    obj: StoredObject,
+    keyring: Keyring,
+    backup_id: str,
+    deep: bool = False,
+    listed: dict[str, int] | None = None,
+    pieces: list[tuple[int, StoredObject]] | None = None,
+) -> None:
+    """``verify_object``, with a storage or network fault reported as this object on this target."""
+    try:
+        verify_object(storage, obj, keyring, backup_id, deep, listed, pieces)
+    except WedSyncError:
+        raise
+    except Exception as e:
+        raise IntegrityError(
+            f"Could not verify object {obj.key} on target {storage.name}",
+            str(e),
+            "check the target",
+            transient=is_transient(e),  # a dropped connection is retried; damaged data is not
+        ) from e
+
+
 def verify_copy(
-    manifest: Manifest, storage: Storage, keyring: Keyring, *, deep: bool = False, workers: int = 1
+    manifest: Manifest,
+    storage: Storage,
+    keyring: Keyring,
+    *,
+    deep: bool = False,
+    workers: int = 1,
+    already: Mapping[str, StoredObject] | None = None,
 ) -> VerifyResult:
     """Check every object of ``manifest`` on ``storage``; raise on the first fault, naming it. ``workers`` > 1
-    checks that many objects at once (many small objects: a wedding backup)."""
+    checks that many objects at once (many small objects: a wedding backup). ``already``: objects this run
+    read back from this target and verified (the full backup does it while its export goes on); one the
+    manifest lists exactly so (same key, size and checksum) is not read again."""
     verify_manifest_mac(manifest, keyring)
     objects = manifest.objects()
+    earlier = {o.key for o in objects if already is not None and already.get(o.key) == o}
     pieces = manifest.pieces()
     # many objects: one listing gives every size, instead of a request per object
     listed = {o.key: o.size for o in storage.list(backup_prefix(manifest.backup_id))} if workers > 1 else None
 
     def one(obj: StoredObject) -> None:
-        try:
-            verify_object(storage, obj, keyring, manifest.backup_id, deep, listed, pieces.get(obj.key))
-        except WedSyncError:
-            raise
-        except Exception as e:  # storage/network faults: say which object and which target
-            raise IntegrityError(
-                f"Could not verify object {obj.key} on target {storage.name}",
-                str(e),
-                "check the target",
-                transient=is_transient(e),  # a dropped connection is retried; damaged data is not
-            ) from e
+        verify_named(storage, obj, keyring, manifest.backup_id, deep, listed, pieces.get(obj.key))
 
-    for _ in each_object(one, objects, workers):
+    for _ in each_object(one, [o for o in objects if o.key not in earlier], workers):
         pass
-    log.info("Verified %d objects of %s on %s", len(objects), manifest.backup_id, storage.name)
+    log.info(
+        "Verified %d objects of %s on %s%s",
+        len(objects),
+        manifest.backup_id,
+        storage.name,
+        f" ({len(earlier)} of them while the export ran)" if earlier else "",
+    )
     return VerifyResult(
         target_name=storage.name,
         kind=storage.kind,

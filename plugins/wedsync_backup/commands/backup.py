@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -22,7 +22,7 @@ from wedsync_backup.errors import IntegrityError
 from wedsync_backup.export import ExportOptions, run_export
 from wedsync_backup.logical.ddl import capture_state
 from wedsync_backup.logical.slot import check_logical_decoding, drop_slot, ensure_replica_identity, slot_name_for
-from wedsync_backup.manifest import FULL_TYPES, ChainSection, Manifest, Provenance, manifest_key
+from wedsync_backup.manifest import FULL_TYPES, ChainSection, Manifest, Provenance, StoredObject, manifest_key
 from wedsync_backup.policy import Policy
 from wedsync_backup.replicate import replicate as copy_backup
 from wedsync_backup.repository import begin_attempt, pending_manifest_bytes, write_commit_marker
@@ -227,10 +227,13 @@ def export(
     backup_type: str = "full",
     tier: str = "full",
     copies: bool = False,
+    on_stored: Callable[[StoredObject], None] | None = None,
 ) -> ExportResult:
     """Export one consistent snapshot to the primary; the manifest stays pending until commit.
 
-    ``copies``: write every replica's copy during the export too (no replicate phase needed after it)."""
+    ``copies``: write every replica's copy during the export too (no replicate phase needed after it).
+    ``on_stored``: told of each table part once every target holds it (to read it back while the export
+    goes on)."""
     policy = res.policy
     chain, slot = chain_start(res, backup_id, run) if backup_type in FULL_TYPES else (None, None)
     snapshot = export_snapshot(res)  # the files table is read in the export's snapshot, after it
@@ -241,7 +244,9 @@ def export(
             res.keyring(),
             backup_id=backup_id,
             backup_type=backup_type,
-            options=replace(export_options(policy, slot), on_snapshot=snapshot.attach if snapshot else None),
+            options=replace(
+                export_options(policy, slot), on_snapshot=snapshot.attach if snapshot else None, on_stored=on_stored
+            ),
             chain=chain,
             provenance=provenance_of(res, backup_id, run, tier),
         )

@@ -16,7 +16,7 @@ exported again from scratch on every target.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +25,10 @@ from wedsync_backup.commands.prune import prune
 from wedsync_backup.commands.resources import Resources, RunRef
 from wedsync_backup.configurations.bundle import ConfigurationBundle
 from wedsync_backup.configurations.store import store_configurations
+from wedsync_backup.manifest import StoredObject
 from wedsync_backup.replicate import replicate
 from wedsync_backup.storage.base import Storage
-from wedsync_backup.verify import verify_copy
+from wedsync_backup.verify import verify_copy, verify_named
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,51 @@ class FullBackupResult:
         }
 
 
-def verify_every_copy(res: Resources, backup_id: str, manifest_sha256: str) -> list[dict[str, Any]]:
+class EarlyVerifier:
+    """Reads back and verifies each table part on every target as soon as the export has committed it, while
+    the export goes on: by the end of the export most of every copy is proven, and ``verify_every_copy``
+    reads only the rest (the schema, the objects added after the export). Proven means exactly what
+    ``verify_copy`` proves (size, sha256, decryption of every byte), of the very object the manifest lists.
+
+    One thread: the export already keeps both cores busy, and a reader per target would hold more buffers
+    at once (every task stays under its memory bound). A failure is kept and raised by :meth:`verified`."""
+
+    def __init__(self, res: Resources, backup_id: str) -> None:
+        self.backup_id = backup_id
+        self.keyring = res.keyring()
+        self.storages = res.all_storages()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-early")
+        self._checks: list[tuple[str, StoredObject, Future[None]]] = []
+
+    def stored(self, obj: StoredObject) -> None:
+        for storage in self.storages:
+            check = self._pool.submit(verify_named, storage, obj, self.keyring, self.backup_id)
+            self._checks.append((storage.name, obj, check))
+
+    def verified(self, target: str) -> dict[str, StoredObject]:
+        """The objects proven on ``target`` (waiting for those still being read); raises the first fault."""
+        return {obj.key: obj for name, obj, check in self._checks if name == target and check.result() is None}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def verify_every_copy(
+    res: Resources, backup_id: str, manifest_sha256: str, early: EarlyVerifier | None = None
+) -> list[dict[str, Any]]:
     """``verify_copy`` on every target at once (a thread each: the work is mostly reading and waiting on the
     target); the first failure is raised, naming its target. Storages and keys are built here, in the
-    caller's thread, as connections are read there."""
+    caller's thread, as connections are read there. ``early``: what was already proven during the export."""
     manifest = backup.load_pending_manifest(res, backup_id, manifest_sha256)
     keyring = res.keyring()
     storages = res.all_storages()
 
     def one(storage: Storage) -> dict[str, Any]:
-        return {**verify_copy(manifest, storage, keyring).as_dict(), "manifest_sha256": manifest_sha256}
+        already = early.verified(storage.name) if early is not None else None
+        return {
+            **verify_copy(manifest, storage, keyring, already=already).as_dict(),
+            "manifest_sha256": manifest_sha256,
+        }
 
     with ThreadPoolExecutor(max_workers=len(storages), thread_name_prefix="verify") as pool:
         return list(pool.map(one, storages))
@@ -84,15 +120,22 @@ def export_verify_commit(
     tier: str = "full",
     configurations: ConfigurationBundle | None = None,
 ) -> FullBackupResult:
-    """Export with every copy written at once, add the configurations component, verify every copy, then
-    commit (begin has opened the row)."""
-    exported = backup.export(res, backup_id, run, backup_type=backup_type, tier=tier, copies=True)
-    sha = exported.manifest_sha256
-    if configurations is not None:
-        sha = store_configurations(res, backup_id, sha, configurations).manifest_sha256
-        exported.manifest_sha256 = sha
-    copy_what_the_export_did_not(res, backup_id, sha)
-    verifications = verify_every_copy(res, backup_id, sha)
+    """Export with every copy written at once (each part read back and verified as soon as it is on every
+    target), add the configurations component, verify what is left of every copy, then commit (begin has
+    opened the row)."""
+    early = EarlyVerifier(res, backup_id)
+    try:
+        exported = backup.export(
+            res, backup_id, run, backup_type=backup_type, tier=tier, copies=True, on_stored=early.stored
+        )
+        sha = exported.manifest_sha256
+        if configurations is not None:
+            sha = store_configurations(res, backup_id, sha, configurations).manifest_sha256
+            exported.manifest_sha256 = sha
+        copy_what_the_export_did_not(res, backup_id, sha)
+        verifications = verify_every_copy(res, backup_id, sha, early)
+    finally:
+        early.close()
     committed = backup.commit(res, backup_id, sha, verifications, tier=tier)
     return FullBackupResult(exported, [v["target_name"] for v in verifications], committed)
 

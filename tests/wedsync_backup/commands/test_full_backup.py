@@ -9,10 +9,11 @@ import pytest
 from wedsync_backup.commands import backup
 from wedsync_backup.commands.full_backup import export_verify_commit
 from wedsync_backup.commands.resources import Resources
-from wedsync_backup.errors import StorageError
+from wedsync_backup.errors import StorageError, WedSyncError
 from wedsync_backup.manifest import backup_prefix, manifest_key
 from wedsync_backup.policy import TargetPolicy
 from wedsync_backup.repository import read_manifest
+from wedsync_backup.storage.base import Storage
 from wedsync_backup.storage.local import LocalStorage
 
 from tests.wedsync_backup.commands.conftest import World
@@ -65,3 +66,53 @@ def test_a_replica_failing_mid_export_leaves_no_copy_counted(world: World, tmp_p
 
     done = export_verify_commit(world.resources(), backup_id, run)  # the retry, the target repaired
     assert done.committed.status == "completed" and done.verified == ["primary", "secondary", "offsite"]
+
+
+class DamagingStorage(LocalStorage):
+    """A target that keeps the first table part it is sent with one byte flipped: a disk or a network that
+    corrupts what it was given, after the write reported success."""
+
+    damaged: str | None = None
+
+    def writer(self, key: str):  # type: ignore[no-untyped-def]
+        inner = super().writer(key)
+        if self.damaged is not None or "/data/" not in key:
+            return inner
+        self.damaged = key
+        commit = inner.commit
+
+        def commit_then_damage() -> None:
+            commit()
+            data = bytearray(self.get_bytes(key))
+            data[len(data) // 2] ^= 0x01
+            self.put_bytes(key, bytes(data))
+
+        inner.commit = commit_then_damage  # type: ignore[method-assign]
+        return inner
+
+
+def test_parts_are_read_back_while_the_export_runs(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    res, run = world.resources(), world.run()
+    backup_id = backup.begin(res, run).backup_id
+    with caplog.at_level("INFO", logger="wedsync_backup.verify"):
+        done = export_verify_commit(res, backup_id, run)
+    parts = sum(len(t.parts) for t in read_manifest(world.storages["primary"], backup_id).tables)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Verified")]
+    assert len(said) == 3 and all(f"({parts} of them while the export ran)" in m for m in said), said
+    assert done.committed.status == "completed"
+
+
+def test_a_part_damaged_on_a_replica_is_found_and_nothing_is_counted(world: World, tmp_path: Path) -> None:
+    damaging = DamagingStorage(tmp_path / "offsite", name="offsite", medium="object-storage", site="elsewhere")
+
+    def open_storage(target: TargetPolicy) -> Storage:
+        return damaging if target.name == "offsite" else world.storages[target.name]
+
+    res = Resources(world.policy, open_storage, lambda: world.catalog, world.open_database, lambda _: world.ring)
+    run = world.run()
+    backup_id = backup.begin(res, run).backup_id
+    with pytest.raises(WedSyncError, match="offsite") as failed:  # a bad checksum, or a header that fails to open
+        export_verify_commit(res, backup_id, run)
+    assert damaging.damaged is not None and damaging.damaged in str(failed.value)
+    row = world.catalog.get_backup(backup_id)
+    assert row is not None and row["status"] != "completed"
