@@ -14,6 +14,7 @@ import logging
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -532,6 +533,7 @@ def _export_parts(
     queue = list(parts)
     lock = threading.Lock()
     results: dict[str, EncodeResult] = {}
+    started = time.monotonic()
 
     psql = find_tool("psql", major)
 
@@ -549,6 +551,17 @@ def _export_parts(
                 options.on_stored(res.stored_object())
             with lock:
                 results[part.key] = res
+                done = len(results)
+            log.info(
+                "Exported %s part %d: %.1f MB -> %.1f MB stored; %d of %d parts, %.1f s",
+                t.qualified,
+                part.part_no,
+                res.plain_bytes / 1e6,
+                res.stored_bytes / 1e6,
+                done,
+                len(parts),
+                time.monotonic() - started,
+            )
 
     run_crew(min(options.workers, len(parts)), worker, "export")
     return results

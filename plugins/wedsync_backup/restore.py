@@ -313,6 +313,35 @@ def _load_part(
         return cur.rowcount
 
 
+class Progress:
+    """The load's progress in the task log, a line per table loaded: tables, bytes and time so far (a restore of
+    a large database is long; the on-call engineer watching it sees that it moves and how far it is)."""
+
+    def __init__(self, tables: int, plain_bytes: int) -> None:
+        self.tables, self.total = tables, max(plain_bytes, 1)
+        self.tables_done = self.bytes_done = 0
+        self.started = time.monotonic()
+
+    def done(self, plain_bytes: int, table: TableEntry | None) -> None:
+        """A part is in (``table``: its table's last one)."""
+        self.bytes_done += plain_bytes
+        if table is None:
+            return
+        self.tables_done += 1
+        log.info(
+            "Loaded %s (%s): %d rows; %d of %d tables, %.0f of %.0f MB (%.0f%%), %.1f s",
+            table.qualified,
+            table.priority,
+            table.row_count,
+            self.tables_done,
+            self.tables,
+            self.bytes_done / 1e6,
+            self.total / 1e6,
+            100 * self.bytes_done / self.total,
+            time.monotonic() - self.started,
+        )
+
+
 def _load_data(
     manifest: Manifest,
     storage: Storage,
@@ -330,6 +359,7 @@ def _load_data(
     remaining = {t.qualified: len(t.parts) for t in manifest.tables}
     lock = threading.Lock()
     loaded: dict[str, int] = {}
+    progress = Progress(len(manifest.tables), manifest.plain_bytes)
 
     def worker(crew: Crew) -> None:
         with crew.enlist(target.connect(autocommit=True)) as conn:
@@ -344,6 +374,7 @@ def _load_data(
                     loaded[table.qualified] = loaded.get(table.qualified, 0) + n
                     remaining[table.qualified] -= 1
                     last = remaining[table.qualified] == 0
+                    progress.done(obj.plain_bytes, table if last else None)
                 if last and on_table_loaded is not None:
                     on_table_loaded(table)
 
@@ -514,6 +545,12 @@ def restore_backup(
             restore_large_objects(manifest, storage, keyring, conn)
         rest = [line for line in post_data if line not in clock.built]
         if rest:
+            log.info(
+                "Creating the remaining %d constraints, triggers and policies, %d at a time (%.1f s so far)",
+                len(rest),
+                workers,
+                time.monotonic() - started,
+            )
             # foreign keys, triggers, policies: pg_restore's own scheduler runs them ``workers`` at a time, never two
             # that lock one table together; each commits alone (a failure still puts the whole target back)
             _run_pg_restore(manifest, archive, builder, [], toc_list="\n".join(rest) + "\n", jobs=workers)
