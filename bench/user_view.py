@@ -49,6 +49,35 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
+def idle_core_seconds() -> float:
+    """Core-seconds every CPU of the machine has spent idle since boot (/proc/stat: idle + iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[3] + fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerCpu:
+    """CPU seconds the PostgreSQL server has used: the postmaster and every backend, live or ended (an ended
+    backend's time is in the postmaster's children times). Read around a contender, the difference is the
+    server work it caused (plus the stack's own small queries)."""
+
+    def __init__(self, datadir: Path) -> None:
+        self.datadir = datadir
+
+    def used(self) -> float:
+        import psutil
+
+        postmaster = psutil.Process(int((self.datadir / "postmaster.pid").read_text().split()[0]))
+        t = postmaster.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in postmaster.children():
+            try:
+                c = child.cpu_times()
+                total += c.user + c.system
+            except psutil.NoSuchProcess:
+                pass  # it ended between the listing and the read: its time is in the postmaster's now
+        return total
+
+
 def _ts(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
@@ -60,6 +89,8 @@ class Timed:
     seconds: float
     load: float
     detail: dict[str, Any] = field(default_factory=dict)
+    server_cpu: float | None = None  # PostgreSQL's CPU seconds meanwhile
+    idle: float | None = None  # core-seconds the machine's CPUs were idle meanwhile
 
 
 @dataclass
@@ -88,6 +119,7 @@ class UserBench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.last_cpu: tuple[float, float] = (0.0, 0.0)
         self.stack = StackProcess(new_state_dir("wedsync-bench-"), scale=args.scale, extra_args=self.stack_args)
         self.work = Path(tempfile.mkdtemp(prefix="wedsync-bench-dumps-"))
         self.cluster: Cluster | None = None
@@ -143,11 +175,18 @@ class UserBench:
         return {"bytes": size, "tables": tables[0], "rows": int(tables[1] or 0), "version": version}  # type: ignore[index]
 
     # --- contenders ----------------------------------------------------------------------------------------
+    def cpu(self) -> tuple[float, float]:
+        assert self.cluster is not None
+        return ServerCpu(self.cluster.datadir).used(), idle_core_seconds()
+
     def timed(self, cmd: list[str]) -> Timed:
         self.checkpoint()
+        cpu, idle = self.cpu()
         started = time.monotonic()
         subprocess.run(cmd, check=True, capture_output=True)
-        return Timed(time.monotonic() - started, load())
+        seconds = time.monotonic() - started
+        cpu2, idle2 = self.cpu()
+        return Timed(seconds, load(), server_cpu=cpu2 - cpu, idle=idle2 - idle)
 
     def pg_dump(self) -> Timed:
         out = self.work / "wedsync.dump"
@@ -165,8 +204,12 @@ class UserBench:
 
     def dag_run(self, dag_id: str, conf: dict[str, Any] | None = None) -> tuple[str, DagRunTimes, float]:
         self.checkpoint()
+        self.last_cpu = self.cpu()
         run_id = self.stack.api.trigger(dag_id, conf)["dag_run_id"]
         run = self.stack.api.wait_for_run(dag_id, run_id, timeout=3600)
+        cpu, idle = self.cpu()
+        # from the trigger to the run seen ended: a little longer than the run itself (scheduling, polling)
+        self.last_cpu = (cpu - self.last_cpu[0], idle - self.last_cpu[1])
         if run["state"] != "success":
             raise RuntimeError(f"{dag_id} run {run_id} ended {run['state']}: see {self.stack.state_dir}/logs")
         return run_id, run_times(self.stack.api.task_instances(dag_id, run_id)), load()
@@ -182,7 +225,7 @@ class UserBench:
         if row is None:
             raise RuntimeError(f"{FULL} run {run_id} left no completed backup row")
         detail = {"run_id": run_id, "tasks": times.tasks, "backup_id": row[0], "catalog_window": float(row[1])}
-        return Timed(times.seconds, ld, detail)
+        return Timed(times.seconds, ld, detail, *self.last_cpu)
 
     def emergency_restore(self) -> Timed:
         assert self.cluster is not None
@@ -206,7 +249,7 @@ class UserBench:
         detail["restore_task"] = restore_task
         self.cluster.psql("-c", f'DROP DATABASE "{RESTORE_TARGET}" WITH (FORCE)')
         self.cluster.create_database(RESTORE_TARGET)
-        return Timed(times.seconds, ld, detail)
+        return Timed(times.seconds, ld, detail, *self.last_cpu)
 
     def stop(self) -> None:
         self.stack.stop()
@@ -216,6 +259,12 @@ class UserBench:
 
 
 # --- the report ------------------------------------------------------------------------------------------------
+def _cpu(t: Timed) -> str:
+    if t.server_cpu is None or t.idle is None:
+        return "|"
+    return f"{t.server_cpu:.1f} | {t.idle:.1f}"
+
+
 def _yes(ok: bool) -> str:
     return "**yes**" if ok else "**NO**"
 
@@ -248,17 +297,23 @@ def render(args: argparse.Namespace, info: dict[str, Any], r: dict[str, Any]) ->
         "the end of each figure. The stage view (each stage its own process, no Airflow) is the report above,",
         "from its own run (`bench.run_bench`, see its header): compare the ratios, not the seconds.",
         "",
-        "| Backup | Run | Wall time (s) | load | catalog window (s) |",
-        "|---|---:|---:|---:|---:|",
+        "| Backup | Run | Wall time (s) | load | catalog window (s) | PostgreSQL CPU (s) | idle CPU (core-s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *[
             row
             for i, (d, f) in enumerate(zip(r["pg_dumps"], r["fulls"], strict=True), 1)
             for row in (
-                f"| `pg_dump -Fc` ({d.detail['bytes'] / 1e6:,.1f} MB) | {i} | {d.seconds:.1f} | {d.load:.2f} | |",
+                f"| `pg_dump -Fc` ({d.detail['bytes'] / 1e6:,.1f} MB) | {i} | {d.seconds:.1f} | {d.load:.2f} | "
+                f"| {_cpu(d)} |",
                 f"| **`backup_daily_full` run** (3 copies, all verified, committed, pruned) | {i} | {f.seconds:.1f} "
-                f"| {f.load:.2f} | {f.detail['catalog_window']:.1f} |",
+                f"| {f.load:.2f} | {f.detail['catalog_window']:.1f} | {_cpu(f)} |",
             )
         ],
+        "",
+        "PostgreSQL CPU: the server's CPU seconds (postmaster and every backend) from the contender's start to its",
+        "end (for a DAG run: from the trigger until the run is seen ended, so a little longer than the run). Idle",
+        "CPU: the core-seconds the machine's 2 CPUs spent idle meanwhile (whatever else runs on the machine",
+        "counts as busy).",
         "",
         f"Medians: `pg_dump -Fc` {dump.seconds:.1f} s; `backup_daily_full` {full.seconds:.1f} s "
         f"({full.seconds / dump.seconds:.2f}x), its catalog window {window:.1f} s ({window / dump.seconds:.2f}x).",
@@ -268,16 +323,17 @@ def render(args: argparse.Namespace, info: dict[str, Any], r: dict[str, Any]) ->
         "|---|---:|---:|",
         *[f"| {name} | {start:.1f} | {d:.1f} |" for name, start, d in full.detail["tasks"]],
         "",
-        "| Restore, into an empty database | Run | Wall time (s) | load | critical usable at (s) |",
-        "|---|---:|---:|---:|---:|",
+        "| Restore, into an empty database | Run | Wall time (s) | load | critical usable at (s) "
+        "| PostgreSQL CPU (s) | idle CPU (core-s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for i, (p, o) in enumerate(zip(pgr, ours, strict=True), 1):
         rto = o.detail["rto_per_group"]
         crit = rto.get("critical")
-        out.append(f"| `pg_restore -j2` (from the `-Fc` file) | {i} | {p.seconds:.1f} | {p.load:.2f} | |")
+        out.append(f"| `pg_restore -j2` (from the `-Fc` file) | {i} | {p.seconds:.1f} | {p.load:.2f} | | {_cpu(p)} |")
         out.append(
             f"| **`emergency_restore` run** (plan + restore) | {i} | {o.seconds:.1f} | {o.load:.2f} | "
-            f"{crit if crit is not None else '-'} |"
+            f"{crit if crit is not None else '-'} | {_cpu(o)} |"
         )
     med = median_of(ours)
     recorded = med.detail["rto_per_group"]  # jsonb keeps its own key order: show them in priority order
