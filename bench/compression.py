@@ -13,6 +13,7 @@ bench/RESULTS.md. Nothing is written to disk but the cluster.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ for p in (REPO_ROOT, REPO_ROOT / "plugins"):
 
 import psycopg  # noqa: E402
 import zstandard  # noqa: E402
+from wedsync_backup.export import F_SETPIPE_SZ, PIPE_SIZE  # noqa: E402
 from wedsync_backup.pg import find_tool, qualified  # noqa: E402
 
 from bench.user_view import write_section  # noqa: E402
@@ -72,6 +74,7 @@ def read_psql(dsn: str, names: list[str], psql_cpu: list[float]) -> Iterator[byt
             stdout=subprocess.PIPE,
         )
         assert proc.stdout is not None
+        fcntl.fcntl(proc.stdout.fileno(), F_SETPIPE_SZ, PIPE_SIZE)  # as the export's tool_stream does
         while piece := proc.stdout.read(BATCH):
             yield piece
         _, status, usage = os.wait4(proc.pid, 0)
