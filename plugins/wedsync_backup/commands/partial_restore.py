@@ -25,6 +25,7 @@ from wedsync_backup.partial.changes import (
     TableWork,
     count_changes,
     delete_rows,
+    diff_query,
     disable_user_triggers,
     insert_missing,
     insert_rows,
@@ -38,7 +39,7 @@ from wedsync_backup.partial.scope import Member, Scope, check_side_schema, selec
 from wedsync_backup.partial.shape import LiveTable
 from wedsync_backup.partial.snapshot import SnapshotTable, take_safety_snapshot
 from wedsync_backup.partial.source import backup_database, check_snapshot_fits, choose_rows
-from wedsync_backup.partial.stage import Staging, temp
+from wedsync_backup.partial.stage import Staging, bind, temp
 from wedsync_backup.pitr import bump_sequences_in
 from wedsync_backup.policy import Policy
 
@@ -73,13 +74,17 @@ def _in_scope(m: Member, w: TableWork) -> sql.Composable:
     )
 
 
-def _compare(staging: Staging, scope: Scope, works: list[TableWork]) -> None:
-    """Read the live rows in scope (inside the open transaction), count the changes, refuse a clash."""
+def _compare(staging: Staging, scope: Scope, works: list[TableWork], parents: list[TableWork]) -> None:
+    """Compare the live rows in scope (inside the open transaction) with the backup's: count the changes
+    (all tables in one statement), stage the changes of the tables that change, refuse a clash."""
     conn = staging.conn
-    for i, (m, w) in enumerate(zip(scope.tables, works, strict=True)):
-        w.current = staging.snapshot(_in_scope(m, w), scope.params, w.columns)
-        staging.index(w.current, m.live.key if w.keyed else ())
-        count_changes(conn, w, f"_ws_a{i}")
+    for m, w in zip(scope.tables, works, strict=True):
+        select = sql.SQL("SELECT {} FROM ({}) m").format(m.live.cols(None, w.columns), _in_scope(m, w))
+        w.current = sql.SQL(bind(conn, select, scope.params))
+    count_changes(conn, works, parents)
+    for w in works:
+        if w.keyed and w.changed:
+            w.actions = staging.actions(diff_query(w), w.live.key)
     for m, w in zip(scope.tables, works, strict=True):
         clash = unique_clash(conn, w)
         if clash is None:
@@ -108,20 +113,28 @@ def _replace(
     snapshot: Callable[[], str],
 ) -> tuple[dict[str, int], str]:
     """Parents where missing, deletes (referencing tables first), updates and inserts (referenced first),
-    then the safety snapshot of what is being replaced, then sequences; the caller commits."""
-    saved = disable_user_triggers(conn, [w.live for w in [*parents, *works]])
+    then the safety snapshot of what is being replaced, then sequences; the caller commits. Tables whose rows
+    stay as they are are not touched (their triggers, their sequences)."""
+    every = [*parents, *works]
+    saved = disable_user_triggers(
+        conn,
+        [w.live for w in every],
+        changed=[w.live for w in every if w.changed],
+        deleted=[w.live for w in works if w.deletes],
+    )
     try:
-        inserted = {p.live.display: insert_missing(conn, p) for p in parents}
+        inserted = {p.live.display: insert_missing(conn, p) for p in parents if p.changed}
         for w in reversed(works):
             delete_rows(conn, w)
         for w in works:
             update_rows(conn, w)
             insert_rows(conn, w)
-    except psycopg.errors.IntegrityConstraintViolation as e:
+    except psycopg.IntegrityError as e:  # class 23: foreign key, unique, check, not null (siblings in psycopg)
         raise constraint_error(scope.describe(), e) from e
     snapshot_id = snapshot()  # the live rows as committed: exactly what this transaction replaces
-    names = [sql.Identifier(*w.live.qualified).as_string(conn) for w in [*parents, *works]]
-    bump_sequences_in(conn, tables=names)
+    names = [sql.Identifier(*w.live.qualified).as_string(conn) for w in every if w.writes]
+    if names:
+        bump_sequences_in(conn, tables=names)
     restore_triggers(conn, saved)
     return {k: v for k, v in inserted.items() if v}, snapshot_id
 
@@ -217,7 +230,10 @@ def _work(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, appl
         if not stage:
             return result
         staging = Staging(conn)
-        with backup_database(rows, ring, target, f"partial|{run.dag_id}|{run.run_id}", policy.export_workers) as backup:
+        with (
+            backup_database(rows, ring, target, f"partial|{run.dag_id}|{run.run_id}", policy.export_workers) as backup,
+            staging.quiet(),
+        ):
             refuse_unknown(scope, conn, backup, rows)
             if rows.by_wedding:
                 works, parents = stage_wedding_backup(staging, scope, rows, ring)
@@ -237,7 +253,8 @@ def _work(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, appl
             return result
         if apply:
             _lock(conn, [w.live for w in [*parents, *works]])
-        _compare(staging, scope, works)
+        with staging.quiet():  # reads and temporary tables only: live rows are written after it
+            _compare(staging, scope, works, parents)
         result["tables"] = {w.live.display: w.counts for w in works}
         result["rows_changed"] = sum(sum(w.counts.values()) for w in works)
         if not apply or not result["rows_changed"]:
