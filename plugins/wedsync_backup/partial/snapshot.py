@@ -170,11 +170,16 @@ def take_safety_snapshot(
             zstd_level=res.policy.zstd_level,
         )
         sha = manifest.sha256()
-        # the tables in scope stay locked until the commit: the replicas are copied, then every copy verified,
-        # target by target side by side (as the DAG maps them)
+        # the tables in scope stay locked until the commit: every target side by side, a replica copied then
+        # verified, the primary verified (no copy waits for another target's)
         names = list(res.policy.target_names)
-        list(each_object(lambda name: backup.replicate(res, backup_id, sha, name), names[1:], len(names)))
-        checks = list(each_object(lambda name: backup.verify(res, backup_id, sha, name), names, len(names)))
+
+        def copy_and_verify(name: str) -> dict[str, Any]:
+            if name != names[0]:
+                backup.replicate(res, backup_id, sha, name)
+            return backup.verify(res, backup_id, sha, name)
+
+        checks = list(each_object(copy_and_verify, names, len(names)))
         backup.commit(res, backup_id, sha, checks, tier=TIER)
     except Exception:
         backup.mark_failed(res, backup_id)
