@@ -68,12 +68,13 @@ def check_targets(res: Resources) -> None:
     """Every target answers: the bucket or directory exists and is writable. Side by side: each check is a few
     round trips to its service (a safety snapshot runs them while the tables in scope are locked)."""
     storages = res.all_storages()
-    for storage in each_object(_check_target, storages, len(storages)):
-        log.info("Target %s ok: %s (%s, %s)", storage.name, storage.url(), storage.medium, storage.site)
+    list(each_object(check_target, storages, len(storages)))
 
 
-def _check_target(storage: Storage) -> Storage:
+def check_target(storage: Storage) -> Storage:
+    """One target answers (see ``check_targets``)."""
     storage.check()
+    log.info("Target %s ok: %s (%s, %s)", storage.name, storage.url(), storage.medium, storage.site)
     return storage
 
 
@@ -131,10 +132,17 @@ class BeginResult:
 
 
 def begin(
-    res: Resources, run: RunRef, *, backup_type: str = "full", tier: str = "full", reason: str | None = None
+    res: Resources,
+    run: RunRef,
+    *,
+    backup_type: str = "full",
+    tier: str = "full",
+    reason: str | None = None,
+    targets: bool = True,
 ) -> BeginResult:
-    """Preflight of a full (or manual) backup: check everything, then open its catalog row (in progress)."""
-    checked = check_setup(res)
+    """Preflight of a full (or manual) backup: check everything, then open its catalog row (in progress).
+    ``targets=False``: the caller checks each target itself before it writes there (a safety snapshot)."""
+    checked = check_setup(res, targets=targets)
     backup_id = run.backup_id(backup_type)
     warnings = list(checked.warnings)
     if backup_type in FULL_TYPES:  # the chain this backup starts: DDL capture installed, large objects warned of

@@ -155,7 +155,9 @@ def take_safety_snapshot(
     wedding_tables: Sequence[SliceTable] = (),
 ) -> str:
     """The pre_restore backup of ``tables``' rows in scope, verified on every target and committed; its id."""
-    begun = backup.begin(res, run, backup_type=BACKUP_TYPE, tier=TIER, reason=reason)
+    # the targets are checked one by one right before their copy: the export to the primary need not wait for
+    # the other targets' clients (a task builds them meanwhile, see wedsync_airflow.resources)
+    begun = backup.begin(res, run, backup_type=BACKUP_TYPE, tier=TIER, reason=reason, targets=False)
     backup_id = begun.backup_id
     try:
         manifest = export_rows(
@@ -175,7 +177,8 @@ def take_safety_snapshot(
         names = list(res.policy.target_names)
 
         def copy_and_verify(name: str) -> dict[str, Any]:
-            if name != names[0]:
+            if name != names[0]:  # the primary holds the export already
+                backup.check_target(res.storage(name))
                 backup.replicate(res, backup_id, sha, name)
             return backup.verify(res, backup_id, sha, name)
 
