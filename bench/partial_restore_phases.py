@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -165,10 +166,19 @@ class Trace:
         self.calls.clear()
 
 
+def _burn(seconds: float) -> None:
+    """Pure-Python work for ``seconds`` (as imports are): it holds the GIL but for the switch interval."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        sum(i * i for i in range(2000))
+
+
 def measure(args: argparse.Namespace) -> None:
     cfg = json.loads((Path(args.state) / "config.json").read_text())
     os.environ.update(cfg["gcs_env"])
     res = _resources(cfg)
+    if args.switch:
+        sys.setswitchinterval(args.switch)
     trace = Trace()
     trace.install()
     dsn = f"host=127.0.0.1 port={cfg['port']} user={cfg['user']} dbname={SOURCE_DB}"
@@ -191,6 +201,8 @@ def measure(args: argparse.Namespace) -> None:
         t1 = time.perf_counter()
         plan_statements = list(trace.statements)
         trace.statements.clear()
+        if args.burn:  # what a task's background storage build does to the restore's thread: hold the GIL
+            threading.Thread(target=_burn, args=(args.burn,), daemon=True).start()
         done = restore.restore(res, req, planned.plan, run, event_id=planned.event_id, retry=False)
         t2 = time.perf_counter()
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -232,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--runs", type=int, default=5)
     m.add_argument("--top", type=int, default=25)
     m.add_argument("--verbose", action="store_true")
+    m.add_argument("--switch", type=float, help="sys.setswitchinterval (seconds) for the run")
+    m.add_argument("--burn", type=float, default=0.0, help="a thread burning CPU this long beside each restore")
     m.add_argument("--dump", help="write every statement of the last run (ms, database, text) to this file")
     args = p.parse_args(argv)
     setup(args) if args.cmd == "setup" else measure(args)

@@ -198,14 +198,32 @@ def _run(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, apply
     return result
 
 
+class _Clock:
+    """Where a restore's time went, step by step: its completion log line says it."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.steps: dict[str, float] = {}
+
+    def step(self, name: str) -> None:
+        now = time.monotonic()
+        self.steps[name] = self.steps.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.steps.items())
+
+
 def _work(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, apply: bool) -> dict[str, Any]:
     policy = res.policy
+    clock = _Clock()
     target = req.destination(res)
     storage = res.storage(req.from_target)
     ring = res.keyring()
     ids = as_names(req.wedding_ids) if req.scope == WEDDING_ONLY else None
     rows = choose_rows(req.mode, req.backup_id, req.until(), storage, ring, ids)
     into = None if req.into_schema in (None, "", "None") else str(req.into_schema)
+    clock.step("backup chosen")
     with target.connect(autocommit=False) as conn:
         scope = _scope(conn, policy, req, target.label)
         check_snapshot_fits(
@@ -214,6 +232,7 @@ def _work(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, appl
         if into:
             check_side_schema(conn, into, target.label)
         conn.commit()
+        clock.step("scope")
         result: dict[str, Any] = {
             **rows.describe(),
             "scope": req.scope,
@@ -241,6 +260,7 @@ def _work(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, appl
                 works = stage_rows(staging, scope, scope.tables, rows, backup, ring)
                 parents = stage_rows(staging, scope, scope.parents, rows, backup, ring) if backup is not None else []
         conn.commit()
+        clock.step("staged")
         result["business_impact_level"] = _impact(conn, scope, works, parents, into)
         result["affected_users_count"] = _users(conn, parents)
         if into:
@@ -255,6 +275,7 @@ def _work(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, appl
             _lock(conn, [w.live for w in [*parents, *works]])
         with staging.quiet():  # reads and temporary tables only: live rows are written after it
             _compare(staging, scope, works, parents)
+        clock.step("compared")
         result["tables"] = {w.live.display: w.counts for w in works}
         result["rows_changed"] = sum(sum(w.counts.values()) for w in works)
         if not apply or not result["rows_changed"]:
@@ -269,15 +290,17 @@ def _work(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, appl
         by_wedding = [m.part_of for m in scope.tables if m.part_of is not None] if wedding_only else []
         section = RestoreScope(req.scope, scope.wedding_ids, scope.data_types)
         why = f"before restoring {scope.describe()}: {req.reason}"
-        inserted, snapshot_id = _replace(
-            conn,
-            scope,
-            works,
-            parents,
-            lambda: take_safety_snapshot(res, run, target, by_table, section, why, wedding_tables=by_wedding),
-        )
+
+        def snapshot() -> str:
+            clock.step("replaced")
+            snapshot_id = take_safety_snapshot(res, run, target, by_table, section, why, wedding_tables=by_wedding)
+            clock.step("safety snapshot")
+            return snapshot_id
+
+        inserted, snapshot_id = _replace(conn, scope, works, parents, snapshot)
         conn.commit()
+        clock.step("sequences, triggers, commit")
     result["parents_inserted"] = inserted
     result["safety_snapshot_id"] = snapshot_id
-    log.info("Partial restore of %s complete: %s", scope.describe(), result["tables"])
+    log.info("Partial restore of %s complete (%s): %s", scope.describe(), clock, result["tables"])
     return result
