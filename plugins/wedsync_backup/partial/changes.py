@@ -60,7 +60,8 @@ class TableWork:
 
     @property
     def deletes(self) -> bool:
-        """Live rows are deleted (a keyed table's updates too, when nothing references it)."""
+        """Live rows are deleted: a keyed table's rows the backup lacks, a changed key-less table's rows in scope.
+        (A keyed table that nothing references re-inserts its updated rows, but no foreign key reaches from it.)"""
         return bool(self.counts["delete"] or (not self.keyed and self.changed))
 
 
