@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from wedsync_airflow.connections import catalog, keyring, pg_target
 from wedsync_airflow.targets import build_storage
 
 log = logging.getLogger(__name__)
+BUILD_SWITCH_INTERVAL = 0.0002  # seconds, while storages are built in the background (see there)
 
 
 def airflow_resources(policy: Policy) -> Resources:
@@ -63,11 +65,18 @@ def build_storages_in_background(res: Resources, *more: Callable[[], object]) ->
 
     def build() -> None:
         began = time.monotonic()
-        for make in [*(lambda t=t: res.open_storage(t) for t in res.policy.targets), *more]:
-            with contextlib.suppress(Exception):
-                make()
+        try:
+            for make in [*(lambda t=t: res.open_storage(t) for t in res.policy.targets), *more]:
+                with contextlib.suppress(Exception):
+                    make()
+        finally:
+            sys.setswitchinterval(default)
         log.info("Storages built in the background in %.2f s", time.monotonic() - began)
 
+    # Imports are pure Python: they hold the GIL, and the caller, back from each reply of PostgreSQL, waits up to
+    # the switch interval (5 ms) for it, on every round trip. Shorter while the build runs.
+    default = sys.getswitchinterval()
+    sys.setswitchinterval(min(default, BUILD_SWITCH_INTERVAL))
     thread = threading.Thread(target=build, name="build-storages", daemon=True)
     thread.start()
     return thread

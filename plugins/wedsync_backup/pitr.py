@@ -390,12 +390,13 @@ def bump_sequences_in(
         {"tables": tables},
     ).fetchall()
     for seq, table, column in rows:
-        top = conn.execute(
-            sql.SQL("SELECT max({})::bigint FROM {}").format(sql.Identifier(column), sql.SQL(table))
-        ).fetchone()[0]
+        top, last, called = conn.execute(  # one round trip per sequence
+            sql.SQL("SELECT (SELECT max({})::bigint FROM {}), last_value, is_called FROM {}").format(
+                sql.Identifier(column), sql.SQL(table), sql.SQL(seq)
+            )
+        ).fetchone()
         if top is None:
             continue
-        last, called = conn.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(seq))).fetchone()
         if last < top or (last == top and not called):
             conn.execute("SELECT setval(%s::regclass, %s, true)", (seq, top))
             bumped.append(seq)

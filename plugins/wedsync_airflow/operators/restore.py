@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -154,16 +155,33 @@ class RestoreOperator(_AfterPlan, SkipMixin):
     result and the log say what the files step did. Should that step fail, the files task is left to run and
     does it (with its own retries), as for every other scope."""
 
+    _building: Resources | None = None  # resources whose storages pre_execute started building
+
+    def pre_execute(self, context: Any) -> None:
+        """A partial restore's storages start building here, before the task's alert callback runs (its safety
+        snapshot waits on them). Whatever fails here is left for execute, to fail there as it would."""
+        with contextlib.suppress(Exception):
+            req = self.request()
+            if self.database_left_out() is None and req.is_partial and not req.is_dry_run:
+                self._building = self._build_ahead(self.build_resources())
+
+    def _build_ahead(self, res: Resources) -> Resources:
+        """Every target's storage (its safety snapshot goes to each) and the files bucket, built meanwhile."""
+        files = [self.files_target(res)] if self.scope == WEDDING_ONLY and self.files_tasks() else []
+        build_storages_in_background(res, *files)
+        return res
+
     def execute(self, context: Any) -> dict[str, Any]:
         left_out = self.database_left_out()
         if left_out:
             self.log.info(left_out)
             return {"database": left_out}
-        res = self.build_resources()
         req = self.request()
-        if req.is_partial and not req.is_dry_run:  # its safety snapshot goes to every target: built meanwhile
-            files = [self.files_target(res)] if self.scope == WEDDING_ONLY and self.files_tasks() else []
-            build_storages_in_background(res, *files)
+        res = self._building
+        if res is None:
+            res = self.build_resources()
+            if req.is_partial and not req.is_dry_run:
+                self._build_ahead(res)
         result = self.call(
             lambda: cmd.restore(
                 res,

@@ -62,6 +62,24 @@ def _check_unchanged(m: Migration, applied: dict[str, Any]) -> None:
         )
 
 
+def _all_applied(conn: psycopg.Connection[Any], migrations: list[Migration]) -> bool:
+    """Every migration already applied, unchanged: then nothing needs the lock (one read, no transaction per
+    migration: every task of every DAG starts with a migrate). An edited one is refused here too."""
+    with conn.transaction():  # ended here: each migration below runs in a transaction of its own
+        if conn.execute("SELECT to_regclass('schema_migrations') IS NULL AS missing").fetchone()["missing"]:
+            return False
+        applied = {
+            r["version"]: r
+            for r in conn.execute(
+                "SELECT version, name, checksum, applied_at AT TIME ZONE 'UTC' AS applied_at FROM schema_migrations"
+            ).fetchall()
+        }
+    for m in migrations:
+        if m.version in applied:
+            _check_unchanged(m, applied[m.version])
+    return all(m.version in applied for m in migrations)
+
+
 def migrate(dsn: str, directory: Path | None = None) -> list[str]:
     """Apply pending migrations, each in its own transaction; returns the names newly applied.
 
@@ -70,6 +88,8 @@ def migrate(dsn: str, directory: Path | None = None) -> list[str]:
     migrations = load_migrations(directory)
     applied_now: list[str] = []
     with _connect(dsn) as conn:
+        if _all_applied(conn, migrations):
+            return applied_now
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute(

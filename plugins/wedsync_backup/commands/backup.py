@@ -23,6 +23,7 @@ from wedsync_backup.export import ExportOptions, run_export
 from wedsync_backup.logical.ddl import capture_state
 from wedsync_backup.logical.slot import check_logical_decoding, drop_slot, ensure_replica_identity, slot_name_for
 from wedsync_backup.manifest import FULL_TYPES, ChainSection, Manifest, Provenance, StoredObject, manifest_key
+from wedsync_backup.parallel import each_object
 from wedsync_backup.policy import Policy
 from wedsync_backup.replicate import replicate as copy_backup
 from wedsync_backup.repository import begin_attempt, pending_manifest_bytes, write_commit_marker
@@ -64,10 +65,17 @@ def check_setup(res: Resources, *, targets: bool = True) -> Checked:
 
 
 def check_targets(res: Resources) -> None:
-    """Every target answers: the bucket or directory exists and is writable."""
-    for storage in res.all_storages():
-        storage.check()
-        log.info("Target %s ok: %s (%s, %s)", storage.name, storage.url(), storage.medium, storage.site)
+    """Every target answers: the bucket or directory exists and is writable. Side by side: each check is a few
+    round trips to its service (a safety snapshot runs them while the tables in scope are locked)."""
+    storages = res.all_storages()
+    list(each_object(check_target, storages, len(storages)))
+
+
+def check_target(storage: Storage) -> Storage:
+    """One target answers (see ``check_targets``)."""
+    storage.check()
+    log.info("Target %s ok: %s (%s, %s)", storage.name, storage.url(), storage.medium, storage.site)
+    return storage
 
 
 def load_pending_manifest(res: Resources, backup_id: str, manifest_sha256: str) -> Manifest:
@@ -124,10 +132,17 @@ class BeginResult:
 
 
 def begin(
-    res: Resources, run: RunRef, *, backup_type: str = "full", tier: str = "full", reason: str | None = None
+    res: Resources,
+    run: RunRef,
+    *,
+    backup_type: str = "full",
+    tier: str = "full",
+    reason: str | None = None,
+    targets: bool = True,
 ) -> BeginResult:
-    """Preflight of a full (or manual) backup: check everything, then open its catalog row (in progress)."""
-    checked = check_setup(res)
+    """Preflight of a full (or manual) backup: check everything, then open its catalog row (in progress).
+    ``targets=False``: the caller checks each target itself before it writes there (a safety snapshot)."""
+    checked = check_setup(res, targets=targets)
     backup_id = run.backup_id(backup_type)
     warnings = list(checked.warnings)
     if backup_type in FULL_TYPES:  # the chain this backup starts: DDL capture installed, large objects warned of

@@ -25,6 +25,7 @@ from wedsync_backup.partial.changes import (
     TableWork,
     count_changes,
     delete_rows,
+    diff_query,
     disable_user_triggers,
     insert_missing,
     insert_rows,
@@ -38,7 +39,7 @@ from wedsync_backup.partial.scope import Member, Scope, check_side_schema, selec
 from wedsync_backup.partial.shape import LiveTable
 from wedsync_backup.partial.snapshot import SnapshotTable, take_safety_snapshot
 from wedsync_backup.partial.source import backup_database, check_snapshot_fits, choose_rows
-from wedsync_backup.partial.stage import Staging, temp
+from wedsync_backup.partial.stage import Staging, bind, temp
 from wedsync_backup.pitr import bump_sequences_in
 from wedsync_backup.policy import Policy
 
@@ -73,13 +74,17 @@ def _in_scope(m: Member, w: TableWork) -> sql.Composable:
     )
 
 
-def _compare(staging: Staging, scope: Scope, works: list[TableWork]) -> None:
-    """Read the live rows in scope (inside the open transaction), count the changes, refuse a clash."""
+def _compare(staging: Staging, scope: Scope, works: list[TableWork], parents: list[TableWork]) -> None:
+    """Compare the live rows in scope (inside the open transaction) with the backup's: count the changes
+    (all tables in one statement), stage the changes of the tables that change, refuse a clash."""
     conn = staging.conn
-    for i, (m, w) in enumerate(zip(scope.tables, works, strict=True)):
-        w.current = staging.snapshot(_in_scope(m, w), scope.params, w.columns)
-        staging.index(w.current, m.live.key if w.keyed else ())
-        count_changes(conn, w, f"_ws_a{i}")
+    for m, w in zip(scope.tables, works, strict=True):
+        select = sql.SQL("SELECT {} FROM ({}) m").format(m.live.cols(None, w.columns), _in_scope(m, w))
+        w.current = sql.SQL(bind(conn, select, scope.params))
+    count_changes(conn, works, parents)
+    for w in works:
+        if w.keyed and w.changed:
+            w.actions = staging.actions(diff_query(w), w.live.key)
     for m, w in zip(scope.tables, works, strict=True):
         clash = unique_clash(conn, w)
         if clash is None:
@@ -108,20 +113,28 @@ def _replace(
     snapshot: Callable[[], str],
 ) -> tuple[dict[str, int], str]:
     """Parents where missing, deletes (referencing tables first), updates and inserts (referenced first),
-    then the safety snapshot of what is being replaced, then sequences; the caller commits."""
-    saved = disable_user_triggers(conn, [w.live for w in [*parents, *works]])
+    then the safety snapshot of what is being replaced, then sequences; the caller commits. Tables whose rows
+    stay as they are are not touched (their triggers, their sequences)."""
+    every = [*parents, *works]
+    saved = disable_user_triggers(
+        conn,
+        [w.live for w in every],
+        changed=[w.live for w in every if w.changed],
+        deleted=[w.live for w in works if w.deletes],
+    )
     try:
-        inserted = {p.live.display: insert_missing(conn, p) for p in parents}
+        inserted = {p.live.display: insert_missing(conn, p) for p in parents if p.changed}
         for w in reversed(works):
             delete_rows(conn, w)
         for w in works:
             update_rows(conn, w)
             insert_rows(conn, w)
-    except psycopg.errors.IntegrityConstraintViolation as e:
+    except psycopg.IntegrityError as e:  # class 23: foreign key, unique, check, not null (siblings in psycopg)
         raise constraint_error(scope.describe(), e) from e
     snapshot_id = snapshot()  # the live rows as committed: exactly what this transaction replaces
-    names = [sql.Identifier(*w.live.qualified).as_string(conn) for w in [*parents, *works]]
-    bump_sequences_in(conn, tables=names)
+    names = [sql.Identifier(*w.live.qualified).as_string(conn) for w in every if w.writes]
+    if names:
+        bump_sequences_in(conn, tables=names)
     restore_triggers(conn, saved)
     return {k: v for k, v in inserted.items() if v}, snapshot_id
 
@@ -185,14 +198,32 @@ def _run(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, apply
     return result
 
 
+class _Clock:
+    """Where a restore's time went, step by step: its completion log line says it."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.steps: dict[str, float] = {}
+
+    def step(self, name: str) -> None:
+        now = time.monotonic()
+        self.steps[name] = self.steps.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.steps.items())
+
+
 def _work(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, apply: bool) -> dict[str, Any]:
     policy = res.policy
+    clock = _Clock()
     target = req.destination(res)
     storage = res.storage(req.from_target)
     ring = res.keyring()
     ids = as_names(req.wedding_ids) if req.scope == WEDDING_ONLY else None
     rows = choose_rows(req.mode, req.backup_id, req.until(), storage, ring, ids)
     into = None if req.into_schema in (None, "", "None") else str(req.into_schema)
+    clock.step("backup chosen")
     with target.connect(autocommit=False) as conn:
         scope = _scope(conn, policy, req, target.label)
         check_snapshot_fits(
@@ -201,6 +232,7 @@ def _work(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, appl
         if into:
             check_side_schema(conn, into, target.label)
         conn.commit()
+        clock.step("scope")
         result: dict[str, Any] = {
             **rows.describe(),
             "scope": req.scope,
@@ -217,7 +249,10 @@ def _work(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, appl
         if not stage:
             return result
         staging = Staging(conn)
-        with backup_database(rows, ring, target, f"partial|{run.dag_id}|{run.run_id}", policy.export_workers) as backup:
+        with (
+            backup_database(rows, ring, target, f"partial|{run.dag_id}|{run.run_id}", policy.export_workers) as backup,
+            staging.quiet(),
+        ):
             refuse_unknown(scope, conn, backup, rows)
             if rows.by_wedding:
                 works, parents = stage_wedding_backup(staging, scope, rows, ring)
@@ -225,6 +260,7 @@ def _work(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, appl
                 works = stage_rows(staging, scope, scope.tables, rows, backup, ring)
                 parents = stage_rows(staging, scope, scope.parents, rows, backup, ring) if backup is not None else []
         conn.commit()
+        clock.step("staged")
         result["business_impact_level"] = _impact(conn, scope, works, parents, into)
         result["affected_users_count"] = _users(conn, parents)
         if into:
@@ -237,7 +273,9 @@ def _work(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, appl
             return result
         if apply:
             _lock(conn, [w.live for w in [*parents, *works]])
-        _compare(staging, scope, works)
+        with staging.quiet():  # reads and temporary tables only: live rows are written after it
+            _compare(staging, scope, works, parents)
+        clock.step("compared")
         result["tables"] = {w.live.display: w.counts for w in works}
         result["rows_changed"] = sum(sum(w.counts.values()) for w in works)
         if not apply or not result["rows_changed"]:
@@ -252,15 +290,17 @@ def _work(res: Resources, req: RestoreRequest, run: RunRef, *, stage: bool, appl
         by_wedding = [m.part_of for m in scope.tables if m.part_of is not None] if wedding_only else []
         section = RestoreScope(req.scope, scope.wedding_ids, scope.data_types)
         why = f"before restoring {scope.describe()}: {req.reason}"
-        inserted, snapshot_id = _replace(
-            conn,
-            scope,
-            works,
-            parents,
-            lambda: take_safety_snapshot(res, run, target, by_table, section, why, wedding_tables=by_wedding),
-        )
+
+        def snapshot() -> str:
+            clock.step("replaced")
+            snapshot_id = take_safety_snapshot(res, run, target, by_table, section, why, wedding_tables=by_wedding)
+            clock.step("safety snapshot")
+            return snapshot_id
+
+        inserted, snapshot_id = _replace(conn, scope, works, parents, snapshot)
         conn.commit()
+        clock.step("sequences, triggers, commit")
     result["parents_inserted"] = inserted
     result["safety_snapshot_id"] = snapshot_id
-    log.info("Partial restore of %s complete: %s", scope.describe(), result["tables"])
+    log.info("Partial restore of %s complete (%s): %s", scope.describe(), clock, result["tables"])
     return result

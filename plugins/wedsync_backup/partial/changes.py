@@ -17,20 +17,23 @@ import psycopg
 from psycopg import sql
 
 from wedsync_backup.partial.shape import LiveTable
-from wedsync_backup.partial.stage import INDEX_MIN_ROWS, temp
+from wedsync_backup.partial.stage import temp
 
 OPS = ("delete", "insert", "update")
 
 
 @dataclass
 class TableWork:
-    """One table in scope: the live table, its staged backup rows and its staged live rows in scope."""
+    """One table in scope: the live table, its staged backup rows and the live rows in scope."""
 
     live: LiveTable
     columns: tuple[str, ...]  # the columns compared and written (the live table's that the backup has)
     staged: str  # the backup's rows
-    current: str  # the live rows in scope, as they were when the restore looked
-    actions: str = ""  # keyed tables: (key..., op) of every row that changes
+    # SELECT of the live rows in scope, parameters bound: read where needed, inside the transaction that locked
+    # the tables (every read comes before this table's own rows are written)
+    current: sql.Composable = field(default_factory=lambda: sql.SQL(""))
+    actions: str = ""  # keyed tables that change: (key..., op) of every row that changes
+    # the rows to delete, insert, update; a parent table: "insert" counts the staged rows its live table lacks
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OPS, 0))
 
     @property
@@ -50,44 +53,67 @@ class TableWork:
     def changed(self) -> bool:
         return any(self.counts.values())
 
+    @property
+    def writes(self) -> bool:
+        """Rows are written (inserted or updated): their values may draw on sequences or clash on a key."""
+        return bool(self.counts["insert"] or self.counts["update"])
 
-def count_changes(conn: psycopg.Connection, work: TableWork, actions_name: str) -> None:
-    """Fill ``work.counts`` (and, for a keyed table, its actions table ``actions_name``)."""
-    s, cur = temp(work.staged), temp(work.current)
+    @property
+    def deletes(self) -> bool:
+        """Live rows are deleted: a keyed table's rows the backup lacks, a changed key-less table's rows in scope.
+        (A keyed table that nothing references re-inserts its updated rows, but no foreign key reaches from it.)"""
+        return bool(self.counts["delete"] or (not self.keyed and self.changed))
+
+
+def diff_query(work: TableWork) -> sql.Composed:
+    """A keyed table's changes: (key..., op) for every row to delete, insert or update. The live rows in scope
+    are read once (a materialized CTE: planned and run once, not three times)."""
+    return sql.SQL(
+        "WITH l AS MATERIALIZED ({cur}) "
+        "SELECT {kl}, 'delete'::text AS op FROM l WHERE NOT EXISTS (SELECT 1 FROM {s} s WHERE {m}) "
+        "UNION ALL SELECT {ks}, 'insert' FROM {s} s WHERE NOT EXISTS (SELECT 1 FROM l WHERE {m}) "
+        "UNION ALL SELECT {kl}, 'update' FROM l JOIN {s} s ON {m} WHERE {lt} IS DISTINCT FROM {st}"
+    ).format(
+        kl=work.live.cols("l", work.live.key),
+        ks=work.live.cols("s", work.live.key),
+        cur=work.current,
+        s=temp(work.staged),
+        m=work.key_match("s", "l"),
+        lt=work.row_text("l"),
+        st=work.row_text("s"),
+    )
+
+
+def _count_query(i: int, work: TableWork) -> sql.Composed:
+    """(i, op, rows) of one table in scope; a key-less one compared as a multiset of whole rows."""
     if work.keyed:
-        keys = sql.SQL(", ").join(map(sql.Identifier, work.live.key))
-        ks = work.live.cols("s", work.live.key)
-        kl = work.live.cols("l", work.live.key)
-        made = conn.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE {name} AS "
-                "SELECT {kl}, 'delete'::text AS op FROM {cur} l WHERE NOT EXISTS (SELECT 1 FROM {s} s WHERE {m}) "
-                "UNION ALL SELECT {ks}, 'insert' FROM {s} s WHERE NOT EXISTS (SELECT 1 FROM {cur} l WHERE {m}) "
-                "UNION ALL SELECT {kl}, 'update' FROM {cur} l JOIN {s} s ON {m} WHERE {lt} IS DISTINCT FROM {st}"
-            ).format(
-                name=sql.Identifier(actions_name),
-                kl=kl,
-                ks=ks,
-                cur=cur,
-                s=s,
-                m=work.key_match("s", "l"),
-                lt=work.row_text("l"),
-                st=work.row_text("s"),
-            )
-        )
-        work.actions = actions_name
-        if made.rowcount >= INDEX_MIN_ROWS:
-            conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(temp(actions_name), keys))
-        rows = conn.execute(sql.SQL("SELECT op, count(*) FROM {} GROUP BY op").format(temp(actions_name))).fetchall()
-    else:
-        rows = conn.execute(
-            sql.SQL(
-                "SELECT 'delete', count(*) FROM (SELECT {lt} FROM {cur} l EXCEPT ALL SELECT {st} FROM {s} s) d "
-                "UNION ALL "
-                "SELECT 'insert', count(*) FROM (SELECT {st} FROM {s} s EXCEPT ALL SELECT {lt} FROM {cur} l) i"
-            ).format(lt=work.row_text("l"), st=work.row_text("s"), cur=cur, s=s)
-        ).fetchall()
-    work.counts = dict.fromkeys(OPS, 0) | {op: int(n) for op, n in rows}
+        return sql.SQL("SELECT {}, op, count(*) FROM ({}) d GROUP BY op").format(sql.Literal(i), diff_query(work))
+    return sql.SQL(
+        "SELECT * FROM (WITH l AS MATERIALIZED ({cur}) "
+        "SELECT {i}, 'delete', count(*) FROM (SELECT {lt} FROM l EXCEPT ALL SELECT {st} FROM {s} s) d "
+        "UNION ALL "
+        "SELECT {i}, 'insert', count(*) FROM (SELECT {st} FROM {s} s EXCEPT ALL SELECT {lt} FROM l) d) c"
+    ).format(i=sql.Literal(i), lt=work.row_text("l"), st=work.row_text("s"), cur=work.current, s=temp(work.staged))
+
+
+def _missing_query(i: int, parent: TableWork) -> sql.Composed:
+    """(i, 'insert', rows) of a parent table: its staged rows whose key the live table lacks."""
+    return sql.SQL("SELECT {}, 'insert', count(*) FROM {} s WHERE NOT EXISTS (SELECT 1 FROM {} t WHERE {})").format(
+        sql.Literal(i), temp(parent.staged), parent.live.ident, parent.key_match("t", "s")
+    )
+
+
+def count_changes(conn: psycopg.Connection, works: list[TableWork], parents: list[TableWork]) -> None:
+    """Fill ``counts`` of every table in scope, and of every keyed parent, in one statement (one round trip)."""
+    every = [*works, *parents]
+    parts = [_count_query(i, w) for i, w in enumerate(works)]
+    parts += [_missing_query(len(works) + i, p) for i, p in enumerate(parents) if p.keyed]
+    for w in every:
+        w.counts = dict.fromkeys(OPS, 0)
+    if not parts:
+        return
+    for i, op, n in conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall():
+        every[i].counts[op] = int(n)
 
 
 # --- the transaction ---------------------------------------------------------------------------------------
@@ -113,17 +139,19 @@ def delete_rows(conn: psycopg.Connection, work: TableWork) -> None:
     # key-less: every live row equal to a row in scope goes (an indexed column narrows the search first)
     hints = [c for c in live.indexed if c in work.columns][:1]
     narrow = sql.SQL("").join(
-        sql.SQL("{} IN (SELECT {} FROM {}) AND ").format(sql.Identifier("t", c), sql.Identifier(c), temp(work.current))
+        sql.SQL("{} IN (SELECT {} FROM ({}) l) AND ").format(
+            sql.Identifier("t", c), sql.Identifier("l", c), work.current
+        )
         for c in hints
     )
     conn.execute(
-        sql.SQL("DELETE FROM {only}{t} t WHERE {narrow}{tt} IN (SELECT {lt} FROM {cur} l)").format(
+        sql.SQL("DELETE FROM {only}{t} t WHERE {narrow}{tt} IN (SELECT {lt} FROM ({cur}) l)").format(
             only=_only(live),
             t=live.ident,
             narrow=narrow,
             tt=work.row_text("t"),
             lt=work.row_text("l"),
-            cur=temp(work.current),
+            cur=work.current,
         )
     )
 
@@ -170,7 +198,7 @@ def insert_rows(conn: psycopg.Connection, work: TableWork) -> None:
 def insert_missing(conn: psycopg.Connection, work: TableWork) -> int:
     """A parent table: the staged rows whose key the live table lacks (nothing else is touched)."""
     live = work.live
-    if not work.keyed:
+    if not (work.keyed and work.changed):
         return 0
     cur = conn.execute(
         sql.SQL(
@@ -191,31 +219,48 @@ def insert_missing(conn: psycopg.Connection, work: TableWork) -> int:
 TRIGGER_STATES = {"O": "ENABLE", "R": "ENABLE REPLICA", "A": "ENABLE ALWAYS"}
 
 
-def disable_user_triggers(conn: psycopg.Connection, tables: list[LiveTable]) -> list[tuple[str, str, str]]:
-    """Switch off the user triggers of ``tables`` (and their partitions) inside the open transaction, so
-    they do not rewrite restored values (updated_at); foreign keys and checks stay enforced (their triggers
-    are internal). Returns (relation, trigger, state) to put back before the commit."""
+def disable_user_triggers(
+    conn: psycopg.Connection, tables: list[LiveTable], changed: list[LiveTable], deleted: list[LiveTable]
+) -> list[tuple[str, str, str]]:
+    """Switch off the user triggers inside the open transaction, so they do not rewrite restored values
+    (updated_at); foreign keys and checks stay enforced (their triggers are internal). Of ``tables``: those
+    whose rows change (``changed``) and those a foreign key's ON DELETE action reaches from a table whose rows
+    are deleted (``deleted``), with their partitions. One ALTER TABLE per relation: each is a schema change the
+    DDL capture reports. Returns (relation, trigger, state) to put back before the commit."""
     names = [sql.Identifier(*t.qualified).as_string(conn) for t in tables]
     found = conn.execute(
         """
         SELECT r.oid::regclass::text, g.tgname, g.tgenabled::text
-          FROM unnest(%s::text[]) AS n(name)
+          FROM unnest(%(all)s::text[]) AS n(name)
           CROSS JOIN LATERAL (SELECT n.name::regclass AS relid  -- a plain table has no partition tree
                               UNION SELECT relid FROM pg_partition_tree(n.name::regclass)) p
           JOIN pg_class r ON r.oid = p.relid
           JOIN pg_trigger g ON g.tgrelid = r.oid AND NOT g.tgisinternal AND g.tgenabled <> 'D'
+         WHERE n.name = ANY(%(changed)s::text[])
+            OR EXISTS (SELECT 1 FROM pg_constraint f
+                        WHERE f.contype = 'f' AND f.conrelid = n.name::regclass AND f.confdeltype IN ('c', 'n', 'd')
+                          AND f.confrelid = ANY(%(deleted)s::text[]::regclass[]))
+         ORDER BY 1, 2
         """,
-        (names,),
+        {
+            "all": names,
+            "changed": [sql.Identifier(*t.qualified).as_string(conn) for t in changed],
+            "deleted": [sql.Identifier(*t.qualified).as_string(conn) for t in deleted],
+        },
     ).fetchall()
-    for rel, trigger, _state in found:
-        conn.execute(sql.SQL("ALTER TABLE ONLY {} DISABLE TRIGGER {}").format(sql.SQL(rel), sql.Identifier(trigger)))
-    return [(r, t, s) for r, t, s in found]
+    saved = [(r, t, s) for r, t, s in found]
+    _alter_triggers(conn, [(r, t, "DISABLE") for r, t, _ in saved])
+    return saved
 
 
 def restore_triggers(conn: psycopg.Connection, saved: list[tuple[str, str, str]]) -> None:
-    for rel, trigger, state in saved:
-        conn.execute(
-            sql.SQL("ALTER TABLE ONLY {} {} TRIGGER {}").format(
-                sql.SQL(rel), sql.SQL(TRIGGER_STATES[state]), sql.Identifier(trigger)
-            )
-        )
+    _alter_triggers(conn, [(r, t, TRIGGER_STATES[s]) for r, t, s in saved])
+
+
+def _alter_triggers(conn: psycopg.Connection, changes: list[tuple[str, str, str]]) -> None:
+    """(relation, trigger, DISABLE / ENABLE ...): one ALTER TABLE per relation, its triggers as subcommands."""
+    by_relation: dict[str, list[sql.Composable]] = {}
+    for rel, trigger, state in changes:
+        by_relation.setdefault(rel, []).append(sql.SQL("{} TRIGGER {}").format(sql.SQL(state), sql.Identifier(trigger)))
+    for rel, actions in by_relation.items():
+        conn.execute(sql.SQL("ALTER TABLE ONLY {} {}").format(sql.SQL(rel), sql.SQL(", ").join(actions)))

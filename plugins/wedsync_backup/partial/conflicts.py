@@ -19,16 +19,17 @@ def unique_clash(
     conn: psycopg.Connection, work: TableWork
 ) -> tuple[tuple[str, ...], tuple[Any, ...], tuple[Any, ...]] | None:
     """The first backup row whose unique key (primary key included) a live row outside the scope holds, as
-    (columns, values, that row's primary key); None when every unique key stays unique."""
+    (columns, values, that row's primary key); None when every unique key stays unique (and at once when the
+    restore writes no row of the table)."""
     live = work.live
+    if not work.writes:
+        return None
     if work.keyed:
-        outside = sql.SQL("NOT EXISTS (SELECT 1 FROM {} l WHERE {})").format(
-            temp(work.current), work.key_match("l", "t")
-        )
+        outside = sql.SQL("NOT EXISTS (SELECT 1 FROM ({}) l WHERE {})").format(work.current, work.key_match("l", "t"))
         other = live.cols("t", live.key)
     else:
-        outside = sql.SQL("{} NOT IN (SELECT {} FROM {} l)").format(
-            work.row_text("t"), work.row_text("l"), temp(work.current)
+        outside = sql.SQL("{} NOT IN (SELECT {} FROM ({}) l)").format(
+            work.row_text("t"), work.row_text("l"), work.current
         )
         other = sql.SQL("NULL")
     for unique in live.uniques:
@@ -81,7 +82,7 @@ def clash_error(
     )
 
 
-def constraint_error(what: str, e: psycopg.errors.IntegrityConstraintViolation) -> RestoreError:
+def constraint_error(what: str, e: psycopg.IntegrityError) -> RestoreError:
     """A constraint the restored rows would break (a missing parent, a check): the table and the key."""
     d = e.diag
     table = f"{d.schema_name}.{d.table_name}" if d.table_name else "a table in scope"

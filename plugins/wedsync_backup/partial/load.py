@@ -19,15 +19,20 @@ from wedsync_backup.weddings.slice import discover_slice
 
 
 def _known_weddings(conn: psycopg.Connection, scope: Scope, ids: list[str]) -> set[str]:
+    """The ids among ``ids`` that the wedding table holds, looked up by its key's index (an id that is no value
+    of the key's type is compared as text instead, which reads the whole table: it is about to be refused)."""
     assert scope.live_slice is not None
-    key, root = scope.live_slice.policy.key, scope.live_slice.root.ident
-    rows = conn.execute(
-        sql.SQL("SELECT {}::text FROM {} WHERE {}::text = ANY(%s)").format(
-            sql.Identifier(key), root, sql.Identifier(key)
-        ),
-        (ids,),
-    ).fetchall()
-    return {r[0] for r in rows}
+    key, root = sql.Identifier(scope.live_slice.policy.key), scope.live_slice.root.ident
+    typed = sql.SQL("SELECT {}::text FROM {} WHERE {} = ANY(CAST(%s AS {}[]))").format(
+        key, root, key, sql.SQL(scope.live_slice.wedding_id_type)
+    )
+    try:
+        with conn.transaction():  # a savepoint: the cast may fail
+            return {r[0] for r in conn.execute(typed, (ids,)).fetchall()}
+    except (psycopg.DataError, psycopg.ProgrammingError):  # not a value of that type (or not that type there)
+        pass
+    text = sql.SQL("SELECT {}::text FROM {} WHERE {}::text = ANY(%s)").format(key, root, key)
+    return {r[0] for r in conn.execute(text, (ids,)).fetchall()}
 
 
 def refuse_unknown(scope: Scope, live: psycopg.Connection, backup: psycopg.Connection | None, rows: BackupRows) -> None:

@@ -11,7 +11,7 @@ from psycopg import sql
 
 from wedsync_backup.errors import ConfigError
 from wedsync_backup.partial.request import SELECTIVE, WEDDING_ONLY
-from wedsync_backup.partial.shape import LiveTable, fk_order, read_live_table
+from wedsync_backup.partial.shape import LiveTable, fk_order, read_live_table, read_live_tables
 from wedsync_backup.policy import Policy
 from wedsync_backup.weddings.policy import table_name
 from wedsync_backup.weddings.slice import SliceTable, WeddingSlice, discover_slice
@@ -74,11 +74,10 @@ def wedding_scope(conn: psycopg.Connection, policy: Policy, ids: list[str], type
         )
     live_slice = discover_slice(conn, policy.weddings)
     chosen = live_slice.tables_for(types or None)
+    shapes = read_live_tables(conn, [t.qualified for t in (*live_slice.parents, *live_slice.tables)])
 
     def member(t: SliceTable, rows: sql.Composable) -> Member:
-        live = read_live_table(conn, t.schema, t.name)
-        assert live is not None
-        return Member(live, rows, t)
+        return Member(shapes[t.qualified], rows, t)
 
     parents = [member(t, t.referenced_rows_sql()) for t in live_slice.parents]
     if live_slice.root not in chosen:  # the wedding row itself is a parent of the rows restored

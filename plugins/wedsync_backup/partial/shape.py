@@ -47,9 +47,15 @@ class LiveTable:
 
 def read_live_table(conn: psycopg.Connection, schema: str, name: str) -> LiveTable | None:
     """The table ``schema.name`` as the target has it now (None: it does not exist there)."""
-    row = conn.execute(
+    return read_live_tables(conn, [(schema, name)]).get((schema, name))
+
+
+def read_live_tables(conn: psycopg.Connection, names: Iterable[QName]) -> dict[QName, LiveTable]:
+    """The tables ``names`` as the target has them now, in one round trip; those it lacks are left out."""
+    wanted = list(names)
+    rows = conn.execute(
         """
-        SELECT c.relkind::text,
+        SELECT n.nspname::text, c.relname::text, c.relkind::text,
           ARRAY(SELECT attname::text FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped
                 AND attgenerated = '' ORDER BY attnum),
           ARRAY(SELECT a.attname::text FROM pg_constraint p
@@ -71,25 +77,26 @@ def read_live_table(conn: psycopg.Connection, schema: str, name: str) -> LiveTab
                   JOIN pg_am am ON am.oid = ic.relam AND am.amname = 'btree'
                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                  WHERE i.indrelid = c.oid)
-          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+          FROM unnest(%s::text[], %s::text[]) AS w(schema, name)
+          JOIN pg_namespace n ON n.nspname = w.schema
+          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.name AND c.relkind IN ('r', 'p')
         """,
-        (schema, name),
-    ).fetchone()
-    if row is None:
-        return None
-    kind, columns, key, always, referenced, uniques, indexed = row
-    return LiveTable(
-        schema=schema,
-        name=name,
-        kind=kind,
-        columns=tuple(columns),
-        key=tuple(key),
-        identity_always=frozenset(always),
-        referenced=bool(referenced),
-        uniques=tuple(tuple(_unquote(c) for c in u.split(",")) for u in uniques),
-        indexed=tuple(indexed),
-    )
+        ([q[0] for q in wanted], [q[1] for q in wanted]),
+    ).fetchall()
+    found = {}
+    for schema, name, kind, columns, key, always, referenced, uniques, indexed in rows:
+        found[(schema, name)] = LiveTable(
+            schema=schema,
+            name=name,
+            kind=kind,
+            columns=tuple(columns),
+            key=tuple(key),
+            identity_always=frozenset(always),
+            referenced=bool(referenced),
+            uniques=tuple(tuple(_unquote(c) for c in u.split(",")) for u in uniques),
+            indexed=tuple(indexed),
+        )
+    return found
 
 
 def _unquote(name: str) -> str:

@@ -156,7 +156,9 @@ def take_safety_snapshot(
     wedding_tables: Sequence[SliceTable] = (),
 ) -> str:
     """The pre_restore backup of ``tables``' rows in scope, verified on every target and committed; its id."""
-    begun = backup.begin(res, run, backup_type=BACKUP_TYPE, tier=TIER, reason=reason)
+    # the targets are checked one by one right before their copy: the export to the primary need not wait for
+    # the other targets' clients (a task builds them meanwhile, see wedsync_airflow.resources)
+    begun = backup.begin(res, run, backup_type=BACKUP_TYPE, tier=TIER, reason=reason, targets=False)
     backup_id = begun.backup_id
     try:
         manifest = export_rows(
@@ -171,11 +173,17 @@ def take_safety_snapshot(
             zstd_level=res.policy.zstd_level,
         )
         sha = manifest.sha256()
-        # the tables in scope stay locked until the commit: the replicas are copied, then every copy verified,
-        # target by target side by side (as the DAG maps them)
+        # the tables in scope stay locked until the commit: every target side by side, a replica copied then
+        # verified, the primary verified (no copy waits for another target's)
         names = list(res.policy.target_names)
-        list(each_object(lambda name: backup.replicate(res, backup_id, sha, name), names[1:], len(names)))
-        checks = list(each_object(lambda name: backup.verify(res, backup_id, sha, name), names, len(names)))
+
+        def copy_and_verify(name: str) -> dict[str, Any]:
+            if name != names[0]:  # the primary holds the export already
+                backup.check_target(res.storage(name))
+                backup.replicate(res, backup_id, sha, name)
+            return backup.verify(res, backup_id, sha, name)
+
+        checks = list(each_object(copy_and_verify, names, len(names)))
         backup.commit(res, backup_id, sha, checks, tier=TIER)
     except Exception:
         backup.mark_failed(res, backup_id)

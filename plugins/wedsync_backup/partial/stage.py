@@ -1,12 +1,17 @@
-"""Staging: the backup's rows, and the live rows in scope, as temporary tables of one target session.
+"""Staging: the backup's rows, and the changes a restore makes, as temporary tables of one target session.
 
 Nothing here is visible to any other session or outlives it. Rows stream through (COPY out of a scratch
 database, or decrypted from the backup's objects, COPY into the stage): never held in memory whole.
+
+Where the DDL capture (``logical/ddl.py``) is installed, every CREATE TEMP TABLE would fire its event triggers:
+a schema fingerprint (~13 ms) for a message that only says "temporary, nothing to replay". ``Staging.quiet``
+creates them past those triggers instead, when the session may (see there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -14,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from wedsync_backup.crypto import Keyring
+from wedsync_backup.logical.ddl import TRIGGERS, emit_marker
 from wedsync_backup.manifest import StoredObject, TableEntry
 from wedsync_backup.partial.shape import LiveTable
 from wedsync_backup.restore import _load_part
@@ -40,6 +46,7 @@ class Staging:
         self.conn = conn
         self._n = 0
         self.rows: dict[str, int] = {}  # staged table -> rows in it
+        self._may_quiet: bool | None = None  # known on first use
 
     def _create(self, kind: str, select: sql.Composable) -> str:
         self._n += 1
@@ -52,10 +59,45 @@ class Staging:
         """A new temporary table with ``columns`` of ``live``, typed exactly as the live table has them."""
         return self._create("s", sql.SQL("SELECT {} FROM {} WITH NO DATA").format(live.cols(None, columns), live.ident))
 
-    def snapshot(self, query: sql.Composable, params: Mapping[str, Any] | None, columns: Sequence[str]) -> str:
-        """A temporary copy of the live rows ``query`` selects (``columns`` of them)."""
-        select = sql.SQL("SELECT {} FROM ({}) m").format(sql.SQL(", ").join(map(sql.Identifier, columns)), query)
-        return self._create("l", sql.SQL(bind(self.conn, select, params)))
+    def actions(self, select: sql.Composable, key: Sequence[str]) -> str:
+        """A temporary table of what ``select`` returns (a table's changes: key..., op), indexed on ``key``
+        once there are enough rows for an index to pay."""
+        name = self._create("a", select)
+        self.index(name, key)
+        return name
+
+    def _quiet_allowed(self) -> bool:
+        """Only the DDL capture's event triggers are enabled (anyone else's keep firing) and the session may
+        set session_replication_role (a superuser, as the capture's installer was)."""
+        if self._may_quiet is None:
+            ours, every = self.conn.execute(
+                "SELECT count(*) FILTER (WHERE evtname = ANY(%s)), count(*) FROM pg_event_trigger"
+                " WHERE evtenabled <> 'D'",
+                (list(TRIGGERS),),
+            ).fetchone()
+            superuser = self.conn.info.parameter_status("is_superuser") == "on"
+            self._may_quiet = bool(superuser and ours and ours == every)
+        return self._may_quiet
+
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Within the open transaction, temporary tables created without the DDL capture's event triggers;
+        the transaction is marked as ours in the change stream, as their skipped messages marked it.
+
+        session_replication_role = replica also stops foreign-key checks and user triggers: only reads and
+        temporary tables may run inside; the role is put back on the way out, before any live row is written
+        (a failed transaction is rolled back whole, the setting with it)."""
+        role = self.conn.execute("SHOW session_replication_role").fetchone()[0] if self._quiet_allowed() else None
+        if role != "origin":
+            yield
+            return
+        self.conn.execute("SET LOCAL session_replication_role = replica")
+        emit_marker(self.conn, "partial restore: temporary tables")
+        try:
+            yield
+        finally:
+            if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+                self.conn.execute("SET LOCAL session_replication_role = origin")
 
     def index(self, name: str, columns: Sequence[str]) -> None:
         """Index the staged rows on ``columns`` (the key they are matched by) and give the planner their size,

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wedsync_backup.commands import restore, wedding_backup
+from wedsync_backup.commands import incremental, restore, wedding_backup
 from wedsync_backup.commands.restore import RestoreRequest
 from wedsync_backup.errors import ConfigError, RestoreError
 from wedsync_backup.policy import load_policy
@@ -441,6 +441,52 @@ def test_a_key_now_used_by_another_wedding_is_refused_naming_table_key_and_weddi
     with world.catalog.connect() as conn:
         last = conn.execute("SELECT status, error FROM disaster_recovery_events ORDER BY id DESC LIMIT 1").fetchone()
     assert last["status"] == "failed" and "is now used by wedding" in last["error"]
+
+
+def test_the_chain_goes_on_through_a_wedding_restore_and_its_triggers_stay_off(platform: World) -> None:
+    """The restore's temporary tables pass the DDL capture unseen (the transaction marked as ours instead), its
+    switches of the user triggers are captured: the next incremental continues the chain. The restored rows
+    keep the backup's updated_at (the touch triggers did not fire)."""
+    world = platform
+    w = weddings_in(world)[1]
+    at, clone = mark(world)
+    try:
+        world.write("UPDATE public.guests SET name = 'damaged' WHERE wedding_id = %(w)s", {"w": w})
+        world.write("UPDATE public.weddings SET venue = 'wrong' WHERE id = %(w)s", {"w": w})
+        hourly(world)
+        done = run_restore(
+            world, scope="wedding-only", wedding_ids=[w], mode="point_in_time", target_time=at.isoformat()
+        )
+        assert done["tables"]["public.guests"]["update"] > 0 and done["tables"]["public.weddings"]["update"] == 1
+        assert wedding_state(world, [w]) == wedding_state(world, [w], clone)
+        res, run = world.resources(), world.run("backup_hourly_incremental")
+        plan = incremental.begin(res, run)
+        captured = incremental.capture(res, plan.backup_id, plan, run)
+        world.copy_and_commit(res, plan.backup_id, captured.manifest_sha256, tier="incremental")
+        incremental.release(res, plan.backup_id, captured.manifest_sha256, plan)
+        assert captured.chain_end is None
+        assert captured.schema_changes == 4  # weddings' and guests' triggers: off, then back on
+    finally:
+        world.cluster.psql("-c", f'DROP DATABASE IF EXISTS "{clone}" WITH (FORCE)')
+
+
+def test_a_restored_row_pointing_at_a_row_gone_since_is_refused_by_its_foreign_key(platform: World) -> None:
+    """Foreign keys stay enforced while rows are replaced: a plus-one of another wedding, deleted since the
+    moment restored to, is a constraint error naming it, and nothing changes."""
+    world = platform
+    w, v = weddings_in(world)[-2:]  # a new guest each (whatever earlier tests left): the one points at the other
+    with psycopg.connect(world.cluster.dsn(world.source_db), autocommit=True) as conn:
+        add = "INSERT INTO public.guests (wedding_id, name, plus_one_of) VALUES (%s, %s, %s) RETURNING id"
+        other = conn.execute(add, (v, "plus-one", None)).fetchone()[0]
+        conn.execute(add, (w, "guest", other))
+    at, clone = mark(world)
+    world.cluster.psql("-c", f'DROP DATABASE "{clone}"')
+    world.write("DELETE FROM public.guests WHERE id = %(o)s", {"o": other})  # sets the plus-one NULL
+    hourly(world)
+    everything = wedding_state(world, weddings_in(world))
+    with pytest.raises(RestoreError, match=r"would break constraint guests_plus_one_of_fkey on table public\.guests"):
+        run_restore(world, scope="wedding-only", wedding_ids=[w], mode="point_in_time", target_time=at.isoformat())
+    assert wedding_state(world, weddings_in(world)) == everything
 
 
 def test_bad_input_is_refused_before_anything_is_touched(platform: World) -> None:
