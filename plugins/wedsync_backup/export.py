@@ -529,20 +529,39 @@ def _export_parts(
     options: ExportOptions,
     major: int,
 ) -> dict[str, EncodeResult]:
-    """Workers take parts off one queue, in order; each part is one COPY in the shared snapshot."""
+    """Workers take parts off one queue, in order; each part is one COPY in the shared snapshot.
+
+    Beside the ``options.workers`` that take the queue from its front (the largest parts first), one more
+    worker (when they are more than one) takes the small parts from its back. A small part costs round
+    trips (a session, a request per target, a read-back) more than CPU: done last, by every worker, they
+    left the CPUs idle at the end of the export; done beside the large ones, they fill the time those
+    workers wait. It stops at the first part that is not small, so it never holds a large part's buffers
+    (memory stays bounded).
+    """
     queue = list(parts)
     lock = threading.Lock()
     results: dict[str, EncodeResult] = {}
     started = time.monotonic()
+    lanes = iter(range(len(parts) + options.workers))
 
     psql = find_tool("psql", major)
 
+    def take(small_lane: bool) -> Part | None:
+        with lock:
+            if not queue:
+                return None
+            if not small_lane:
+                return queue.pop(0)
+            last = queue[-1]
+            return queue.pop() if _part_pages(tables[last.table_index], last) <= SMALL_PART_PAGES else None
+
     def worker(crew: Crew) -> None:
+        with lock:
+            small_lane = next(lanes) >= options.workers
         while not crew.stopped:
-            with lock:
-                if not queue:
-                    return
-                part = queue.pop(0)
+            part = take(small_lane)
+            if part is None:
+                return
             t = tables[part.table_index]
             cmd = _copy_command(source, psql, snapshot, _copy_sql(t, part))
             with tool_stream(cmd, source, "psql", f"COPY of {t.qualified}", crew) as chunks:
@@ -563,5 +582,17 @@ def _export_parts(
                 time.monotonic() - started,
             )
 
-    run_crew(min(options.workers, len(parts)), worker, "export")
+    workers = min(options.workers, len(parts))
+    # export.workers: 1 keeps the source to one session, so no small-parts worker then
+    run_crew(workers + (1 if 1 < workers < len(parts) else 0), worker, "export")
     return results
+
+
+SMALL_PART_PAGES = 2048  # 16 MiB of 8 kB pages: the export's small-parts worker takes parts up to this size
+
+
+def _part_pages(t: TableInfo, part: Part) -> int:
+    """The part's size in pages (of the table's size when the export planned it)."""
+    first = part.first_page or 0
+    last = part.last_page if part.last_page is not None else t.pages
+    return max(0, last - first)

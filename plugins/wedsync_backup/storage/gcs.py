@@ -7,8 +7,8 @@ cancels the session. Reads are ranged requests of one chunk each. Both work the 
 gcp-storage-emulator.
 
 Memory: bytes held for one request are kept as the pieces written (shared with a tee's other writers) and
-joined once to send; chunks are 8 MiB (16 before) and ranged reads 4 MiB (8 before). A writer peaks at about
-two chunks, when the client's buffer hands one to its request (bench/memory.py measures the full backup).
+joined once to send; chunks are 4 MiB (16, then 8 before) and ranged reads 4 MiB (8 before). A writer peaks
+at about two chunks, when the client's buffer hands one to its request (bench/memory.py measures the full backup).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from wedsync_backup.errors import MissingTargetError, StorageError
 from wedsync_backup.heap import bound_buffers
 from wedsync_backup.storage.base import READ_CHUNK, BucketStorage, ObjectInfo, ObjectWriter, unreachable_at_check
 
-CHUNK_SIZE = 8 << 20  # must be a multiple of 256 KiB
+CHUNK_SIZE = 4 << 20  # a multiple of 256 KiB; a writer holds about two (a full backup runs three at once)
 SINGLE_REQUEST_MAX = 8 << 20  # an object up to this size is sent in one request, not a resumable session
 READ_AHEAD = 4 << 20  # one ranged request fetches this much; read() hands it out in chunk_size pieces
 DELETE_BATCH = 100  # the GCS batch API takes at most 100 calls per request

@@ -5,8 +5,8 @@ the upload completes; an aborted writer aborts the multipart upload so no half o
 orphan parts) remains.
 
 Memory: a part is held as the pieces written (the very bytes objects, shared with a tee's other writers),
-joined into one body only to send it and dropped at once: a writer holds about one part (8 MiB) while it
-uploads, where a growing 16 MiB buffer plus its copy for the request held two (~35 MB per writer;
+joined into one body only to send it and dropped at once: a writer holds about one part (PART_SIZE, 5 MiB)
+while it uploads, where a growing 16 MiB buffer plus its copy for the request held two (~35 MB per writer;
 bench/memory.py measures the full backup).
 """
 
@@ -31,7 +31,7 @@ from wedsync_backup.errors import MissingTargetError, StorageError
 from wedsync_backup.heap import bound_buffers
 from wedsync_backup.storage.base import READ_CHUNK, BucketStorage, ObjectInfo, ObjectWriter, unreachable_at_check
 
-PART_SIZE = 8 << 20  # s3transfer's default too: 8 MiB parts cost no throughput against 16 MiB ones
+PART_SIZE = 5 << 20  # S3's smallest: a writer holds one part, and a full backup runs three writers at once
 # Every part carries a CRC32 that S3 verifies, declared up front as s3transfer does (an upload whose
 # parts carry checksums the upload did not declare can be refused by the Complete call).
 CHECKSUM = "CRC32"
