@@ -43,6 +43,7 @@ from devstack.testing import StackProcess, new_state_dir  # noqa: E402
 FULL, RESTORE = "backup_daily_full", "emergency_restore"
 SOURCE_DB = "wedsync"
 START, END = "<!-- user-view:start -->", "<!-- user-view:end -->"
+SETTLE_S = 1.0  # after a contender: its sessions end and the postmaster reaps them
 
 
 def load() -> float:
@@ -175,9 +176,15 @@ class UserBench:
         return {"bytes": size, "tables": tables[0], "rows": int(tables[1] or 0), "version": version}  # type: ignore[index]
 
     # --- contenders ----------------------------------------------------------------------------------------
-    def cpu(self) -> tuple[float, float]:
+    def cpu(self, settle: bool = False) -> tuple[float, float]:
+        """(PostgreSQL's CPU seconds, the machine's idle core-seconds). ``settle``: the idle figure now, the CPU
+        figure once the contender's backends have ended and been reaped (their time only then joins the
+        postmaster's children times)."""
         assert self.cluster is not None
-        return ServerCpu(self.cluster.datadir).used(), idle_core_seconds()
+        idle = idle_core_seconds()
+        if settle:
+            time.sleep(SETTLE_S)
+        return ServerCpu(self.cluster.datadir).used(), idle
 
     def timed(self, cmd: list[str]) -> Timed:
         self.checkpoint()
@@ -185,7 +192,7 @@ class UserBench:
         started = time.monotonic()
         subprocess.run(cmd, check=True, capture_output=True)
         seconds = time.monotonic() - started
-        cpu2, idle2 = self.cpu()
+        cpu2, idle2 = self.cpu(settle=True)
         return Timed(seconds, load(), server_cpu=cpu2 - cpu, idle=idle2 - idle)
 
     def pg_dump(self) -> Timed:
@@ -207,7 +214,7 @@ class UserBench:
         self.last_cpu = self.cpu()
         run_id = self.stack.api.trigger(dag_id, conf)["dag_run_id"]
         run = self.stack.api.wait_for_run(dag_id, run_id, timeout=3600)
-        cpu, idle = self.cpu()
+        cpu, idle = self.cpu(settle=True)
         # from the trigger to the run seen ended: a little longer than the run itself (scheduling, polling)
         self.last_cpu = (cpu - self.last_cpu[0], idle - self.last_cpu[1])
         if run["state"] != "success":
@@ -311,7 +318,8 @@ def render(args: argparse.Namespace, info: dict[str, Any], r: dict[str, Any]) ->
         ],
         "",
         "PostgreSQL CPU: the server's CPU seconds (postmaster and every backend) from the contender's start to its",
-        "end (for a DAG run: from the trigger until the run is seen ended, so a little longer than the run). Idle",
+        "end (for a DAG run: from the trigger until the run is seen ended, so a little longer than the run), read",
+        "1 s after it so that its ended sessions are counted; the stack's own sessions add a little. Idle",
         "CPU: the core-seconds the machine's 2 CPUs spent idle meanwhile (whatever else runs on the machine",
         "counts as busy).",
         "",
