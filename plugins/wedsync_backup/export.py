@@ -16,7 +16,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC
@@ -454,20 +453,10 @@ def _export(
             point.lsn,
             options.workers,
         )
-        # pg_dump writes the schema while the workers copy the rows (it was a few tenths of a second before them)
-        with ThreadPoolExecutor(1, thread_name_prefix="schema") as schema_dump:
-            schema_job = schema_dump.submit(
-                _dump_schema,
-                source,
-                storage,
-                f"{backup_prefix(backup_id)}schema.wsb",
-                data_key,
-                point.snapshot,
-                options,
-                major,
-            )
-            results = _export_parts(source, storage, data_key, point.snapshot, tables, parts, options, major)
-            schema_result, pg_dump_version = schema_job.result()
+        schema_result, pg_dump_version = _dump_schema(
+            source, storage, f"{backup_prefix(backup_id)}schema.wsb", data_key, point.snapshot, options, major
+        )
+        results = _export_parts(source, storage, data_key, point.snapshot, tables, parts, options, major)
         large_objects = export_large_objects(holder, storage, backup_id, data_key, options.zstd_level)
         if large_objects:
             extra["large_objects"] = large_objects
