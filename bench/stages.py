@@ -89,7 +89,7 @@ def stage_export(cfg: dict[str, Any], _: str | None) -> dict[str, Any]:
         build_storage(cfg, "primary"),
         _keyring(cfg),
         backup_id=cfg["backup_id"],
-        options=ExportOptions(workers=2, zstd_level=3, slot=cfg.get("slot")),
+        options=ExportOptions(workers=2, slot=cfg.get("slot")),  # the policy's default zstd level
         extra=extra,
     )
     return {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import re
 import subprocess
@@ -542,7 +543,7 @@ def _export_parts(
     lock = threading.Lock()
     results: dict[str, EncodeResult] = {}
     started = time.monotonic()
-    lanes = iter(range(len(parts) + options.workers))
+    lanes = itertools.count()  # each worker's number, in the order they start
 
     psql = find_tool("psql", major)
 
