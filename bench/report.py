@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+EXPORT_ZSTD_LEVEL = 1  # the stage export runs at the policy's default (wedsync_backup.policy.DEFAULT_ZSTD_LEVEL)
+
 if TYPE_CHECKING:
     from bench.report_incremental import IncrementalRun
     from bench.run_bench import Measured
@@ -145,7 +147,7 @@ def render(r: Report) -> str:
         f"| export | export (to primary, local disk) | {export.seconds:,.1f} "
         f"| {_rss(export.peak_rss_kb)} | {res['tables']} tables, {res['objects']} objects, "
         f"{res['rows']:,} rows, "
-        f"{_mb(res['plain_bytes'])} MB COPY text -> {_mb(res['stored_bytes'])} MB zstd-3 + AES-GCM |"
+        f"{_mb(res['plain_bytes'])} MB COPY text -> {_mb(res['stored_bytes'])} MB zstd-{EXPORT_ZSTD_LEVEL} + AES-GCM |"
     )
     for s in (replicate, verify):
         for p in s.parts:
@@ -207,7 +209,7 @@ def _notes(r: Report, backup_ok: bool, restore_ok: bool) -> list[str]:
         f"- The export alone takes {export.seconds:,.1f} s, {export.seconds / r.dump_fc.seconds:.2f}x "
         f"`pg_dump -Fc`, and stores "
         f"{export.result['stored_bytes'] / r.dump_fc.result['stored_bytes']:.2f}x its size "
-        "(zstd level 3 then AES-256-GCM, vs pg_dump's gzip)."
+        f"(zstd level {EXPORT_ZSTD_LEVEL} then AES-256-GCM, vs pg_dump's gzip)."
     )
     out.append(
         f"- Making and proving the two extra copies costs {copies:,.1f} s: replication "
