@@ -9,12 +9,13 @@ with the whole demo data set, a light tail up to ``--weddings``) and the catalog
 bucket (``--files`` demo objects, a few hundred bytes each, with matching rows; the other files rows are deleted)
 and the S3 target; the GCS emulator is the offsite target; the primary is a local directory. Each run is a FIRST
 full backup (its own primary directory, buckets and catalog database), run as the DAG runs it: the preflight
-(``backup.begin``) in one process, then the backup task (``full_backup``: export with every copy written at
-once, the files capture, verify every copy, commit, prune; no configurations component) in another, through
-the Airflow hooks (``wedsync_airflow.targets.build_storage``), as the task does. ``--plugins DIR`` also runs the
-backup with another checkout's plugins (``git archive <commit> plugins include | tar -x -C DIR/..``),
-interleaved with this checkout's (before it; after it with ``--plugins-after``: a later backup of a set-up
-is slower, the GCS emulator holding more objects). ``--env WEDSYNC_FILES_BUCKET=`` leaves the files out
+(``backup.begin``) in one process (the DAG's one task runs it first, in the same process; apart here so that an
+older checkout's plugins can be measured too; it holds little memory), then the backup task (``full_backup``:
+export with every copy written at once, the files capture, verify every copy, commit, prune; no configurations
+component) in another, through the Airflow hooks (``wedsync_airflow.targets.build_storage``), as the task does.
+``--plugins DIR`` also runs the backup with another checkout's plugins (``git archive <commit> plugins include |
+tar -x -C DIR/..``), interleaved with this checkout's (before it; after it with ``--plugins-after``: a later backup
+of a set-up is slower, the GCS emulator holding more objects). ``--env WEDSYNC_FILES_BUCKET=`` leaves the files out
 (a run of ~15 s).
 
 Figures, from the backup process: its peak RSS as the task logs it (``ru_maxrss`` of the process itself), the

@@ -1,10 +1,12 @@
 """Daily full backup: one consistent snapshot of the whole platform database, three verified copies.
 
-preflight -> backup: export (to the primary and, at the same time, to every replica), the configurations
-component (policy, connections, variables, configuration tables), verify every copy, commit (manifest on every
-target, catalog row 'completed'), then prune (30-day retention).
-One task for the backup itself: each task boundary costs seconds of fixed work (issue 8, "Speed as the user
-gets it"); the phases, their order and their rules are the same (wedsync_backup.commands.full_backup).
+One task, backup: preflight (migrations, 3-2-1, connectivity of the source, the catalog, the key and every
+target: nothing is written before it passed), export (to the primary and, at the same time, to every replica),
+the configurations component (policy, connections, variables, configuration tables), verify every copy, commit
+(manifest on every target, catalog row 'completed'), then prune (30-day retention).
+One task: each task boundary costs a task process and a scheduling gap (issue 8, "Speed as the user gets it");
+the phases, their order and their rules are those of separate tasks (wedsync_backup.commands.full_backup), and
+the task log names each phase.
 Any failure marks the catalog row 'failed': a backup counts only when every copy is verified.
 """
 
@@ -17,7 +19,6 @@ from airflow.sdk import DAG, Param, TriggerRule
 from wedsync_airflow.assets import FULL_BACKUP_VERIFIED
 from wedsync_airflow.dag_support import backup_default_args
 from wedsync_airflow.operators.backup import (
-    BackupPreflightOperator,
     FullBackupOperator,
     MarkBackupFailedOperator,
 )
@@ -46,25 +47,20 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     backup_type, reason = "{{ params.backup_type }}", "{{ params.reason or '' }}"
-    preflight = BackupPreflightOperator(task_id="preflight", backup_type=backup_type, tier="full", reason=reason)
-    backup_id = preflight.output["backup_id"]
     # The copies are streamed to every replica during the export (no replicate pass after it); the configurations
     # component joins the backup; then every copy is read back and verified; only then is the backup committed,
     # and only then is retention applied.
     backup = FullBackupOperator(
-        task_id="backup", backup_id=backup_id, backup_type=backup_type, tier="full", outlets=[FULL_BACKUP_VERIFIED]
+        task_id="backup", backup_type=backup_type, tier="full", reason=reason, outlets=[FULL_BACKUP_VERIFIED]
     )
-    # Pulled by template, not XComArg: when preflight fails there is no backup_id, and an XComArg would
-    # fail this task too, burying the real error under an XComNotFound.
+    # The run's own backup id, made from the run as the backup task makes it (not an XCom: a retry clears the
+    # XComs of the try before, whose row may be open); skipped when the preflight failed before any row.
     mark_failed = MarkBackupFailedOperator(
-        task_id="mark_failed",
-        backup_id="{{ ti.xcom_pull(task_ids='preflight', key='backup_id') }}",
-        trigger_rule=TriggerRule.ONE_FAILED,
-        retries=0,
+        task_id="mark_failed", backup_type=backup_type, trigger_rule=TriggerRule.ONE_FAILED, retries=0
     )
 
     # The run's state is its leaves': this one fails with the backup (mark_failed, a leaf too, succeeds or is
     # skipped when it does). An EmptyOperator is marked done by the scheduler itself, with no task process.
     done = EmptyOperator(task_id="done")
     backup >> done
-    [preflight, backup] >> mark_failed
+    backup >> mark_failed

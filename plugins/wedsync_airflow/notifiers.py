@@ -117,7 +117,8 @@ def _xcom(context: Any, task_id: str, key: str) -> Any:
 
 def _backup_failed(context: Any) -> Alert:
     ti = context["ti"]
-    backup_id = _xcom(context, "preflight", "backup_id")
+    # the tiers with a preflight task publish it there; backup_daily_full's one task publishes it itself
+    backup_id = _xcom(context, "preflight", "backup_id") or _xcom(context, "backup", "backup_id")
     return alerts.backup_failed(
         dag_id=ti.dag_id,
         task_id=ti.task_id,

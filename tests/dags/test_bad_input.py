@@ -151,10 +151,10 @@ def assert_backup_fails_safely(stack: Stack, env: dict[str, str], *expected: str
     result = stack.run_dag("backup_daily_full", env=env)
     one_clear_error(result, *expected)
     states = task_states(stack, "backup_daily_full")
-    # ONE error: preflight failed; mark_failed has nothing to mark and must not fail too
-    assert states["preflight"][0] == "failed", states
+    # ONE error: the backup task's preflight failed; mark_failed has nothing to mark and must not fail too
+    assert states["backup"][0] == "failed", states
     assert states["mark_failed"][0] == "skipped", states
-    assert {s for t, (s, _) in states.items() if t not in ("preflight", "mark_failed")} == {"upstream_failed"}
+    assert {s for t, (s, _) in states.items() if t not in ("backup", "mark_failed")} == {"upstream_failed"}
     new = {k: v for k, v in backup_rows(stack).items() if rows.get(k) != v}
     assert all(status == "failed" for status in new.values()), new
     assert target_objects(stack) == objects, "a failed backup left objects on a target"

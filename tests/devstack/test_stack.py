@@ -170,7 +170,7 @@ def _assert_spread_over_workers(stack: StackProcess, dag_id: str, run_id: str) -
     ran = [t for t in tis if t["state"] == "success" and t["hostname"]]  # an EmptyOperator has no worker
     hosts = {t["hostname"] for t in ran}
     print(json.dumps([(t["task_id"], t.get("map_index"), t["hostname"], t["pid"], t["queue"]) for t in ran]))
-    # backup_daily_full has two task processes now (preflight, backup): they may land on the same worker
+    # backup_daily_full has one task process now (backup): it ran on one of the two Celery workers
     assert hosts and hosts <= {f"worker{i}.{_fqdn()}" for i in (1, 2)}, hosts
     workdirs = {Path(stack.state_dir / "workers" / f"worker{i}") for i in (1, 2)}
     assert all(d.is_dir() for d in workdirs)

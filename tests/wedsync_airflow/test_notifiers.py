@@ -20,11 +20,12 @@ class _TI:
     """The few task-instance attributes a callback reads (the context Airflow passes it)."""
 
     dag_id = "backup_daily_full"
-    task_id = "export"
+    task_id = "backup"
     try_number = 3
 
     def xcom_pull(self, task_ids: str, key: str) -> str | None:
-        return "full-20261129T020000Z-abcd1234" if (task_ids, key) == ("preflight", "backup_id") else None
+        # backup_daily_full's one task publishes its backup id itself (the other tiers, from their preflight)
+        return "full-20261129T020000Z-abcd1234" if (task_ids, key) == ("backup", "backup_id") else None
 
 
 def failure_context() -> dict:
@@ -45,7 +46,7 @@ def test_failed_backup_alert_arrives_by_mail_and_webhook(alert_inbox: Inbox) -> 
     assert mail["X-WedSync-Event"] == "backup_failed"
     text = alert_inbox.mail_text(mail)
     assert "CRITICAL" in mail["Subject"] and "full-20261129T020000Z-abcd1234" in mail["Subject"]
-    assert "Task export of backup_daily_full failed after 3 attempt(s)" in text  # what happened
+    assert "Task backup of backup_daily_full failed after 3 attempt(s)" in text  # what happened
     assert "connection refused" in text
     assert "Backup: full-20261129T020000Z-abcd1234" in text  # which backup
     assert "airflow dags trigger backup_daily_full" in text  # what to do

@@ -1,6 +1,7 @@
 """Adapters for the backup tiers over ``wedsync_backup.commands.backup`` and ``.prune``.
 
-preflight -> export -> replicate -> verify -> commit -> prune; mark_failed. Each operator calls one phase.
+preflight -> export -> replicate -> verify -> commit -> prune; mark_failed. Each operator calls one phase (the
+full backup's one task calls them all, in that order).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from wedsync_backup.commands import backup as cmd
-from wedsync_backup.commands.full_backup import full_backup
+from wedsync_backup.commands.full_backup import preflight_and_full_backup
 from wedsync_backup.commands.prune import prune
 
 from wedsync_airflow.operators.command import CommandOperator
@@ -49,32 +50,37 @@ class BackupPreflightOperator(CommandOperator):
 
 
 class FullBackupOperator(CommandOperator):
-    """The full backup after preflight in one task: export with every copy written at once, the configurations
-    component (connections and variables read here, through Airflow), verify every copy, commit, prune
-    (``commands.full_backup``). Pushes ``manifest_sha256``."""
+    """The whole full backup in one task (``commands.full_backup.preflight_and_full_backup``): preflight (every
+    check before anything is written, then the catalog row), export with every copy written at once, the
+    configurations component (connections and variables read here, through Airflow), verify every copy,
+    commit, prune. Pushes ``backup_id`` as soon as the row is open, and ``manifest_sha256``."""
 
-    template_fields = (*CommandOperator.template_fields, "backup_id", "backup_type")
+    template_fields = (*CommandOperator.template_fields, "backup_type", "reason")
 
-    def __init__(self, *, backup_id: str, backup_type: str = "full", tier: str = "full", **kwargs: Any) -> None:
+    def __init__(
+        self, *, backup_type: str = "full", tier: str = "full", reason: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.backup_id = backup_id
         self.backup_type = backup_type
         self.tier = tier
+        self.reason = reason
 
     def execute(self, context: Any) -> dict[str, Any]:
         from wedsync_airflow.configurations import gather_bundle
 
+        ti = context["ti"]
         result = self.call(
-            lambda: full_backup(
+            lambda: preflight_and_full_backup(
                 self.build_resources(),
-                self.backup_id,
                 self.run_of(context),
                 backup_type=self.backup_type or "full",
                 tier=self.tier,
-                configurations=gather_bundle(self.policy_path),
+                reason=self.reason or None,  # an unset param renders as ""
+                configurations=lambda: gather_bundle(self.policy_path),
+                on_begun=lambda begun: ti.xcom_push(key="backup_id", value=begun.backup_id),
             )
         )
-        context["ti"].xcom_push(key="manifest_sha256", value=result.exported.manifest_sha256)
+        ti.xcom_push(key="manifest_sha256", value=result.exported.manifest_sha256)
         return result.as_dict()
 
 
@@ -147,17 +153,24 @@ class CommitBackupOperator(CommandOperator):
 
 
 class MarkBackupFailedOperator(CommandOperator):
-    """Runs when any step failed: the catalog row says failed (never completed), with the failed tasks."""
+    """Runs when any step failed: the catalog row says failed (never completed), with the failed tasks.
 
-    template_fields = (*CommandOperator.template_fields, "backup_id")
+    ``backup_id`` empty: the run's own backup id (``backup_type`` says which), as the backup task made it;
+    skipped when no row was opened (the preflight failed before anything was written)."""
+
+    template_fields = (*CommandOperator.template_fields, "backup_id", "backup_type")
     mark_failed = staticmethod(cmd.mark_failed)  # the tier's mark_failed command
 
-    def __init__(self, *, backup_id: str, **kwargs: Any) -> None:
+    def __init__(self, *, backup_id: str | None = None, backup_type: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.backup_id = backup_id
+        self.backup_type = backup_type
 
     def execute(self, context: Any) -> None:
-        self.call(lambda: self.mark_failed(self.build_resources(), self.backup_id))
+        backup_id = self.backup_id
+        if backup_id in (None, "", "None") and self.backup_type:
+            backup_id = self.run_of(context).backup_id(self.backup_type)
+        self.call(lambda: self.mark_failed(self.build_resources(), backup_id))
 
 
 class PruneOperator(CommandOperator):

@@ -374,9 +374,12 @@ def completion_summary(manifest: Manifest, copies: int) -> str:
 def mark_failed(res: Resources, backup_id: str | None) -> bool:
     """After any failed phase: the row says failed (never completed). A full's slot is dropped: a chain
     that never committed must not keep WAL on the source."""
+    nothing = "Preflight failed before a backup was started: nothing to mark. See the failed task's log"
     if backup_id in (None, "", "None"):
-        raise NothingToDo("Preflight failed before a backup was started: nothing to mark. See the preflight task's log")
+        raise NothingToDo(nothing)
     assert backup_id is not None
+    if res.catalog().get_backup(backup_id) is None:  # no row was opened, so neither a slot nor an object
+        raise NothingToDo(nothing)
     changed = res.catalog().fail_backup(backup_id, "a backup step failed: see the failed task's log for what to fix")
     parts = parse_backup_id(backup_id)
     if parts is not None and parts.backup_type in FULL_TYPES:

@@ -1,9 +1,11 @@
-"""The full backup after its preflight, as one task: export (every copy written at once), verify every copy
-(side by side), commit, prune. Made of the backup and prune commands' phases, in their order, with their
-rules: retention is applied only once the new backup is committed.
+"""The full backup as one task: preflight (``backup.begin``), export (every copy written at once), verify every
+copy (side by side), commit, prune. Made of the backup and prune commands' phases, in their order, with their
+rules: nothing is written before the preflight passed, and retention is applied only once the new backup is
+committed.
 
 Why one task: each Airflow task costs a fixed few seconds (a process, Airflow's task start-up, building the
-storages and connections again), and a replicate pass re-reads and re-sends what the export just wrote.
+storages and connections again, the scheduler's gap before the next task), and a replicate pass re-reads and
+re-sends what the export just wrote.
 Here the copies are streamed during the export (``storage.tee``), each one is then read back and verified
 (size, sha256 and decryption of every object) on its own thread, and only when every copy verified is the
 manifest committed on every target and the catalog row completed, exactly as the separate phases do.
@@ -16,6 +18,7 @@ exported again from scratch on every target.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,9 +42,11 @@ class FullBackupResult:
     verified: list[str]  # the targets whose copy was read back and verified
     committed: backup.CommitResult
     pruned: dict[str, list[str]] = field(default_factory=dict)  # target -> backup ids retention removed
+    begun: backup.BeginResult | None = None  # the preflight's verdict (when this task ran it)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            **(self.begun.summary() if self.begun is not None else {}),
             **self.exported.as_dict(),
             "verified": self.verified,
             **self.committed.as_dict(),
@@ -156,4 +161,33 @@ def full_backup(
         res, backup_id, run, backup_type=backup_type, tier=tier, configurations=configurations
     )
     result.pruned = prune(res, backup_type="full", tier=tier).pruned
+    return result
+
+
+def preflight_and_full_backup(
+    res: Resources,
+    run: RunRef,
+    *,
+    backup_type: str = "full",
+    tier: str = "full",
+    reason: str | None = None,
+    configurations: Callable[[], ConfigurationBundle | None] | None = None,
+    on_begun: Callable[[backup.BeginResult], None] | None = None,
+) -> FullBackupResult:
+    """The backup_daily_full run's work: the preflight (every check before anything is written; then the
+    catalog row is opened), then ``full_backup``. ``on_begun`` is told the backup id as soon as the row
+    exists (the task publishes it for its failure handling); ``configurations`` is gathered only after the
+    preflight passed."""
+    begun = backup.begin(res, run, backup_type=backup_type, tier=tier, reason=reason)
+    if on_begun is not None:
+        on_begun(begun)
+    result = full_backup(
+        res,
+        begun.backup_id,
+        run,
+        backup_type=backup_type,
+        tier=tier,
+        configurations=configurations() if configurations is not None else None,
+    )
+    result.begun = begun
     return result
