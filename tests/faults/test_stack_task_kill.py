@@ -197,10 +197,14 @@ def test_task_process_killed_mid_export(stack: StackProcess) -> None:
     catalog = _cluster(stack).dsn("backup_catalog")
     run_id = stack.api.trigger("backup_daily_full", {"reason": "fault matrix row 6"})["dag_run_id"]
     runner = _running_task_process(stack, "backup_daily_full", run_id, "backup")
-    with psycopg.connect(catalog) as conn:
-        ((backup_id, status),) = conn.execute(
-            "SELECT backup_id, status FROM backup_operations WHERE run_id = %s", (run_id,)
-        ).fetchall()
+
+    def opened() -> list[tuple[str, str]]:  # by the task's preflight, its first phase
+        with psycopg.connect(catalog) as conn:
+            return conn.execute(
+                "SELECT backup_id, status FROM backup_operations WHERE run_id = %s", (run_id,)
+            ).fetchall()
+
+    ((backup_id, status),) = wait_for(opened, 30, "the backup's catalog row")
     assert status == "in_progress"
     wait_for(lambda: _snapshot_exported(stack, slot_name_for(backup_id)), 60, "the export's snapshot")
     # S3 stops answering: the export's S3 writer, then the export, wait in the middle of the stream
