@@ -533,7 +533,10 @@ def restore_backup(
         builder = _index_builder(target)
 
         def build(entries: list[str]) -> None:
-            _run_pg_restore(manifest, archive, builder, [], toc_list="\n".join(entries) + "\n")
+            # several indexes at once (pg_restore's own scheduler): the last group's build, when no part is left
+            # to load, would otherwise keep one CPU idle
+            jobs = min(workers, len(entries))
+            _run_pg_restore(manifest, archive, builder, [], toc_list="\n".join(entries) + "\n", jobs=jobs)
 
         def table_loaded(table: TableEntry) -> None:
             if on_table_loaded is not None:
