@@ -17,12 +17,14 @@ and its state directory removed at the end unless ``--keep``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +56,42 @@ def idle_core_seconds() -> float:
     """Core-seconds every CPU of the machine has spent idle since boot (/proc/stat: idle + iowait)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return (fields[3] + fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class IdleTrack:
+    """The machine's idle core-seconds sampled every 0.1 s on a thread, so that the idle time of an exact window
+    (a DAG run's first task start to its last task end, by the task instances' own wall-clock times) can be
+    read afterwards: read around a trigger, it would also count the scheduler's pick-up and the polling."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.samples: list[tuple[float, float]] = []  # (time.time(), idle core-seconds since boot)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _run(self, interval: float) -> None:
+        while True:
+            self.samples.append((time.time(), idle_core_seconds()))
+            if self._stop.wait(interval):
+                return
+
+    def start(self) -> IdleTrack:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, moment: float) -> float:
+        """The idle counter at ``moment`` (epoch seconds), interpolated between the two samples around it."""
+        samples = list(self.samples)
+        for (t0, v0), (t1, v1) in itertools.pairwise(samples):
+            if t0 <= moment <= t1:
+                return v0 + (v1 - v0) * (moment - t0) / (t1 - t0) if t1 > t0 else v0
+        return samples[-1][1] if moment > samples[-1][0] else samples[0][1]
+
+    def between(self, start: float, end: float) -> float:
+        return self.at(end) - self.at(start)
 
 
 class ServerCpu:
@@ -100,6 +138,8 @@ class DagRunTimes:
 
     seconds: float
     tasks: list[tuple[str, float, float]]  # (task, start offset, duration), in start order
+    first: float = 0.0  # epoch seconds: the first task's start
+    last: float = 0.0  # epoch seconds: the last task's end
 
 
 def run_times(tis: list[dict[str, Any]]) -> DagRunTimes:
@@ -111,7 +151,7 @@ def run_times(tis: list[dict[str, Any]]) -> DagRunTimes:
         name = t["task_id"] + (f"[{t['map_index']}]" if t.get("map_index", -1) >= 0 else "")
         start, end = _ts(t["start_date"]), _ts(t["end_date"])
         tasks.append((name, (start - first).total_seconds(), (end - start).total_seconds()))  # type: ignore[operator]
-    return DagRunTimes((last - first).total_seconds(), tasks)
+    return DagRunTimes((last - first).total_seconds(), tasks, first.timestamp(), last.timestamp())
 
 
 class UserBench:
@@ -121,6 +161,7 @@ class UserBench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.last_cpu: tuple[float, float] = (0.0, 0.0)
+        self.idle = IdleTrack().start()  # a daemon thread: ended by stop(), or with the process
         self.stack = StackProcess(new_state_dir("wedsync-bench-"), scale=args.scale, extra_args=self.stack_args)
         self.work = Path(tempfile.mkdtemp(prefix="wedsync-bench-dumps-"))
         self.cluster: Cluster | None = None
@@ -188,12 +229,12 @@ class UserBench:
 
     def timed(self, cmd: list[str]) -> Timed:
         self.checkpoint()
-        cpu, idle = self.cpu()
-        started = time.monotonic()
+        cpu, _ = self.cpu()
+        started, wall = time.monotonic(), time.time()
         subprocess.run(cmd, check=True, capture_output=True)
-        seconds = time.monotonic() - started
-        cpu2, idle2 = self.cpu(settle=True)
-        return Timed(seconds, load(), server_cpu=cpu2 - cpu, idle=idle2 - idle)
+        seconds, ended = time.monotonic() - started, time.time()
+        cpu2, _ = self.cpu(settle=True)
+        return Timed(seconds, load(), server_cpu=cpu2 - cpu, idle=self.idle.between(wall, ended))
 
     def pg_dump(self) -> Timed:
         out = self.work / "wedsync.dump"
@@ -214,12 +255,14 @@ class UserBench:
         self.last_cpu = self.cpu()
         run_id = self.stack.api.trigger(dag_id, conf)["dag_run_id"]
         run = self.stack.api.wait_for_run(dag_id, run_id, timeout=3600)
-        cpu, idle = self.cpu(settle=True)
-        # from the trigger to the run seen ended: a little longer than the run itself (scheduling, polling)
-        self.last_cpu = (cpu - self.last_cpu[0], idle - self.last_cpu[1])
+        cpu, _ = self.cpu(settle=True)
         if run["state"] != "success":
             raise RuntimeError(f"{dag_id} run {run_id} ended {run['state']}: see {self.stack.state_dir}/logs")
-        return run_id, run_times(self.stack.api.task_instances(dag_id, run_id)), load()
+        times = run_times(self.stack.api.task_instances(dag_id, run_id))
+        # the server's CPU from the trigger to the run seen ended (a little longer than the run: scheduling,
+        # polling); the idle time of the run's own window, as its wall time
+        self.last_cpu = (cpu - self.last_cpu[0], self.idle.between(times.first, times.last))
+        return run_id, times, load()
 
     def full_backup(self) -> Timed:
         run_id, times, ld = self.dag_run(FULL)
@@ -259,6 +302,7 @@ class UserBench:
         return Timed(times.seconds, ld, detail, *self.last_cpu)
 
     def stop(self) -> None:
+        self.idle.stop()
         self.stack.stop()
         shutil.rmtree(self.work, ignore_errors=True)
         if not self.args.keep:
@@ -320,8 +364,9 @@ def render(args: argparse.Namespace, info: dict[str, Any], r: dict[str, Any]) ->
         "PostgreSQL CPU: the server's CPU seconds (postmaster and every backend) from the contender's start to its",
         "end (for a DAG run: from the trigger until the run is seen ended, so a little longer than the run), read",
         "1 s after it so that its ended sessions are counted; the stack's own sessions add a little. Idle",
-        "CPU: the core-seconds the machine's 2 CPUs spent idle meanwhile (whatever else runs on the machine",
-        "counts as busy).",
+        "CPU: the core-seconds the machine's 2 CPUs spent idle (or waiting for I/O) within the wall time of the",
+        "row (for a DAG run: first task start to last task end; sampled every 0.1 s); whatever else runs on the",
+        "machine counts as busy.",
         "",
         f"Medians: `pg_dump -Fc` {dump.seconds:.1f} s; `backup_daily_full` {full.seconds:.1f} s "
         f"({full.seconds / dump.seconds:.2f}x), its catalog window {window:.1f} s ({window / dump.seconds:.2f}x).",
