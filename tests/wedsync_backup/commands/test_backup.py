@@ -62,6 +62,11 @@ def test_mark_failed(world: World) -> None:
     with pytest.raises(NothingToDo, match="Preflight failed"):
         backup.mark_failed(res, "None")
     run = world.run()
+    # the run's own id (as backup_daily_full's mark_failed makes it) before its preflight opened a row: no row,
+    # so no slot and no object either; nothing is written
+    with pytest.raises(NothingToDo, match="Preflight failed"):
+        backup.mark_failed(res, run.backup_id("full"))
+    assert world.catalog.get_backup(run.backup_id("full")) is None
     begun = backup.begin(res, run)
     backup.export(res, begun.backup_id, run)
     assert backup.mark_failed(res, begun.backup_id) is True

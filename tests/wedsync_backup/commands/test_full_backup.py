@@ -1,5 +1,5 @@
-"""The full backup's one task after preflight (commands.full_backup): copies written during the export, every
-copy verified, then the commit; a failing replica leaves no counted copy anywhere; a retry starts clean."""
+"""The full backup's one task (commands.full_backup): the preflight first, then copies written during the export,
+every copy verified, then the commit; a failing replica leaves no counted copy anywhere; a retry starts clean."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from wedsync_backup.commands import backup
-from wedsync_backup.commands.full_backup import export_verify_commit
+from wedsync_backup.commands.full_backup import export_verify_commit, preflight_and_full_backup
 from wedsync_backup.commands.resources import Resources
 from wedsync_backup.errors import StorageError, WedSyncError
 from wedsync_backup.manifest import backup_prefix, manifest_key
@@ -45,6 +45,37 @@ def test_copies_are_written_during_the_export_verified_and_committed(world: Worl
     again = export_verify_commit(res, backup_id, run)  # a retry after the commit changes nothing
     assert again.exported.manifest_sha256 == done.exported.manifest_sha256
     assert keys(world, backup_id) == copies
+
+
+def test_the_one_task_runs_the_preflight_first(world: World, tmp_path: Path) -> None:
+    """backup_daily_full's task: a failing preflight writes nothing anywhere and opens no row; a passing one
+    publishes the backup id before the export starts, and the result carries its verdict."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the offsite copy's directory should be")
+    unusable = LocalStorage(blocker / "backups", name="offsite", medium="object-storage", site="elsewhere")
+
+    def open_storage(target: TargetPolicy) -> Storage:
+        return unusable if target.name == "offsite" else world.storages[target.name]
+
+    broken = Resources(world.policy, open_storage, lambda: world.catalog, world.open_database, lambda _: world.ring)
+    run = world.run()
+    with pytest.raises(WedSyncError, match="offsite"):
+        preflight_and_full_backup(broken, run, on_begun=lambda _: pytest.fail("no row may be opened"))
+    assert world.catalog.get_backup(run.backup_id("full")) is None
+    assert not any(keys(world, run.backup_id("full")).values())
+
+    seen: list[tuple[str, str]] = []
+
+    def begun(b: backup.BeginResult) -> None:  # the row is open, nothing exported yet
+        seen.append((b.backup_id, world.catalog.get_backup(b.backup_id)["status"]))  # type: ignore[index]
+        assert not world.storages["primary"].exists(manifest_key(b.backup_id))
+
+    done = preflight_and_full_backup(world.resources(), run, reason="before the season", on_begun=begun)
+    assert seen == [(run.backup_id("full"), "in_progress")]
+    assert done.committed.status == "completed" and done.verified == ["primary", "secondary", "offsite"]
+    summary = done.as_dict()
+    assert summary["backup_id"] == run.backup_id("full") and summary["rule_321"]["compliant"]
+    assert world.catalog.get_backup(run.backup_id("full"))["reason"] == "before the season"  # type: ignore[index]
 
 
 def test_a_replica_failing_mid_export_leaves_no_copy_counted(world: World, tmp_path: Path) -> None:
