@@ -167,6 +167,12 @@ def test_backup_with_a_missing_connection(stack: Stack, good_backup: GoodBackup)
     assert_backup_fails_safely(stack, env, "backup_secondary_s3", "AIRFLOW_CONN_BACKUP_SECONDARY_S3")
 
 
+def test_backup_with_no_catalog_connection(stack: Stack, good_backup: GoodBackup) -> None:
+    """mark_failed has no catalog to look in either: it skips (one error, the preflight's), never fails too."""
+    env = backup_env(stack, good_backup, drop=("AIRFLOW_CONN_BACKUP_CATALOG",))
+    assert_backup_fails_safely(stack, env, "backup_catalog", "AIRFLOW_CONN_BACKUP_CATALOG")
+
+
 def test_backup_with_an_unreachable_s3_endpoint(stack: Stack, good_backup: GoodBackup) -> None:
     port = closed_port()
     conn = json.loads(stack.config.s3.airflow_conn_json())

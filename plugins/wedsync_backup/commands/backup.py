@@ -14,11 +14,13 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import psycopg
+
 from wedsync_backup.backup_id import parse_backup_id
 from wedsync_backup.chain_source import prepare_chain_source
 from wedsync_backup.commands.files_backup import add_files, export_snapshot
 from wedsync_backup.commands.resources import NothingToDo, Resources, RunRef, retention_until
-from wedsync_backup.errors import IntegrityError
+from wedsync_backup.errors import ConfigError, IntegrityError
 from wedsync_backup.export import ExportOptions, run_export
 from wedsync_backup.logical.ddl import capture_state
 from wedsync_backup.logical.slot import check_logical_decoding, drop_slot, ensure_replica_identity, slot_name_for
@@ -378,7 +380,11 @@ def mark_failed(res: Resources, backup_id: str | None) -> bool:
     if backup_id in (None, "", "None"):
         raise NothingToDo(nothing)
     assert backup_id is not None
-    if res.catalog().get_backup(backup_id) is None:  # no row was opened, so neither a slot nor an object
+    try:
+        opened = res.catalog().get_backup(backup_id) is not None
+    except (ConfigError, psycopg.errors.UndefinedTable) as e:  # no catalog set up: the preflight stopped there
+        raise NothingToDo(f"{nothing} (the catalog: {e})") from e
+    if not opened:  # no row, so neither a slot nor an object: the preflight failed before it opened one
         raise NothingToDo(nothing)
     changed = res.catalog().fail_backup(backup_id, "a backup step failed: see the failed task's log for what to fix")
     parts = parse_backup_id(backup_id)

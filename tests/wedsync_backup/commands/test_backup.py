@@ -62,8 +62,12 @@ def test_mark_failed(world: World) -> None:
     with pytest.raises(NothingToDo, match="Preflight failed"):
         backup.mark_failed(res, "None")
     run = world.run()
-    # the run's own id (as backup_daily_full's mark_failed makes it) before its preflight opened a row: no row,
-    # so no slot and no object either; nothing is written
+    # the run's own id (as backup_daily_full's mark_failed makes it) before any preflight ran: the catalog has
+    # no tables yet (its migrations are the preflight's first step)
+    with pytest.raises(NothingToDo, match="Preflight failed"):
+        backup.mark_failed(res, run.backup_id("full"))
+    backup.begin(res, world.run())  # another run's preflight: the catalog is set up now
+    # the run's own id, its preflight failed before it opened a row: no row, so no slot and no object either
     with pytest.raises(NothingToDo, match="Preflight failed"):
         backup.mark_failed(res, run.backup_id("full"))
     assert world.catalog.get_backup(run.backup_id("full")) is None
