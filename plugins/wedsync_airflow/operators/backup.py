@@ -1,7 +1,7 @@
 """Adapters for the backup tiers over ``wedsync_backup.commands.backup`` and ``.prune``.
 
-preflight -> export -> replicate -> verify -> commit -> prune; mark_failed. Each operator calls one phase (the
-full backup's one task calls them all, in that order).
+The phases the incremental tier runs as tasks of their own (replicate, verify, commit, prune: one phase each),
+the full backup's one task (``FullBackupOperator``: every phase, the preflight first), and mark_failed for both.
 """
 
 from __future__ import annotations
@@ -14,39 +14,6 @@ from wedsync_backup.commands.full_backup import preflight_and_full_backup
 from wedsync_backup.commands.prune import prune
 
 from wedsync_airflow.operators.command import CommandOperator
-
-
-class BackupPreflightOperator(CommandOperator):
-    """Migrations, 3-2-1 verdict, connectivity of source, catalog, key and every target; opens the row.
-
-    Pushes XComs ``backup_id``, ``replica_targets`` and ``all_targets`` for the mapped downstream tasks.
-    """
-
-    template_fields = (*CommandOperator.template_fields, "backup_type", "reason")
-
-    def __init__(
-        self, *, backup_type: str = "full", tier: str = "full", reason: str | None = None, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self.backup_type = backup_type
-        self.tier = tier
-        self.reason = reason
-
-    def execute(self, context: Any) -> dict[str, Any]:
-        begun = self.call(
-            lambda: cmd.begin(
-                self.build_resources(),
-                self.run_of(context),
-                backup_type=self.backup_type,
-                tier=self.tier,
-                reason=self.reason or None,  # an unset param renders as ""
-            )
-        )
-        ti = context["ti"]
-        ti.xcom_push(key="backup_id", value=begun.backup_id)
-        ti.xcom_push(key="all_targets", value=begun.all_targets)
-        ti.xcom_push(key="replica_targets", value=begun.replica_targets)
-        return begun.summary()
 
 
 class FullBackupOperator(CommandOperator):

@@ -178,9 +178,11 @@ def preflight_and_full_backup(
     catalog row is opened), then ``full_backup``. ``on_begun`` is told the backup id as soon as the row
     exists (the task publishes it for its failure handling); ``configurations`` is gathered only after the
     preflight passed."""
+    log.info("Preflight: the catalog's migrations, the 3-2-1 rule, the source, the key and every target")
     begun = backup.begin(res, run, backup_type=backup_type, tier=tier, reason=reason)
     if on_begun is not None:
         on_begun(begun)
+    log.info("Preflight passed: backup %s is open (in progress); exporting", begun.backup_id)
     result = full_backup(
         res,
         begun.backup_id,
