@@ -57,26 +57,45 @@ def run_ref(context: Any) -> RunRef:
     return RunRef(context["ti"].dag_id, str(dag_run.run_id), at, triggered_by=str(triggered_by))
 
 
-def build_storages_in_background(res: Resources, *more: Callable[[], object]) -> threading.Thread:
+def supervisor_is_thread_safe() -> bool:
+    """Whether the task's channel to its supervisor (connections, variables, XComs) may be used from several
+    threads: true in a task process, whose channel has a lock; false under `airflow dags test`, whose in-process
+    stand-in is not thread-safe."""
+    from airflow.sdk.execution_time import task_runner
+    from airflow.sdk.execution_time.comms import CommsDecoder
+
+    return isinstance(getattr(task_runner, "SUPERVISOR_COMMS", None), CommsDecoder)
+
+
+def build_storages_in_background(res: Resources, *more: Callable[[], object]) -> None:
     """Build every target's storage (then ``more``: other storages of ``res``) in a thread while the caller does
     other work: the provider hooks' imports and clients cost most of a second of CPU, which the caller's database
     work (waiting on PostgreSQL) leaves free. A storage that cannot be built is left for the phase that needs it,
-    to fail there as it would have."""
+    to fail there as it would have.
 
-    def build() -> None:
+    Under `airflow dags test` they are built now, in the caller's thread: there the task runs in-process, and the
+    stand-in for its supervisor is not thread-safe (while it answers one thread's request, such as a connection
+    a hook reads, it removes itself, and a request of the task's own thread fails)."""
+
+    def build(where: str) -> None:
         began = time.monotonic()
+        for make in [*(lambda t=t: res.open_storage(t) for t in res.policy.targets), *more]:
+            with contextlib.suppress(Exception):
+                make()
+        log.info("Storages built %s in %.2f s", where, time.monotonic() - began)
+
+    if not supervisor_is_thread_safe():
+        build("ahead")
+        return
+
+    def build_in_background() -> None:
         try:
-            for make in [*(lambda t=t: res.open_storage(t) for t in res.policy.targets), *more]:
-                with contextlib.suppress(Exception):
-                    make()
+            build("in the background")
         finally:
             sys.setswitchinterval(default)
-        log.info("Storages built in the background in %.2f s", time.monotonic() - began)
 
     # Imports are pure Python: they hold the GIL, and the caller, back from each reply of PostgreSQL, waits up to
     # the switch interval (5 ms) for it, on every round trip. Shorter while the build runs.
     default = sys.getswitchinterval()
     sys.setswitchinterval(min(default, BUILD_SWITCH_INTERVAL))
-    thread = threading.Thread(target=build, name="build-storages", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=build_in_background, name="build-storages", daemon=True).start()
