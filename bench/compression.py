@@ -29,7 +29,7 @@ for p in (REPO_ROOT, REPO_ROOT / "plugins"):
 
 import psycopg  # noqa: E402
 import zstandard  # noqa: E402
-from wedsync_backup.export import F_SETPIPE_SZ, PIPE_SIZE  # noqa: E402
+from wedsync_backup.export import COPY_BATCH, F_SETPIPE_SZ, PIPE_SIZE, _copy_chunks  # noqa: E402
 from wedsync_backup.pg import find_tool, qualified  # noqa: E402
 
 from bench.user_view import write_section  # noqa: E402
@@ -37,7 +37,7 @@ from devstack.demo import create_demo_schema, seed_demo  # noqa: E402
 from devstack.postgres import Cluster  # noqa: E402
 
 START, END = "<!-- compression:start -->", "<!-- compression:end -->"
-BATCH = 1 << 20
+BATCH = COPY_BATCH  # the export's read size
 LEVELS = (1, 2, 3)
 
 
@@ -52,18 +52,11 @@ def tables(dsn: str) -> list[str]:
 
 
 def read_psycopg(dsn: str, names: list[str]) -> Iterator[bytes]:
-    """The export's former reader: one Python call per row, joined into 1 MiB batches."""
+    """The export's former reader (``_copy_chunks``, which smaller exports still use): one Python call per row,
+    joined into 1 MiB batches."""
     with psycopg.connect(dsn) as conn:
         for name in names:
-            buf = bytearray()
-            with conn.cursor() as cur, cur.copy(f"COPY {name} TO STDOUT") as copy:
-                for row in copy:
-                    buf += row
-                    if len(buf) >= BATCH:
-                        yield bytes(buf)
-                        buf.clear()
-            if buf:
-                yield bytes(buf)
+            yield from _copy_chunks(conn, f"COPY {name} TO STDOUT")
 
 
 def read_psql(dsn: str, names: list[str], psql_cpu: list[float]) -> Iterator[bytes]:

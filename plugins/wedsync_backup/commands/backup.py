@@ -381,12 +381,13 @@ def mark_failed(res: Resources, backup_id: str | None) -> bool:
         raise NothingToDo(nothing)
     assert backup_id is not None
     try:
-        opened = res.catalog().get_backup(backup_id) is not None
+        catalog = res.catalog()
+        opened = catalog.get_backup(backup_id) is not None
     except (ConfigError, psycopg.errors.UndefinedTable) as e:  # no catalog set up: the preflight stopped there
         raise NothingToDo(f"{nothing} (the catalog: {e})") from e
     if not opened:  # no row, so neither a slot nor an object: the preflight failed before it opened one
         raise NothingToDo(nothing)
-    changed = res.catalog().fail_backup(backup_id, "a backup step failed: see the failed task's log for what to fix")
+    changed = catalog.fail_backup(backup_id, "a backup step failed: see the failed task's log for what to fix")
     parts = parse_backup_id(backup_id)
     if parts is not None and parts.backup_type in FULL_TYPES:
         drop_slot(res.source(), slot_name_for(backup_id))

@@ -28,7 +28,7 @@ from wedsync_backup.commands.prune import prune
 from wedsync_backup.commands.resources import Resources, RunRef
 from wedsync_backup.configurations.bundle import ConfigurationBundle
 from wedsync_backup.configurations.store import store_configurations
-from wedsync_backup.manifest import StoredObject
+from wedsync_backup.manifest import Manifest, StoredObject
 from wedsync_backup.replicate import replicate
 from wedsync_backup.storage.base import Storage
 from wedsync_backup.verify import verify_copy, verify_named
@@ -86,12 +86,12 @@ class EarlyVerifier:
 
 
 def verify_every_copy(
-    res: Resources, backup_id: str, manifest_sha256: str, early: EarlyVerifier | None = None
+    res: Resources, manifest: Manifest, manifest_sha256: str, early: EarlyVerifier | None = None
 ) -> list[dict[str, Any]]:
-    """``verify_copy`` on every target at once (a thread each: the work is mostly reading and waiting on the
-    target); the first failure is raised, naming its target. Storages and keys are built here, in the
-    caller's thread, as connections are read there. ``early``: what was already proven during the export."""
-    manifest = backup.load_pending_manifest(res, backup_id, manifest_sha256)
+    """``verify_copy`` of the pending ``manifest`` on every target at once (a thread each: the work is mostly
+    reading and waiting on the target); the first failure is raised, naming its target. Storages and keys are
+    built here, in the caller's thread, as connections are read there. ``early``: what was already proven
+    during the export."""
     keyring = res.keyring()
     storages = res.all_storages()
 
@@ -106,10 +106,10 @@ def verify_every_copy(
         return list(pool.map(one, storages))
 
 
-def copy_what_the_export_did_not(res: Resources, backup_id: str, manifest_sha256: str) -> dict[str, int]:
+def copy_what_the_export_did_not(res: Resources, manifest: Manifest) -> dict[str, int]:
     """Objects added to the backup after the export (the files state, the configurations component) are on
-    the primary only: copy to each replica the objects it lacks. Every copy is read back and verified next."""
-    manifest = backup.load_pending_manifest(res, backup_id, manifest_sha256)
+    the primary only: copy to each replica the objects the pending ``manifest`` lists and it lacks. Every copy
+    is read back and verified next."""
     primary = res.primary()
     copied: dict[str, int] = {}
     for t in res.policy.replicas:
@@ -139,8 +139,9 @@ def export_verify_commit(
         if configurations is not None:
             sha = store_configurations(res, backup_id, sha, configurations).manifest_sha256
             exported.manifest_sha256 = sha
-        copy_what_the_export_did_not(res, backup_id, sha)
-        verifications = verify_every_copy(res, backup_id, sha, early)
+        manifest = backup.load_pending_manifest(res, backup_id, sha)  # read once, for the copies and the checks
+        copy_what_the_export_did_not(res, manifest)
+        verifications = verify_every_copy(res, manifest, sha, early)
     finally:
         early.close()
     committed = backup.commit(res, backup_id, sha, verifications, tier=tier)
