@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -153,9 +154,7 @@ def plan_restore(manifest: Manifest, storage: Storage, keyring: Keyring, target:
             f"it already holds {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}",
             "restore into a new empty database (CREATE DATABASE ...) and point the target connection at it",
         )
-    with target.connect(autocommit=True) as conn:
-        major = server_major(conn)
-    find_tool("pg_restore", major)
+    _pg_restore_for(target)  # the client tool for the target's server is installed
     return RestorePlan(
         backup_id=manifest.backup_id,
         from_target=storage.name,
@@ -221,7 +220,14 @@ def _schema_archive(manifest: Manifest, storage: Storage, keyring: Keyring) -> b
     return b"".join(decode_from_storage(storage, manifest.schema_object, keyring, backup_id=manifest.backup_id))
 
 
+def _pg_restore_for(target: PgTarget) -> Path:
+    """The pg_restore matching the target server's major version (found once per restore)."""
+    with target.connect(autocommit=True) as conn:
+        return find_tool("pg_restore", server_major(conn))
+
+
 def _run_pg_restore(
+    pg_restore: Path,
     manifest: Manifest,
     archive: bytes,
     target: PgTarget,
@@ -234,9 +240,7 @@ def _run_pg_restore(
     ``jobs`` > 1 runs pg_restore's own parallel restore, which needs an archive it can seek and its workers
     can reopen: the archive is then an in-memory file (memfd), still never on disk.
     """
-    with target.connect(autocommit=True) as conn:
-        major = server_major(conn)
-    cmd = [str(find_tool("pg_restore", major)), *args]
+    cmd = [str(pg_restore), *args]
     fds: list[int] = []
     list_writer = None
     memfd: int | None = None
@@ -284,9 +288,9 @@ def _run_pg_restore(
     return out.decode(errors="replace")
 
 
-def _post_data_entries(manifest: Manifest, archive: bytes, target: PgTarget) -> list[str]:
+def _post_data_entries(pg_restore: Path, manifest: Manifest, archive: bytes, target: PgTarget) -> list[str]:
     """The archive's TOC lines of the post-data section, as `pg_restore -l` prints them."""
-    listing = _run_pg_restore(manifest, archive, target, ["--section=post-data", "-l"])
+    listing = _run_pg_restore(pg_restore, manifest, archive, target, ["--section=post-data", "-l"])
     return [line for line in listing.splitlines() if line and not line.startswith(";") and not _ours(line)]
 
 
@@ -521,13 +525,15 @@ def restore_backup(
     try:
         _mark_restore(target, manifest.backup_id, public_state)
         archive = _schema_archive(manifest, storage, keyring)
+        pg_restore = _pg_restore_for(target)
         _run_pg_restore(
+            pg_restore,
             manifest,
             archive,
             target,
             ["--section=pre-data", "--exit-on-error", "--single-transaction"],
         )
-        post_data = _post_data_entries(manifest, archive, target)
+        post_data = _post_data_entries(pg_restore, manifest, archive, target)
         clock = GroupClock(manifest.tables, post_data, lambda t: t.plain_bytes >= EARLY_INDEX_MIN_BYTES, started)
 
         builder = _index_builder(target)
@@ -536,7 +542,7 @@ def restore_backup(
             # several indexes at once (pg_restore's own scheduler): the last group's build, when no part is left
             # to load, would otherwise keep one CPU idle
             jobs = min(workers, len(entries))
-            _run_pg_restore(manifest, archive, builder, [], toc_list="\n".join(entries) + "\n", jobs=jobs)
+            _run_pg_restore(pg_restore, manifest, archive, builder, [], toc_list="\n".join(entries) + "\n", jobs=jobs)
 
         def table_loaded(table: TableEntry) -> None:
             if on_table_loaded is not None:
@@ -556,7 +562,7 @@ def restore_backup(
             )
             # foreign keys, triggers, policies: pg_restore's own scheduler runs them ``workers`` at a time, never two
             # that lock one table together; each commits alone (a failure still puts the whole target back)
-            _run_pg_restore(manifest, archive, builder, [], toc_list="\n".join(rest) + "\n", jobs=workers)
+            _run_pg_restore(pg_restore, manifest, archive, builder, [], toc_list="\n".join(rest) + "\n", jobs=workers)
         clock.finish()  # a group none of whose tables had rows to load is usable now
         _set_sequences(manifest, target)
         if not keep_mark:
