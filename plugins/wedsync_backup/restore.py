@@ -539,10 +539,10 @@ def restore_backup(
         builder = _index_builder(target)
 
         def build(entries: list[str]) -> None:
-            # several indexes at once (pg_restore's own scheduler): the last group's build, when no part is left
-            # to load, would otherwise keep one CPU idle
-            jobs = min(workers, len(entries))
-            _run_pg_restore(pg_restore, manifest, archive, builder, [], toc_list="\n".join(entries) + "\n", jobs=jobs)
+            # One pg_restore process, not --jobs: a parallel pg_restore's workers are its own children, which do
+            # not die with the task process when it is killed outright; a worker waiting on a lock would outlive
+            # it (fault row 6). Several at once measured no faster here (bench/RESULTS.md).
+            _run_pg_restore(pg_restore, manifest, archive, builder, [], toc_list="\n".join(entries) + "\n")
 
         def table_loaded(table: TableEntry) -> None:
             if on_table_loaded is not None:
