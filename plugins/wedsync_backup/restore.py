@@ -233,22 +233,16 @@ def _run_pg_restore(
     target: PgTarget,
     args: list[str],
     toc_list: str | None = None,
-    jobs: int = 1,
 ) -> str:
     """pg_restore with the archive on stdin (and a TOC list on a pipe): nothing is written to disk.
 
-    ``jobs`` > 1 runs pg_restore's own parallel restore, which needs an archive it can seek and its workers
-    can reopen: the archive is then an in-memory file (memfd), still never on disk.
+    One process, never --jobs: a parallel pg_restore's workers are its own children, which do not die with a
+    task process killed outright (only the process this one starts does); one waiting on a lock would go on
+    writing to the target after the task is gone (fault row 6).
     """
     cmd = [str(pg_restore), *args]
     fds: list[int] = []
     list_writer = None
-    memfd: int | None = None
-    if jobs > 1:
-        memfd = os.memfd_create("wedsync-schema-archive")
-        os.write(memfd, archive)
-        fds.append(memfd)
-        cmd += [f"--jobs={jobs}", f"/dev/fd/{memfd}"]
     if toc_list is not None:
         r, w = os.pipe()
         fds.append(r)
@@ -271,7 +265,7 @@ def _run_pg_restore(
     try:
         if list_writer is not None:
             list_writer.start()
-        out, err = proc.communicate(None if memfd is not None else archive)
+        out, err = proc.communicate(archive)
     except BaseException:
         end_process(proc)  # a timeout or kill of the task: pg_restore must not go on writing to the target
         raise
@@ -539,9 +533,7 @@ def restore_backup(
         builder = _index_builder(target)
 
         def build(entries: list[str]) -> None:
-            # One pg_restore process, not --jobs: a parallel pg_restore's workers are its own children, which do
-            # not die with the task process when it is killed outright; a worker waiting on a lock would outlive
-            # it (fault row 6). Several at once measured no faster here (bench/RESULTS.md).
+            # one pg_restore process (see _run_pg_restore); several at once measured no faster (bench/RESULTS.md)
             _run_pg_restore(pg_restore, manifest, archive, builder, [], toc_list="\n".join(entries) + "\n")
 
         def table_loaded(table: TableEntry) -> None:
@@ -555,14 +547,14 @@ def restore_backup(
         rest = [line for line in post_data if line not in clock.built]
         if rest:
             log.info(
-                "Creating the remaining %d constraints, triggers and policies, %d at a time (%.1f s so far)",
+                "Creating the remaining %d constraints, triggers and policies (%.1f s so far)",
                 len(rest),
-                workers,
                 time.monotonic() - started,
             )
-            # foreign keys, triggers, policies: pg_restore's own scheduler runs them ``workers`` at a time, never two
-            # that lock one table together; each commits alone (a failure still puts the whole target back)
-            _run_pg_restore(pg_restore, manifest, archive, builder, [], toc_list="\n".join(rest) + "\n", jobs=workers)
+            # foreign keys, triggers, policies: one pg_restore, one transaction (see _run_pg_restore: no --jobs)
+            _run_pg_restore(
+                pg_restore, manifest, archive, builder, ["--single-transaction"], toc_list="\n".join(rest) + "\n"
+            )
         clock.finish()  # a group none of whose tables had rows to load is usable now
         _set_sequences(manifest, target)
         if not keep_mark:
